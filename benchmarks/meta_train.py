@@ -1,0 +1,164 @@
+"""Meta-training throughput on W1 (sinusoid MLP) and W2 (Conv4, 5-way 1-shot, random images).
+
+Prints one JSON line per measurement: tasks/s, seconds per iteration, peak resident memory,
+threads and device; for W2 also the achieved GFLOP/s (FLOPs of one iteration counted by
+``torch.utils.flop_counter``) beside the machine's measured peak for the same convolutions (one
+large batched forward + backward of Conv4's layers). It never asserts a time.
+
+Compared implementations, on the same workload and machine:
+- ``meta_core`` with each execution strategy (``vmap`` over tasks, or the per-task ``loop``);
+- ``reference``: learn2learn's MAML algorithm (clone the parameters, adapt task by task with
+  ``torch.autograd.grad(create_graph=True)``, backward per task), written out here because
+  learn2learn 0.2.0 does not build on Python 3.11 (its shipped Cython C needs longintrepr.h).
+  It does less Python work per task than learn2learn's module cloning, so ratios against it
+  understate ours.
+
+    python benchmarks/meta_train.py --threads 2
+    python benchmarks/meta_train.py --device cuda --workload w2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+from collections.abc import Callable
+
+import torch
+from torch.func import functional_call
+from torch.utils.flop_counter import FlopCounterMode
+
+from meta_core.algorithms import MetaLearner
+from meta_core.config import AlgorithmConfig
+from meta_core.inner_loop import LOSSES
+from meta_core.networks import build_network
+from meta_core.tasks import FAMILIES, TaskBatch
+
+WORKLOADS = {
+    "w1": {"family": {"name": "sinusoid", "shots": 10, "queries": 10},
+           "arch": {"type": "mlp", "in_features": 1, "hidden": [40, 40], "out_features": 1},
+           "meta_batch": 25, "lr": 0.01, "kind": "regression"},
+    "w2": {"family": {"name": "random_images", "ways": 5, "shots": 1, "queries": 15},
+           "arch": {"type": "conv4", "in_channels": 1, "image_size": 28, "hidden": 64,
+                    "out_features": 5, "norm": "layer"},
+           "meta_batch": 32, "lr": 0.4, "kind": "classification"},
+}
+
+
+def reference_step(model: torch.nn.Module, params: dict, batch: TaskBatch, *, lr: float,
+                   kind: str, first_order: bool) -> torch.Tensor:
+    """learn2learn-style MAML: per task, clone, adapt with autograd.grad, backward."""
+    loss_fn = LOSSES[kind]
+    total = torch.zeros(())
+    for i in range(len(batch)):
+        fast = {k: v.clone() for k, v in params.items()}
+        loss = loss_fn(functional_call(model, fast, (batch.support_x[i],)), batch.support_y[i])
+        grads = torch.autograd.grad(loss, list(fast.values()), create_graph=not first_order)
+        fast = {k: v - lr * g for (k, v), g in zip(fast.items(), grads, strict=True)}
+        q = loss_fn(functional_call(model, fast, (batch.query_x[i],)), batch.query_y[i])
+        (q / len(batch)).backward()
+        total = total + q.detach()
+    return total
+
+
+def measure(step: Callable[[], None], iters: int, sync: Callable[[], None]) -> float:
+    for _ in range(max(3, iters // 10)):
+        step()
+    sync()
+    start = time.perf_counter()
+    for _ in range(iters):
+        step()
+    sync()
+    return (time.perf_counter() - start) / iters
+
+
+def conv_peak_gflops(device: torch.device, sync: Callable[[], None], images: int = 2560) -> float:
+    """GFLOP/s of Conv4 forward + backward on one large batch: the same convolutions at their
+    most favourable shape, as this machine's practical peak for them."""
+    net = build_network(WORKLOADS["w2"]["arch"]).to(device)
+    if device.type == "cpu":
+        net = net.to(memory_format=torch.channels_last)
+    x = torch.randn(images, 1, 28, 28, device=device)
+
+    def step() -> None:
+        net.zero_grad(set_to_none=True)
+        net(x).sum().backward()
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    seconds = measure(step, 5, sync)
+    return counter.get_total_flops() / seconds / 1e9
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--workload", choices=["w1", "w2", "all"], default="all")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--order", choices=["first", "second", "both"], default="both")
+    parser.add_argument("--strategies", default="vmap,loop,reference")
+    parser.add_argument("--iters", type=int, default=0, help="timed iterations (0 = auto)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    workloads = ["w1", "w2"] if args.workload == "all" else [args.workload]
+    orders = {"first": [True], "second": [False], "both": [False, True]}[args.order]
+    peak = None
+    for name in workloads:
+        w = WORKLOADS[name]
+        family = FAMILIES[w["family"]["name"]](w["family"])
+        if hasattr(family, "to"):
+            family.to(device)
+        gen = torch.Generator().manual_seed(0)
+        for first_order in orders:
+            for strategy in args.strategies.split(","):
+                torch.manual_seed(0)
+                model = build_network(w["arch"]).to(device)
+                algo = AlgorithmConfig(inner_lr=w["lr"], first_order=first_order)
+                learner = MetaLearner.create(model, w["kind"], algo)
+                opt = torch.optim.Adam(learner.meta_parameters(), 1e-3)
+                batches = [family.sample(w["meta_batch"], gen).to(device) for _ in range(4)]
+                counter = iter(range(10**9))
+
+                def step() -> None:
+                    batch = batches[next(counter) % len(batches)]
+                    opt.zero_grad(set_to_none=True)
+                    if strategy == "reference":
+                        reference_step(model, learner.params, batch, lr=w["lr"], kind=w["kind"],
+                                       first_order=first_order)
+                    else:
+                        loss, _ = learner.meta_loss(batch, strategy=strategy)
+                        loss.backward()
+                    opt.step()
+
+                iters = args.iters or (200 if name == "w1" else 5 if device.type == "cpu"
+                                       else 50)
+                seconds = measure(step, iters, sync)
+                row = {"workload": name, "device": str(device),
+                       "device_name": torch.cuda.get_device_name() if device.type == "cuda"
+                       else "cpu", "threads": torch.get_num_threads(),
+                       "order": "first" if first_order else "second",
+                       "impl": "reference" if strategy == "reference" else "meta_core",
+                       "strategy": strategy, "meta_batch": w["meta_batch"],
+                       "tasks_per_s": round(w["meta_batch"] / seconds, 1),
+                       "s_per_iter": round(seconds, 5),
+                       "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                                            / 1024, 1)}
+                if name == "w2":
+                    with FlopCounterMode(display=False) as fc:
+                        step()
+                    peak = peak or conv_peak_gflops(device, sync)
+                    row |= {"gflop_per_iter": round(fc.get_total_flops() / 1e9, 2),
+                            "achieved_gflops": round(fc.get_total_flops() / seconds / 1e9, 1),
+                            "peak_conv_gflops": round(peak, 1),
+                            "projected_60k_iter_hours": round(seconds * 60_000 / 3600, 2)}
+                if device.type == "cuda":
+                    row["peak_gpu_mem_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+                print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()

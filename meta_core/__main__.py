@@ -1,0 +1,3 @@
+from meta_core.cli import main
+import sys
+sys.exit(main())

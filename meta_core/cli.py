@@ -1,0 +1,65 @@
+"""``meta-core train`` and ``meta-core eval``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from meta_core.config import EvalConfig, typed_section, load_config, parse_override
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="meta-core", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    tr = sub.add_parser("train", help="meta-train from a preset and write an artifact")
+    tr.add_argument("--preset", required=True, help="preset name (meta_core/presets) or path")
+    tr.add_argument("--out", required=True, type=Path, help="run and artifact directory")
+    tr.add_argument("--set", dest="overrides", action="append", default=[],
+                    metavar="SECTION.FIELD=VALUE", help="override a preset field (repeatable)")
+    tr.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
+    tr.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ev = sub.add_parser("eval", help="evaluate an artifact: report.json, plots, manifest")
+    ev.add_argument("artifact", type=Path)
+    ev.add_argument("--set", dest="overrides", action="append", default=[],
+                    metavar="FIELD=VALUE", help="override an [eval] field, e.g. tasks=100")
+    ev.add_argument("--device", default="cpu")
+    ev.add_argument("--no-plots", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+
+    if args.command == "train":
+        from meta_core.train import train
+
+        cfg = load_config(args.preset, args.overrides)
+        try:
+            train(cfg, args.out, resume=args.resume, progress=not args.no_progress)
+        except KeyboardInterrupt:
+            return 130
+        print(f"artifact written to {args.out}")
+        return 0
+
+    from meta_core.evaluate import evaluate_artifact
+
+    manifest = json.loads((args.artifact / "manifest.json").read_text())
+    values = dict(manifest["training"]["config"]["eval"])
+    for text in args.overrides:
+        keys, value = parse_override(text)
+        values[keys[-1]] = value
+    cfg = typed_section(EvalConfig, values, "eval")
+    report = evaluate_artifact(args.artifact, cfg, device=args.device, plots=not args.no_plots)
+    for method, by_shots in report["results"].items():
+        for shots, by_step in by_shots.items():
+            cells = ", ".join(
+                f"{s}: {v['loss']:.3f}±{v['loss_ci95']:.3f}"
+                + (f" acc {100 * v['accuracy']:.2f}±{100 * v['accuracy_ci95']:.2f}%"
+                   if "accuracy" in v else "")
+                for s, v in by_step.items())
+            print(f"{method:>10} K={shots}: {cells}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

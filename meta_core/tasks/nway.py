@@ -1,0 +1,87 @@
+"""N-way K-shot classification over any labelled dataset.
+
+Each task draws ``ways`` distinct classes from the split's pool, in random order (so labels are
+permuted per task), and for each class ``shots + queries`` distinct examples: the first ``shots``
+form the support set, the rest the query set, so support and query never share an example.
+Sampling is vectorized: a whole meta-batch is a few ``argsort`` and one gather.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from meta_core.tasks.base import Split, TaskBatch
+
+
+def pool_from_labelled(x: Tensor, y: Tensor) -> Tensor:
+    """Group a labelled dataset into ``[classes, per_class, *shape]``.
+
+    Classes keep the first ``m`` examples, ``m`` being the smallest class's count, so every
+    class can be sampled alike.
+    """
+    labels = torch.unique(y)
+    groups = [x[y == c] for c in labels]
+    m = min(len(g) for g in groups)
+    return torch.stack([g[:m] for g in groups])
+
+
+@dataclass
+class NWayKShot:
+    """``pools[split]`` is ``[classes, per_class, *input_shape]`` (any dtype; float on output)."""
+
+    pools: dict[str, Tensor]
+    ways: int = 5
+    shots: int = 1
+    queries: int = 15
+    name: str = "nway"
+    scale: float = 1.0
+    kind: str = "classification"
+    input_shape: tuple[int, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        shapes = {tuple(p.shape[2:]) for p in self.pools.values()}
+        if len(shapes) != 1:
+            raise ValueError(f"pools disagree on the example shape: {sorted(shapes)}")
+        self.input_shape = shapes.pop()
+        for split, pool in self.pools.items():
+            if pool.shape[0] < self.ways:
+                raise ValueError(f"split {split!r} has {pool.shape[0]} classes < {self.ways} ways")
+
+    @property
+    def n_outputs(self) -> int:
+        return self.ways
+
+    def sample(self, n_tasks: int, generator: torch.Generator, *, split: Split = "train",
+               shots: int | None = None) -> TaskBatch:
+        k = self.shots if shots is None else shots
+        pool = self.pools[split]
+        n_classes, per_class = pool.shape[:2]
+        if k + self.queries > per_class:
+            raise ValueError(f"{k} shots + {self.queries} queries > {per_class} examples a class")
+        classes = torch.rand(n_tasks, n_classes, generator=generator).argsort(1)[:, : self.ways]
+        picks = torch.rand(n_tasks, self.ways, per_class, generator=generator).argsort(2)
+        picks = picks[..., : k + self.queries]
+        flat = (classes.unsqueeze(-1) * per_class + picks).to(pool.device)
+        images = pool.flatten(0, 1)[flat].float() * self.scale  # [T, ways, k + q, *shape]
+        labels = torch.arange(self.ways, device=pool.device).view(1, -1, 1)
+        labels = labels.expand(n_tasks, self.ways, k + self.queries)
+        shape = self.input_shape
+        return TaskBatch(
+            images[:, :, :k].reshape(n_tasks, -1, *shape),
+            labels[:, :, :k].reshape(n_tasks, -1),
+            images[:, :, k:].reshape(n_tasks, -1, *shape),
+            labels[:, :, k:].reshape(n_tasks, -1),
+        )
+
+    def to(self, device: torch.device | str) -> NWayKShot:
+        """Move the pools (once) so sampled tasks are gathered on ``device``."""
+        self.pools = {s: p.to(device) for s, p in self.pools.items()}
+        return self
+
+    def describe(self) -> dict:
+        return {"family": self.name, "ways": self.ways, "shots": self.shots,
+                "queries": self.queries,
+                "classes": {s: int(p.shape[0]) for s, p in self.pools.items()}}

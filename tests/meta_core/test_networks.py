@@ -1,0 +1,38 @@
+"""A prediction never depends on the other rows sent with it."""
+
+import pytest
+import torch
+
+from meta_core.inner_loop import adapt, cross_entropy, forward
+from meta_core.networks import build_network
+
+CONV = {"type": "conv4", "in_channels": 1, "image_size": 28, "hidden": 16,
+        "out_features": 5, "norm": "layer"}
+MLP = {"type": "mlp", "in_features": 3, "hidden": [16, 16], "out_features": 2}
+
+
+@pytest.mark.parametrize("spec", [CONV, MLP])
+def test_predictions_are_row_independent(spec):
+    net = build_network(spec)
+    params = dict(net.named_parameters())
+    shape = [1, 28, 28] if spec["type"] == "conv4" else [3]
+    x = torch.randn(6, *shape)
+    y = torch.tensor([0, 1, 0, 1, 0, 1])
+    fast = adapt(net, params, x, y, loss_fn=cross_entropy, steps=2, lr=0.1)
+    batch = forward(net, fast, x)
+    alone = torch.cat([forward(net, fast, x[i:i + 1]) for i in range(6)])
+    torch.testing.assert_close(batch, alone, rtol=1e-5, atol=1e-6)
+    # Changing other rows (scale, batch size) leaves row 0's prediction unchanged.
+    other = torch.cat([x[:1], 100 * torch.randn(9, *shape)])
+    torch.testing.assert_close(forward(net, fast, other)[:1], batch[:1], rtol=1e-5, atol=1e-6)
+
+
+def test_build_network_refuses_bad_specs():
+    with pytest.raises(ValueError, match="unknown architecture type 'resnet'"):
+        build_network({"type": "resnet"})
+    with pytest.raises(ValueError, match="needs field 'hidden'"):
+        build_network({"type": "mlp", "in_features": 1, "out_features": 1})
+    with pytest.raises(ValueError, match="unknown fields"):
+        build_network(MLP | {"dropout": 0.5})
+    with pytest.raises(ValueError, match="unknown norm 'batch'"):
+        build_network(CONV | {"norm": "batch"})
