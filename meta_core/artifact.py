@@ -208,7 +208,7 @@ def load_artifact(directory: Path | str, device: torch.device | str = "cpu") -> 
         raise ArtifactError(f"{directory}: tensors do not match the architecture: missing "
                             f"{sorted(set(expected) - set(params))}, unexpected "
                             f"{sorted((set(params) - set(expected)) | stray)}")
-    for k, v in params.items():
+    for k, v in sorted(params.items()):
         if v.shape != expected[k].shape or v.dtype != torch.float32:
             raise ArtifactError(f"{directory}: tensor net.{k} is {v.dtype} {list(v.shape)}, "
                                 f"the architecture needs float32 {list(expected[k].shape)}")

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,9 +113,16 @@ def train(cfg: Config, out: Path | str, *, resume: bool = False, progress: bool 
     window_start, window_iters = time.perf_counter(), 0
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if tc.bf16 and device.type == "cuda" \
         else torch.autocast("cpu", enabled=False)
+    interrupt = _DeferredInterrupt()
     try:
-        with metrics_path.open("a") as metrics:
+        with interrupt, metrics_path.open("a") as metrics:
             while state.iteration < tc.iterations:
+                if interrupt.requested:
+                    state.elapsed = time.perf_counter() - started
+                    _save_checkpoint(out, cfg, learner, opt, gen, state, best)
+                    log.warning("interrupted at iteration %d; checkpoint saved: continue with "
+                                "--resume", state.iteration)
+                    raise KeyboardInterrupt
                 if tc.max_seconds and time.perf_counter() - started > tc.max_seconds:
                     log.info("time budget of %.0f s reached at iteration %d", tc.max_seconds,
                              state.iteration)
@@ -162,14 +171,8 @@ def train(cfg: Config, out: Path | str, *, resume: bool = False, progress: bool 
                     metrics.flush()
                     state.elapsed = time.perf_counter() - started
                     _save_checkpoint(out, cfg, learner, opt, gen, state, best)
-    except KeyboardInterrupt:
-        state.elapsed = time.perf_counter() - started
-        _save_checkpoint(out, cfg, learner, opt, gen, state, best)
+    finally:
         bar.close()
-        log.warning("interrupted at iteration %d; checkpoint saved: continue with --resume",
-                    state.iteration)
-        raise
-    bar.close()
     state.elapsed = time.perf_counter() - started
     if not best or state.best_iteration != state.iteration:
         val_loss, _ = validate(learner, val_batch)
@@ -179,6 +182,31 @@ def train(cfg: Config, out: Path | str, *, resume: bool = False, progress: bool 
     _save_checkpoint(out, cfg, learner, opt, gen, state, best)
     write_artifact(out, cfg, spec, family, learner, best, state, device, strategy)
     return out
+
+
+class _DeferredInterrupt:
+    """The first Ctrl-C stops training at the end of the current iteration, which is then
+    checkpointed, so nothing is lost; a second one stops at once, and the last periodic
+    checkpoint (at most ``checkpoint_every`` iterations old) is what ``--resume`` finds."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("Ctrl-C: stopping after this iteration (again to stop at once)")
+
+    def __enter__(self) -> _DeferredInterrupt:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 def validate(learner: MetaLearner, batch: TaskBatch) -> tuple[float, float]:

@@ -1,0 +1,47 @@
+"""Task families: W1's distribution and the N-way K-shot sampler's guarantees."""
+
+import math
+
+import torch
+
+from meta_core.tasks import NWayKShot, Sinusoid, pool_from_labelled
+
+
+def test_sinusoid_matches_w1():
+    b = Sinusoid(shots=10, queries=10).sample(2000, torch.Generator().manual_seed(0))
+    assert b.support_x.shape == (2000, 10, 1) and b.query_y.shape == (2000, 10, 1)
+    assert b.support_x.min() >= -5 and b.support_x.max() <= 5
+    amp, phase = Sinusoid.sample_functions(5000, torch.Generator().manual_seed(0))
+    assert 0.1 <= amp.min() and amp.max() <= 5.0 and 0 <= phase.min() and phase.max() <= math.pi
+    test = Sinusoid().sample(3, torch.Generator().manual_seed(0), split="test", shots=5)
+    assert test.support_x.shape == (3, 5, 1)
+    torch.testing.assert_close(test.query_x[1, :, 0], torch.linspace(-5, 5, 100))
+
+
+def test_nway_tasks_are_disjoint_and_permuted():
+    # 30 classes of 20 examples; each example's value encodes (class, index).
+    values = torch.arange(30 * 20, dtype=torch.float32).view(30, 20, 1)
+    family = NWayKShot({"train": values, "val": values, "test": values}, ways=5, shots=2,
+                       queries=3)
+    b = family.sample(200, torch.Generator().manual_seed(0))
+    assert b.support_x.shape == (200, 10, 1) and b.query_x.shape == (200, 15, 1)
+    first_label_class = set()
+    for t in range(200):
+        s, q = b.support_x[t, :, 0].long(), b.query_x[t, :, 0].long()
+        assert not set(s.tolist()) & set(q.tolist())  # no example in both
+        classes_s, classes_q = s // 20, q // 20
+        assert len(set(classes_s.tolist())) == 5
+        for label in range(5):  # one class per label, the same in support and query
+            assert len(set(classes_s[b.support_y[t] == label].tolist())) == 1
+            assert set(classes_q[b.query_y[t] == label].tolist()) == \
+                set(classes_s[b.support_y[t] == label].tolist())
+        first_label_class.add(classes_s[b.support_y[t] == 0][0].item())
+    assert len(first_label_class) > 20  # label 0 is a different class from task to task
+
+
+def test_pool_from_labelled_groups_by_class():
+    x = torch.arange(12.0).view(12, 1)
+    y = torch.tensor([0, 1, 2] * 4)
+    pool = pool_from_labelled(x, y)
+    assert pool.shape == (3, 4, 1)
+    assert torch.equal(pool[1, :, 0], torch.tensor([1.0, 4.0, 7.0, 10.0]))

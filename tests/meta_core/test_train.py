@@ -1,0 +1,88 @@
+"""train -> eval through the CLI, determinism, and interrupt/resume."""
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from meta_core import algorithms
+from meta_core.cli import main
+from meta_core.config import load_config
+from meta_core.train import train
+
+TINY = ["train.iterations=40", "train.val_every=10", "train.val_tasks=20", "train.log_every=5",
+        "train.checkpoint_every=10", "train.meta_batch=4"]
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path / "weights.safetensors"))
+
+
+def test_train_then_eval_through_the_cli(tmp_path: Path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--preset", "sinusoid", "--out", str(out), "--no-progress"]
+    assert main(args + [a for s in TINY for a in ("--set", s)]) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows if r["event"] == "val"] == [10, 20, 30, 40]
+    assert all(r["tasks_per_s"] > 0 for r in rows if r["event"] == "train")
+    assert main(["eval", str(out), "--set", "tasks=30", "--set", "baseline_iterations=20"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["results"]) == {"maml", "pretrained", "random"}
+    assert set(report["results"]["maml"]) == {"5", "10", "20"}
+    assert set(report["results"]["maml"]["10"]) == {"0", "1", "5", "10"}
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["evaluation"]["results"] == report["results"]["maml"]
+    for png in ("training_curves.png", "loss_vs_steps.png", "sinusoid_figure2.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    assert "maml K=10" in capsys.readouterr().out
+
+
+def test_a_fixed_seed_gives_identical_runs(tmp_path: Path):
+    cfg = load_config("sinusoid", TINY)
+    a = weights(train(cfg, tmp_path / "a", progress=False))
+    b = weights(train(cfg, tmp_path / "b", progress=False))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_interrupted_run_resumes_to_the_same_result(tmp_path: Path, monkeypatch):
+    cfg = load_config("sinusoid", TINY + ["algorithm.lslr=true"])
+    reference = weights(train(cfg, tmp_path / "straight", progress=False))
+
+    real = algorithms.MetaLearner.meta_loss
+    calls = {"n": 0}
+
+    def ctrl_c_in_iteration_26(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 26:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(algorithms.MetaLearner, "meta_loss", ctrl_c_in_iteration_26)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "cut", progress=False)
+    state = json.loads((tmp_path / "cut" / "checkpoint" / "state.json").read_text())
+    assert state["iteration"] == 26  # the iteration under way when Ctrl-C came completes
+    monkeypatch.setattr(algorithms.MetaLearner, "meta_loss", real)
+    with pytest.raises(FileExistsError, match="pass --resume"):
+        train(cfg, tmp_path / "cut", progress=False)
+    resumed = weights(train(cfg, tmp_path / "cut", resume=True, progress=False))
+    assert all(torch.equal(reference[k], resumed[k]) for k in reference)
+    rows = [json.loads(line) for line in (tmp_path / "cut" / "metrics.jsonl").read_text()
+            .splitlines()]
+    iterations = [r["iteration"] for r in rows if r["event"] == "train"]
+    assert iterations == sorted(set(iterations))
+
+
+def test_overrides_are_typed_and_unknown_fields_refused():
+    cfg = load_config("sinusoid", ["train.iterations=7", "algorithm.name=anil",
+                                   "train.outer_lr=1"])
+    assert cfg.train.iterations == 7 and cfg.algorithm.name == "anil"
+    assert cfg.train.outer_lr == 1.0
+    with pytest.raises(ValueError, match=r"unknown fields in \[train\]: \['iteratoins'\]"):
+        load_config("sinusoid", ["train.iteratoins=7"])
+    with pytest.raises(FileNotFoundError, match="no preset 'nope'"):
+        load_config("nope")
