@@ -12,7 +12,8 @@ from meta_core.tasks.sinusoid import Sinusoid
 
 
 def _sinusoid(cfg: dict[str, Any]) -> TaskFamily:
-    return Sinusoid(shots=int(cfg["shots"]), queries=int(cfg["queries"]))
+    return Sinusoid(shots=int(cfg["shots"]), queries=int(cfg["queries"]),
+                    train_shots=tuple(int(k) for k in cfg.get("train_shots", ())))
 
 
 def _omniglot(cfg: dict[str, Any]) -> TaskFamily:

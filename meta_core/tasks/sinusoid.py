@@ -2,7 +2,8 @@
 
 y = A sin(x - phi), A ~ U[0.1, 5], phi ~ U[0, pi], x ~ U[-5, 5]. Training and validation
 queries are ``queries`` random points; the test protocol's query is 100 points evenly spaced
-on [-5, 5].
+on [-5, 5]. ``train_shots`` (optional) draws each training meta-batch's K from a list, so one
+meta-initialization serves several support sizes.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ TEST_QUERY_POINTS = 100
 class Sinusoid:
     shots: int = 10
     queries: int = 10
+    train_shots: tuple[int, ...] = ()
     kind: str = "regression"
     input_shape: tuple[int, ...] = (1,)
     n_outputs: int = 1
@@ -31,6 +33,9 @@ class Sinusoid:
     def sample(self, n_tasks: int, generator: torch.Generator, *, split: Split = "train",
                shots: int | None = None) -> TaskBatch:
         k = self.shots if shots is None else shots
+        if shots is None and split == "train" and self.train_shots:
+            pick = torch.randint(len(self.train_shots), (1,), generator=generator).item()
+            k = self.train_shots[pick]
         amp, phase = self.sample_functions(n_tasks, generator)
         sx = _uniform(generator, (n_tasks, k, 1), *X_RANGE)
         if split == "test":
@@ -50,7 +55,8 @@ class Sinusoid:
         return amp * torch.sin(x - phase)
 
     def describe(self) -> dict:
-        return {"family": "sinusoid", "shots": self.shots, "queries": self.queries}
+        return {"family": "sinusoid", "shots": self.shots, "queries": self.queries,
+                "train_shots": list(self.train_shots)}
 
 
 def _uniform(g: torch.Generator, shape: tuple[int, ...], lo: float, hi: float) -> torch.Tensor:
