@@ -21,8 +21,8 @@ RUN=$(mktemp -d)/omniglot-5w1s
   $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 } | tee "$OUT/lease.log"
 
+if [ -z "${ITERS:-}" ]; then  # ITERS set: skip the benchmark, train that many iterations
 $PY benchmarks/meta_train.py --device "$DEVICE" $BENCH_ARGS | tee "$OUT/bench_gpu.jsonl"
-
 ITERS=$($PY - "$OUT/bench_gpu.jsonl" "$BUDGET" <<'PY'
 import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1])]
@@ -31,6 +31,7 @@ row = next(r for r in rows if r["workload"] == "w2" and r["strategy"] == "vmap"
 print(max(20, int(float(sys.argv[2]) / (row["s_per_iter"] * 1.08))))
 PY
 )
+fi
 echo "training omniglot-5w1s for $ITERS iterations (budget ${BUDGET}s)" | tee -a "$OUT/lease.log"
 $PY -m meta_core train --preset omniglot-5w1s --out "$RUN" --no-progress \
     --set train.device="$DEVICE" --set train.iterations="$ITERS" --set train.cosine=true \

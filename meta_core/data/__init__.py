@@ -1,0 +1,1 @@
+"""Datasets behind the task families (read locally, never downloaded)."""
