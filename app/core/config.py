@@ -1,0 +1,50 @@
+"""The service's settings: one pydantic-settings class, read from environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SQLITE_DEFAULT = "sqlite:///./data/app.db"
+
+
+class Settings(BaseSettings):
+    """Every field is an environment variable of the same name in upper case."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    environment: Literal["development", "production"] = "development"
+    database_url: str = SQLITE_DEFAULT
+    model_dir: Path = Path("models")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = Field(1, ge=1)
+    torch_threads: int = Field(1, ge=1, description="torch intra-op threads per process")
+    adapt_concurrency: int = Field(2, ge=1, description="adaptations running at once")
+    adapt_queue: int = Field(8, ge=0, description="adaptations waiting; beyond: 503")
+    cache_size: int = Field(1024, ge=0, description="adapted models kept in memory (LRU)")
+    auth_cache_seconds: float = Field(5.0, ge=0, description="how long a checked key is trusted")
+    max_support: int = Field(1000, ge=1)
+    max_query: int = Field(10_000, ge=1)
+    max_predict_rows: int = Field(10_000, ge=1)
+    max_inner_steps: int = Field(100, ge=1)
+    max_inner_lr: float = Field(10.0, gt=0)
+    max_body_bytes: int = Field(16 * 2**20, ge=1024)
+    retry_after_seconds: int = Field(1, ge=1)
+    log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _production_needs_a_real_database(self) -> Settings:
+        if self.environment == "production" and self.database_url == SQLITE_DEFAULT:
+            raise ValueError("ENVIRONMENT=production needs DATABASE_URL (PostgreSQL), not the "
+                             "embedded SQLite default")
+        return self
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,75 @@
+"""Request and response bodies (pydantic v2)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Examples(BaseModel):
+    x: list[Any] = Field(description="rows of inputs, each of the model's input shape")
+    y: list[Any] = Field(description="targets (regression) or labels, integers or strings")
+
+
+class TaskCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(max_length=200)
+    support: Examples
+    query: Examples | None = Field(None, description="labelled examples to measure adaptation")
+    inner_steps: int | None = Field(None, description="default: the model's")
+    inner_lr: float | None = Field(None, description="default: the model's (or learned) lr")
+    name: str | None = Field(None, max_length=200)
+
+
+class TaskOut(BaseModel):
+    id: str
+    model: str
+    model_version: str
+    name: str | None
+    created_at: datetime
+    support_size: int
+    labels: list[int | str] | None = Field(description="the task's classes, in output order")
+    inner_steps: int
+    inner_lr: float | None
+    adapt_ms: float
+    metrics: dict[str, float]
+
+
+class TaskPage(BaseModel):
+    items: list[TaskOut]
+    total: int
+    limit: int
+    offset: int
+
+
+class PredictIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    x: list[Any]
+
+
+class ClassPrediction(BaseModel):
+    label: int | str
+    probabilities: list[float] = Field(description="one per entry of `labels`")
+
+
+class PredictOut(BaseModel):
+    task_id: str
+    labels: list[int | str] | None = None
+    predictions: list[Any] = Field(description="regression: a value (or list) per row; "
+                                                "classification: a ClassPrediction per row")
+
+
+class ModelOut(BaseModel):
+    name: str
+    version: str
+    task_kind: str
+    input_shape: list[int]
+    n_outputs: int
+    n_classes: int | None
+    inner_loop: dict[str, Any]
+    preprocessing: dict[str, Any] | None
+    evaluation: dict[str, Any]

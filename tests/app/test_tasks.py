@@ -1,0 +1,260 @@
+"""POST /tasks, predict, list, get, delete: happy paths, isolation and every bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from meta_core.artifact import load_artifact
+from tests.app.conftest import ROOT
+
+PROBLEM = "application/problem+json"
+
+
+def sinusoid_task(n: int = 10, amp: float = 2.0, phase: float = 1.0, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, generator=g) * 10 - 5
+    return x.tolist(), (amp * torch.sin(x - phase)).tolist()
+
+
+def create(client: TestClient, headers, **body) -> dict:
+    x, y = sinusoid_task()
+    payload = {"model": "sinusoid", "support": {"x": x, "y": y}} | body
+    r = client.post("/tasks", headers=headers, json=payload)
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def assert_problem(r, status: int, detail: str) -> None:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == PROBLEM
+    body = r.json()
+    assert body["status"] == status and body["detail"] == detail and body["title"]
+
+
+def test_sinusoid_end_to_end(client, alice):
+    x, y = sinusoid_task(10)
+    grid = torch.linspace(-5, 5, 100)
+    truth = 2.0 * torch.sin(grid - 1.0)
+    r = client.post("/tasks", headers=alice, json={
+        "model": "sinusoid", "support": {"x": x, "y": y}, "inner_steps": 10, "inner_lr": 0.01,
+        "query": {"x": grid.tolist(), "y": truth.tolist()}, "name": "amp 2"})
+    assert r.status_code == 201
+    task = r.json()
+    assert r.headers["location"] == f"/tasks/{task['id']}"
+    assert task["support_size"] == 10 and task["name"] == "amp 2" and task["adapt_ms"] > 0
+    m = task["metrics"]
+    assert m["support_loss_after"] < m["support_loss_before"]
+    assert m["query_loss_after"] < 0.25 * m["query_loss_before"]
+
+    r = client.post(f"/tasks/{task['id']}/predict", headers=alice, json={"x": grid.tolist()})
+    assert r.status_code == 200
+    pred = torch.tensor(r.json()["predictions"])
+    art = load_artifact(ROOT / "models" / "sinusoid")
+    unadapted = art.predict(art.params, grid.view(-1, 1))[:, 0]
+    mse, mse_before = ((pred - truth) ** 2).mean(), ((unadapted - truth) ** 2).mean()
+    assert mse < 0.25 * mse_before
+    # The same support adapted in-process with meta_core gives the same predictions.
+    fast = art.adapt(torch.tensor(x).view(-1, 1), torch.tensor(y).view(-1, 1), steps=10, lr=0.01)
+    torch.testing.assert_close(pred, art.predict(fast, grid.view(-1, 1))[:, 0], rtol=0,
+                               atol=1e-6)
+    assert m["query_loss_after"] == pytest.approx(mse.item(), rel=1e-5)
+
+
+def test_classification_uses_the_clients_labels(client, alice):
+    from meta_core.data.omniglot import PREPROCESSING, load_images, read_split
+
+    images, ids = load_images()
+    index = {c: i for i, c in enumerate(ids)}
+    chars = [index[c] for c in read_split("test")[:3]]  # held-out characters
+    drawings = images[chars].float() * PREPROCESSING["scale"]
+    support = drawings[:, 0].unsqueeze(1).tolist()
+    protos = drawings[:, 1].unsqueeze(1)  # other drawings of the same characters
+    labels = ["cat", "dog", 7]
+    r = client.post("/tasks", headers=alice, json={
+        "model": "omniglot-5w1s", "support": {"x": support, "y": labels},
+        "query": {"x": protos.tolist(), "y": labels}})
+    assert r.status_code == 201, r.text
+    task = r.json()
+    assert task["labels"] == [7, "cat", "dog"]
+    assert "query_accuracy_after" in task["metrics"]
+    r = client.post(f"/tasks/{task['id']}/predict", headers=alice, json={"x": protos.tolist()})
+    body = r.json()
+    assert body["labels"] == [7, "cat", "dog"]
+    assert [p["label"] for p in body["predictions"]] == labels
+    for p in body["predictions"]:
+        assert len(p["probabilities"]) == 3 and sum(p["probabilities"]) == pytest.approx(1.0)
+
+
+def test_list_get_delete(client, alice):
+    ids = [create(client, alice, name=f"t{i}")["id"] for i in range(3)]
+    page = client.get("/tasks?limit=2", headers=alice).json()
+    assert page["total"] == 3 and [t["id"] for t in page["items"]] == ids[::-1][:2]
+    assert client.get("/tasks?limit=2&offset=2", headers=alice).json()["items"][0]["id"] == ids[0]
+    assert client.get(f"/tasks/{ids[1]}", headers=alice).json()["name"] == "t1"
+    assert client.delete(f"/tasks/{ids[1]}", headers=alice).status_code == 204
+    assert_problem(client.get(f"/tasks/{ids[1]}", headers=alice), 404, f"no task '{ids[1]}'")
+    assert_problem(client.post(f"/tasks/{ids[1]}/predict", headers=alice, json={"x": [1.0]}),
+                   404, f"no task '{ids[1]}'")
+    assert_problem(client.delete(f"/tasks/{ids[1]}", headers=alice), 404, f"no task '{ids[1]}'")
+    assert_problem(client.get("/tasks?limit=0", headers=alice), 422,
+                   "query.limit: Input should be greater than or equal to 1")
+
+
+def test_another_clients_task_is_invisible(client, alice, bob):
+    tid = create(client, alice)["id"]
+    assert client.post(f"/tasks/{tid}/predict", headers=alice, json={"x": [0.5]}).status_code \
+        == 200  # now cached: bob must still be refused
+    for r in (client.get(f"/tasks/{tid}", headers=bob),
+              client.post(f"/tasks/{tid}/predict", headers=bob, json={"x": [0.5]}),
+              client.delete(f"/tasks/{tid}", headers=bob)):
+        assert_problem(r, 404, f"no task '{tid}'")
+    assert client.get("/tasks", headers=bob).json()["total"] == 0
+    assert client.get(f"/tasks/{tid}", headers=alice).status_code == 200
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer nope"},
+                                     {"Authorization": "Basic abc"}])
+def test_missing_or_wrong_key_is_401(client, headers):
+    r = client.get("/tasks", headers=headers)
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+    assert r.headers["content-type"] == PROBLEM
+
+
+def test_a_restarted_service_predicts_identically(settings, sessions, alice):
+    with TestClient(create_app(settings)) as first:
+        tid = create(first, alice)["id"]
+        before = first.post(f"/tasks/{tid}/predict", headers=alice, json={"x": [0.1, 2.0]})
+    with TestClient(create_app(settings)) as second:  # a new process: empty cache
+        after = second.post(f"/tasks/{tid}/predict", headers=alice, json={"x": [0.1, 2.0]})
+    assert after.json() == before.json()
+
+
+X, Y = sinusoid_task(4)
+BAD = [
+    ({"support": {"x": [[1.0, 2.0]] * 4, "y": Y}}, 422,
+     "support.x has shape [4, 2]; model 'sinusoid' takes [n, 1]"),
+    ({"support": {"x": [1.0, float("nan"), 0.0, 1.0], "y": Y}}, 422,
+     "support.x contains NaN or Inf"),
+    ({"support": {"x": X, "y": [1.0, 2.0, float("inf"), 0.0]}}, 422,
+     "support.y contains NaN or Inf"),
+    ({"support": {"x": [], "y": []}}, 422, "support.x is empty"),
+    ({"support": {"x": [0.0] * 201, "y": [0.0] * 201}}, 422,
+     "support.x has 201 rows; the limit is 200"),
+    ({"support": {"x": X, "y": Y[:3]}}, 422,
+     "support.y has shape [3, 1]; expected [4] or [4, 1] to match x"),
+    ({"support": {"x": [[1.0], [2.0, 3.0]], "y": [1.0, 2.0]}}, 422,
+     "support.x must be a rectangular array of numbers"),
+    ({"support": {"x": ["a", "b", "c", "d"], "y": Y}}, 422,
+     "support.x must be a rectangular array of numbers"),
+    ({"inner_steps": 101}, 422, "inner_steps must be between 0 and 100, got 101"),
+    ({"inner_steps": -1}, 422, "inner_steps must be between 0 and 100, got -1"),
+    ({"inner_lr": 0}, 422, "inner_lr must be in (0, 10.0], got 0.0"),
+    ({"inner_lr": 11}, 422, "inner_lr must be in (0, 10.0], got 11.0"),
+    ({"model": "resnet"}, 422, "unknown model 'resnet'; available: ['omniglot-5w1s', "
+     "'sinusoid']"),
+    ({"query": {"x": [0.0] * 501, "y": [0.0] * 501}}, 422, "query.x has 501 rows; the limit "
+     "is 500"),
+    ({"extra": 1}, 422, "extra: Extra inputs are not permitted"),
+    ({"support": {"x": X}}, 422, "support.y: Field required"),
+]
+
+
+@pytest.mark.parametrize(("change", "status", "detail"), BAD)
+def test_bad_task_input_is_a_clear_4xx_and_stores_nothing(client, alice, change, status,
+                                                          detail):
+    body = {"model": "sinusoid", "support": {"x": X, "y": Y}} | change
+    raw = json.dumps(body).encode()  # NaN and Infinity as Python's json writes them
+    r = client.post("/tasks", headers=alice | {"content-type": "application/json"}, content=raw)
+    assert_problem(r, status, detail)
+    assert client.get("/tasks", headers=alice).json()["total"] == 0
+
+
+def image_rows(n: int) -> list:
+    return torch.zeros(n, 1, 28, 28).tolist()
+
+
+@pytest.mark.parametrize(("support_y", "query_y", "detail"), [
+    ([0, 1, 2, 3, 4, 5], None, "support.y has 6 classes; the model takes at most 5"),
+    ([0, 1, 2, 3, True, 4], None, "support.y must hold integer or string labels, not True"),
+    ([0, 1, 2, 3, 4, 1.5], None, "support.y must hold integer or string labels, not 1.5"),
+    ([0, 0, 1, 1, 2, 2], [0, 9], "query.y has labels not in the support set: [9]"),
+    ([0, 0, 1, 1, 2], None, "support.y has 5 labels for 6 rows of x"),
+])
+def test_bad_labels(client, alice, support_y, query_y, detail):
+    body = {"model": "omniglot-5w1s", "support": {"x": image_rows(6), "y": support_y}}
+    if query_y is not None:
+        body["query"] = {"x": image_rows(len(query_y)), "y": query_y}
+    assert_problem(client.post("/tasks", headers=alice, json=body), 422, detail)
+    assert client.get("/tasks", headers=alice).json()["total"] == 0
+
+
+def test_malformed_json_and_oversized_body(client, alice):
+    r = client.post("/tasks", headers=alice | {"content-type": "application/json"},
+                    content=b'{"model": ')
+    assert_problem(r, 400, "the request body is not valid JSON")
+    big = b'{"x": [' + b"0.0," * 300_000 + b"0.0]}"
+    r = client.post("/tasks", headers=alice | {"content-type": "application/json"}, content=big)
+    assert_problem(r, 413, "the request body exceeds 1048576 bytes")
+
+
+def test_bad_predict_input(client, alice):
+    tid = create(client, alice)["id"]
+    url = f"/tasks/{tid}/predict"
+    assert_problem(client.post(url, headers=alice, json={"x": [[1.0, 2.0]]}), 422,
+                   "x has shape [1, 2]; model 'sinusoid' takes [n, 1]")
+    assert_problem(client.post(url, headers=alice, json={"x": []}), 422, "x is empty")
+    assert_problem(client.post(url, headers=alice, json={"x": [0.0] * 1001}), 422,
+                   "x has 1001 rows; the limit is 1000")
+    assert_problem(client.post(url, headers=alice, json={"y": [1]}), 422,
+                   "x: Field required")
+
+
+def test_overload_answers_503_with_retry_after(client, alice):
+    pool = client.app.state.adapt_pool
+    pool.in_flight = pool.capacity  # as if every slot and queue place were taken
+    try:
+        x, y = sinusoid_task()
+        r = client.post("/tasks", headers=alice, json={"model": "sinusoid",
+                                                       "support": {"x": x, "y": y}})
+    finally:
+        pool.in_flight = 0
+    assert_problem(r, 503, f"{pool.capacity} adaptations are in progress; retry shortly")
+    assert r.headers["retry-after"] == "1"
+    assert client.get("/tasks", headers=alice).json()["total"] == 0
+
+
+def test_database_outage_is_503_and_recovers(client, alice):
+    from app.core.db import make_engine, make_sessionmaker
+
+    tid = create(client, alice)["id"]
+    good = client.app.state.sessionmaker
+    client.app.state.sessionmaker = make_sessionmaker(
+        make_engine("postgresql+psycopg://postgres@127.0.0.1:1/none?connect_timeout=1"))
+    client.app.state.cache.pop(tid)
+    try:
+        r = client.get(f"/tasks/{tid}", headers=alice)
+        assert_problem(r, 503, "the database cannot be reached; retry later")
+        assert r.headers["retry-after"] == "1"
+        x, y = sinusoid_task()
+        assert client.post("/tasks", headers=alice, json={
+            "model": "sinusoid", "support": {"x": x, "y": y}}).status_code == 503
+    finally:
+        client.app.state.sessionmaker = good
+    assert client.get(f"/tasks/{tid}", headers=alice).status_code == 200
+    assert client.get("/tasks", headers=alice).json()["total"] == 1
+
+
+def test_sinusoid_predictions_are_row_independent(client, alice):
+    tid = create(client, alice)["id"]
+    url = f"/tasks/{tid}/predict"
+    together = client.post(url, headers=alice, json={"x": [0.3, -2.0, 4.0]}).json()
+    alone = [client.post(url, headers=alice, json={"x": [v]}).json()["predictions"][0]
+             for v in (0.3, -2.0, 4.0)]
+    assert together["predictions"] == pytest.approx(alone, abs=1e-6)
+    assert not math.isnan(alone[0])
