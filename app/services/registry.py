@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import torch
+
 from app.core.errors import InvalidInput
 from meta_core.artifact import Artifact, load_artifact
 
@@ -26,6 +28,7 @@ class ModelRegistry:
             if art.name in models:
                 raise RuntimeError(f"two artifacts named {art.name!r} in {model_dir}")
             models[art.name] = art
+            _warm_up(art)
             log.info("loaded model %s %s from %s", art.name, art.version, path)
         return cls(models)
 
@@ -35,3 +38,11 @@ class ModelRegistry:
         except KeyError:
             raise InvalidInput(f"unknown model {name!r}; available: "
                                f"{sorted(self.models)}") from None
+
+
+def _warm_up(art: Artifact) -> None:
+    """One adaptation at start, so the first client request does not pay torch.func's set-up."""
+    x = torch.zeros(2, *art.input_shape)
+    y = torch.zeros(2, dtype=torch.long) if art.task_kind == "classification" \
+        else torch.zeros(2, art.n_outputs)
+    art.predict(art.adapt(x, y, steps=1), x)

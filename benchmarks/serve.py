@@ -1,0 +1,188 @@
+"""Service benchmark: uvicorn on loopback with a fresh database, measured from a client.
+
+Reports POST /tasks latency (sinusoid, K=10, 10 inner steps) and predict requests/s with
+p50/p99 at concurrency 1, 16 and 64 over 1,000 tasks (10 rows per predict). One JSON line per
+measurement; nothing is asserted. The load generator runs on the same machine as the server:
+wrk (one thread) when it is installed (`apt-get install wrk`), else an httpx client, which
+costs more CPU per request and so understates the server.
+
+    python benchmarks/serve.py --workers 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def percentile(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def sinusoid_body(rng: random.Random, k: int = 10) -> dict:
+    import math
+
+    amp, phase = rng.uniform(0.1, 5), rng.uniform(0, math.pi)
+    xs = [rng.uniform(-5, 5) for _ in range(k)]
+    return {"model": "sinusoid", "inner_steps": 10,
+            "support": {"x": xs, "y": [amp * math.sin(x - phase) for x in xs]}}
+
+
+async def predict_load(base: str, headers: dict, tasks: list[str], concurrency: int,
+                       total: int, rng: random.Random) -> dict:
+    latencies: list[float] = []
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=base, headers=headers, limits=limits,
+                                 timeout=60) as client:
+        queue = [rng.choice(tasks) for _ in range(total)]
+        body = {"x": [rng.uniform(-5, 5) for _ in range(10)]}
+
+        async def worker() -> None:
+            while queue:
+                tid = queue.pop()
+                start = time.perf_counter()
+                r = await client.post(f"/tasks/{tid}/predict", json=body)
+                latencies.append(time.perf_counter() - start)
+                r.raise_for_status()
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - start
+    return {"requests": total, "requests_per_s": round(total / elapsed, 1),
+            "p50_ms": round(percentile(latencies, 50) * 1000, 2),
+            "p99_ms": round(percentile(latencies, 99) * 1000, 2)}
+
+
+WRK_SCRIPT = """
+local ids = {}
+for line in io.lines(os.getenv("TASKS_FILE")) do ids[#ids + 1] = line end
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer " .. os.getenv("API_KEY")
+wrk.body = os.getenv("BODY")
+request = function()
+  return wrk.format(nil, "/tasks/" .. ids[math.random(#ids)] .. "/predict")
+end
+"""
+
+
+def wrk_load(base: str, key: str, tasks: list[str], concurrency: int, seconds: int,
+             rng: random.Random) -> dict:
+    folder = Path(tempfile.mkdtemp())
+    (folder / "tasks.txt").write_text("\n".join(tasks) + "\n")
+    (folder / "predict.lua").write_text(WRK_SCRIPT)
+    body = json.dumps({"x": [rng.uniform(-5, 5) for _ in range(10)]})
+    env = os.environ | {"TASKS_FILE": str(folder / "tasks.txt"), "API_KEY": key, "BODY": body}
+    out = subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--latency",
+                          "-s", str(folder / "predict.lua"), base], env=env, check=True,
+                         capture_output=True, text=True).stdout
+    row: dict = {"load_generator": "wrk"}
+    for line in out.splitlines():
+        parts = line.split()
+        if line.startswith("Requests/sec:"):
+            row["requests_per_s"] = float(parts[1])
+        elif parts[:1] in (["50%"], ["99%"]):
+            value = parts[1]
+            scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+            unit = next(u for u in ("us", "ms", "s") if value.endswith(u))
+            row[f"p{parts[0][:-1]}_ms"] = round(float(value[: -len(unit)]) * scale[unit], 2)
+        elif "requests in" in line:
+            row["requests"] = int(parts[0])
+        elif line.strip().startswith("Non-2xx"):
+            row["non_2xx"] = int(parts[-1])
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--tasks", type=int, default=1000)
+    parser.add_argument("--create-samples", type=int, default=200)
+    parser.add_argument("--predicts", type=int, default=3000, help="per level (httpx)")
+    parser.add_argument("--seconds", type=int, default=10, help="per level (wrk)")
+    args = parser.parse_args()
+    rng = random.Random(0)
+    tmp = tempfile.mkdtemp()
+    port = free_port()
+    env = os.environ | {"DATABASE_URL": f"sqlite:///{tmp}/bench.db",
+                        "MODEL_DIR": str(ROOT / "models"), "LOG_LEVEL": "WARNING",
+                        "CACHE_SIZE": str(args.tasks * 2)}
+    subprocess.run([sys.executable, "-m", "alembic", "upgrade", "head"], env=env, cwd=ROOT,
+                   check=True, capture_output=True)
+    key = subprocess.run([sys.executable, "-m", "app", "clients", "create", "bench"], env=env,
+                         cwd=ROOT, check=True, capture_output=True, text=True
+                         ).stdout.strip().splitlines()[-1]
+    server = subprocess.Popen([sys.executable, "-m", "app", "serve", "--port", str(port),
+                               "--workers", str(args.workers)], env=env, cwd=ROOT)
+    base = f"http://127.0.0.1:{port}"
+    headers = {"Authorization": f"Bearer {key}"}
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{base}/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit("server did not become ready")
+            time.sleep(0.2)
+        tasks, latencies, adapt_ms = [], [], []
+        with httpx.Client(base_url=base, headers=headers, timeout=60) as client:
+            for i in range(args.tasks):
+                start = time.perf_counter()
+                r = client.post("/tasks", json=sinusoid_body(rng))
+                elapsed = time.perf_counter() - start
+                r.raise_for_status()
+                tasks.append(r.json()["id"])
+                if i < args.create_samples:
+                    latencies.append(elapsed)
+                    adapt_ms.append(r.json()["adapt_ms"])
+        common = {"cpus": os.cpu_count(), "workers": args.workers}
+        print(json.dumps({"measurement": "post_tasks", "model": "sinusoid", "k": 10,
+                          "inner_steps": 10, "requests": len(latencies),
+                          "p50_ms": round(percentile(latencies, 50) * 1000, 2),
+                          "p99_ms": round(percentile(latencies, 99) * 1000, 2),
+                          "adapt_p50_ms": round(statistics.median(adapt_ms), 3)} | common),
+              flush=True)
+        # Warm every worker's cache: each task predicted a few times before measuring.
+        asyncio.run(predict_load(base, headers, tasks, 16, len(tasks) * 3, rng))
+        for concurrency in (1, 16, 64):
+            if shutil.which("wrk"):
+                row = wrk_load(base, key, tasks, concurrency, args.seconds, rng)
+            else:
+                total = args.predicts if concurrency > 1 else args.predicts // 3
+                row = asyncio.run(predict_load(base, headers, tasks, concurrency, total, rng))
+                row["load_generator"] = "httpx"
+            print(json.dumps({"measurement": "predict", "concurrency": concurrency,
+                              "distinct_tasks": len(tasks), "rows_per_request": 10}
+                             | row | common), flush=True)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()
