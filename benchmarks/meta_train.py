@@ -62,6 +62,26 @@ def reference_step(model: torch.nn.Module, params: dict, batch: TaskBatch, *, lr
     return total
 
 
+def make_step(model: torch.nn.Module, learner: MetaLearner, opt: torch.optim.Optimizer,
+              batches: list[TaskBatch], strategy: str, w: dict, first_order: bool
+              ) -> Callable[[], None]:
+    """One meta-training iteration (sample, meta-loss, backward, Adam) of one implementation."""
+    counter = iter(range(10**9))
+
+    def step() -> None:
+        batch = batches[next(counter) % len(batches)]
+        opt.zero_grad(set_to_none=True)
+        if strategy == "reference":
+            reference_step(model, learner.params, batch, lr=w["lr"], kind=w["kind"],
+                           first_order=first_order)
+        else:
+            loss, _ = learner.meta_loss(batch, strategy=strategy)
+            loss.backward()
+        opt.step()
+
+    return step
+
+
 def measure(step: Callable[[], None], iters: int, sync: Callable[[], None]) -> float:
     for _ in range(max(3, iters // 10)):
         step()
@@ -122,19 +142,7 @@ def main() -> None:
                 learner = MetaLearner.create(model, w["kind"], algo)
                 opt = torch.optim.Adam(learner.meta_parameters(), 1e-3)
                 batches = [family.sample(w["meta_batch"], gen).to(device) for _ in range(4)]
-                counter = iter(range(10**9))
-
-                def step() -> None:
-                    batch = batches[next(counter) % len(batches)]
-                    opt.zero_grad(set_to_none=True)
-                    if strategy == "reference":
-                        reference_step(model, learner.params, batch, lr=w["lr"], kind=w["kind"],
-                                       first_order=first_order)
-                    else:
-                        loss, _ = learner.meta_loss(batch, strategy=strategy)
-                        loss.backward()
-                    opt.step()
-
+                step = make_step(model, learner, opt, batches, strategy, w, first_order)
                 cuda = device.type == "cuda"
                 iters = args.iters or {("w1", False): 200, ("w1", True): 100,
                                        ("w2", False): 5, ("w2", True): 30}[(name, cuda)]

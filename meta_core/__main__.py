@@ -1,3 +1,5 @@
-from meta_core.cli import main
 import sys
+
+from meta_core.cli import main
+
 sys.exit(main())

@@ -60,10 +60,7 @@ def task_loss(
         if step_weights is not None:
             losses.append(loss_fn(functional_call(model, fast, (qx,)), qy))
     out = functional_call(model, fast, (qx,))
-    if step_weights is None:
-        loss = loss_fn(out, qy)
-    else:
-        loss = (torch.stack(losses) * step_weights).sum()
+    loss = loss_fn(out, qy) if step_weights is None else (torch.stack(losses) * step_weights).sum()
     return loss, metric(kind, out.detach(), qy)
 
 
@@ -105,8 +102,8 @@ class MetaLearner:
                 shape = (algo.inner_steps,) + (1,) * params[k].dim()
             else:
                 continue
-            lrs[k] = torch.full(shape, algo.inner_lr, device=params[k].device, dtype=params[k].dtype,
-                                requires_grad=True)
+            lrs[k] = torch.full(shape, algo.inner_lr, device=params[k].device,
+                                dtype=params[k].dtype, requires_grad=True)
         return cls(model, params, lrs, kind, algo)
 
     @property

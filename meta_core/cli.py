@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from meta_core.config import EvalConfig, typed_section, load_config, parse_override
+from meta_core.config import EvalConfig, load_config, parse_override, typed_section
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -72,8 +72,9 @@ def mean_ci95(values: Tensor) -> tuple[float, float]:
     return values.mean().item(), 1.96 * std / math.sqrt(n)
 
 
-def pretrain_jointly(model: nn.Module, spec: dict[str, Any], family: TaskFamily, *, kind: str, iterations: int,
-                     meta_batch: int, lr: float, seed: int, device: torch.device) -> Params:
+def pretrain_jointly(model: nn.Module, spec: dict[str, Any], family: TaskFamily, *, kind: str,
+                     iterations: int, meta_batch: int, lr: float, seed: int,
+                     device: torch.device) -> Params:
     """The paper's "pretrained" baseline: one network regressed on all tasks' data at once."""
     params = {k: v.detach().clone().to(device).requires_grad_()
               for k, v in fresh_params(spec, seed).items()}
@@ -119,10 +120,11 @@ def evaluate_artifact(directory: Path | str, cfg: EvalConfig, *, device: str = "
     if "pretrained" in cfg.baselines:
         log.info("training the pretrained baseline for %d iterations", cfg.baseline_iterations)
         tcfg = training["config"]["train"]
-        methods["pretrained"] = (pretrain_jointly(
-            art.model, art.manifest["architecture"], family, kind=kind, iterations=cfg.baseline_iterations,
-            meta_batch=int(tcfg["meta_batch"]), lr=float(tcfg["outer_lr"]), seed=cfg.seed,
-            device=dev), base_lr, None)
+        pretrained = pretrain_jointly(
+            art.model, art.manifest["architecture"], family, kind=kind,
+            iterations=cfg.baseline_iterations, meta_batch=int(tcfg["meta_batch"]),
+            lr=float(tcfg["outer_lr"]), seed=cfg.seed, device=dev)
+        methods["pretrained"] = (pretrained, base_lr, None)
     results: dict[str, Any] = {}
     batches: dict[int, TaskBatch] = {}
     curves: dict[str, dict[int, Tensor]] = {}
