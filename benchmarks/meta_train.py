@@ -6,7 +6,8 @@ threads and device; for W2 also the achieved GFLOP/s (FLOPs of one iteration cou
 large batched forward + backward of Conv4's layers). It never asserts a time.
 
 Compared implementations, on the same workload and machine:
-- ``meta_core`` with each execution strategy (``vmap`` over tasks, or the per-task ``loop``);
+- ``meta_core`` with each execution strategy (``vmap`` over tasks, the same under
+  ``torch.compile`` (``vmap-compile``, as ``train.compile = true``), or the per-task ``loop``);
 - ``reference``: learn2learn's MAML algorithm (clone the parameters, adapt task by task with
   ``torch.autograd.grad(create_graph=True)``, backward per task), written out here because
   learn2learn 0.2.0 does not build on Python 3.11 (its shipped Cython C needs longintrepr.h).
@@ -67,6 +68,8 @@ def make_step(model: torch.nn.Module, learner: MetaLearner, opt: torch.optim.Opt
               ) -> Callable[[], None]:
     """One meta-training iteration (sample, meta-loss, backward, Adam) of one implementation."""
     counter = iter(range(10**9))
+    meta_loss = torch.compile(learner.meta_loss) if strategy.endswith("-compile") \
+        else learner.meta_loss
 
     def step() -> None:
         batch = batches[next(counter) % len(batches)]
@@ -75,7 +78,7 @@ def make_step(model: torch.nn.Module, learner: MetaLearner, opt: torch.optim.Opt
             reference_step(model, learner.params, batch, lr=w["lr"], kind=w["kind"],
                            first_order=first_order)
         else:
-            loss, _ = learner.meta_loss(batch, strategy=strategy)
+            loss, _ = meta_loss(batch, strategy=strategy.removesuffix("-compile"))
             loss.backward()
         opt.step()
 
@@ -83,7 +86,7 @@ def make_step(model: torch.nn.Module, learner: MetaLearner, opt: torch.optim.Opt
 
 
 def measure(step: Callable[[], None], iters: int, sync: Callable[[], None]) -> float:
-    for _ in range(max(3, iters // 10)):
+    for _ in range(max(3, iters // 10)):  # warm-up (and torch.compile's compilation)
         step()
     sync()
     start = time.perf_counter()
@@ -117,7 +120,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--order", choices=["first", "second", "both"], default="both")
-    parser.add_argument("--strategies", default="vmap,loop,reference")
+    parser.add_argument("--strategies", default="vmap,vmap-compile,loop,reference")
     parser.add_argument("--iters", type=int, default=0, help="timed iterations (0 = auto)")
     args = parser.parse_args()
     if args.threads:

@@ -45,6 +45,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     bf16: bool = False  # bf16 autocast on CUDA
     strategy: str = "auto"  # auto | vmap | loop (how a meta-batch is executed)
+    compile: bool = False  # torch.compile the meta-loss (and so its backward): W1 ~3x faster
     threads: int = 0  # torch CPU threads (0 = torch's default)
     max_seconds: float = 0.0  # stop after this wall time (0 = no limit), keeping the best
 

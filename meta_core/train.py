@@ -104,8 +104,10 @@ def train(cfg: Config, out: Path | str, *, resume: bool = False, progress: bool 
         raise FileExistsError(f"{out} holds a checkpoint: pass --resume or choose a new --out")
     else:
         metrics_path.write_text("")
-    log.info("training %s on %s (%s, strategy %s, %d threads)", cfg.name, device,
-             cfg.algorithm.name, strategy, torch.get_num_threads())
+    log.info("training %s on %s (%s, strategy %s%s, %d threads)", cfg.name, device,
+             cfg.algorithm.name, strategy, " compiled" if tc.compile else "",
+             torch.get_num_threads())
+    meta_loss = torch.compile(learner.meta_loss) if tc.compile else learner.meta_loss
 
     bar = tqdm(total=tc.iterations, initial=state.iteration, disable=not progress,
                desc=cfg.name, dynamic_ncols=True)
@@ -137,7 +139,7 @@ def train(cfg: Config, out: Path | str, *, resume: bool = False, progress: bool 
                                                  cfg.algorithm.msl_iterations).to(device)
                 batch = family.sample(tc.meta_batch, gen).to(device)
                 with amp:
-                    loss, met = learner.meta_loss(batch, strategy=strategy, step_weights=weights)
+                    loss, met = meta_loss(batch, strategy=strategy, step_weights=weights)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if tc.grad_clip > 0:

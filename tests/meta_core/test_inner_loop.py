@@ -158,3 +158,11 @@ def test_multi_step_weights_anneal_towards_the_last_step():
     torch.testing.assert_close(start, torch.full((5,), 0.2))
     assert end.sum().item() == pytest.approx(1.0)
     assert end[-1] > 0.85 and (end[:-1] == pytest.approx(0.006))
+
+
+def test_compiled_meta_loss_gives_the_same_meta_gradient():
+    learner, batch = make(AlgorithmConfig(inner_steps=2, inner_lr=0.05))
+    eager = grads_of(learner.meta_loss(batch)[0], learner)
+    compiled = grads_of(torch.compile(learner.meta_loss)(batch)[0], learner)
+    for a, b in zip(eager, compiled, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)

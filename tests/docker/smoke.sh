@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Docker smoke test: build the unchanged Dockerfile and compose stack, bring it up with --wait,
+# create a client, POST a sinusoid task and predict through 127.0.0.1, restart the api
+# container and predict again (identical: the data lives in PostgreSQL), then `down -v`.
+# If no Docker engine can be started, it says so loudly and exits 0 (reported as SKIPPED).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+DOCKER_ENV=${DOCKER_ENV:-../shared/tools/docker-env}
+PROJECT=mamlsmoke
+PORT=${SMOKE_PORT:-18000}
+
+if ! env_lines=$("$DOCKER_ENV" up 2>/tmp/docker-env-up.log) || [ "$env_lines" = "false" ]; then
+    echo "================================================================"
+    echo "SKIPPED docker smoke test: the Docker engine could not start:"
+    tail -n 20 /tmp/docker-env-up.log | sed 's/^/    /'
+    echo "================================================================"
+    exit 0
+fi
+eval "$env_lines"
+
+# Offline build: torch's CPU wheel from this machine's disk into the (git-ignored) wheels/.
+ls wheels/torch-*.whl >/dev/null 2>&1 || python3 -m pip download -q --no-deps -d wheels torch==2.13.0
+
+compose() { API_PORT=$PORT docker compose -p "$PROJECT" "$@"; }
+cleanup() { compose down -v --remove-orphans >/dev/null 2>&1 || true; }
+trap cleanup EXIT
+
+compose up -d --build --wait
+KEY=$(compose exec -T api python -m app clients create smoke | tail -n 1)
+AUTH="Authorization: Bearer $KEY"
+BASE="http://127.0.0.1:$PORT"
+TASK=$(curl -fsS -X POST "$BASE/tasks" -H "$AUTH" -H 'content-type: application/json' \
+    -d '{"model": "sinusoid", "support": {"x": [-4, -2.5, -1, 0, 1.2, 2, 3.3, 4.1, -3.3, 0.6], "y": [1.51, -0.48, -1.82, -1.68, 0.41, 1.66, 1.5, -0.66, 0.57, -1.2]}}')
+ID=$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["id"])' "$TASK")
+BODY='{"x": [-3, -1, 0.5, 2.5]}'
+BEFORE=$(curl -fsS -X POST "$BASE/tasks/$ID/predict" -H "$AUTH" -H 'content-type: application/json' -d "$BODY")
+compose restart api
+compose up -d --wait api
+AFTER=$(curl -fsS -X POST "$BASE/tasks/$ID/predict" -H "$AUTH" -H 'content-type: application/json' -d "$BODY")
+echo "before restart: $BEFORE"
+echo "after restart:  $AFTER"
+if [ "$BEFORE" != "$AFTER" ]; then
+    echo "FAILED docker smoke test: predictions changed across an api restart"
+    exit 1
+fi
+echo "PASSED docker smoke test"
