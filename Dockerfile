@@ -17,10 +17,14 @@ RUN if [ "${TORCH_FROM_WHEELS}" != "no" ] && ls /wheels/torch-*.whl >/dev/null 2
         pip install --index-url "${TORCH_INDEX}" --extra-index-url https://pypi.org/simple "torch==${TORCH_VERSION}"; \
     fi
 WORKDIR /src
+# Dependencies first (a layer that survives code changes), then the project itself.
 COPY pyproject.toml README.md ./
+RUN mkdir meta_core app && touch meta_core/__init__.py app/__init__.py \
+    && pip install --find-links /wheels . && pip uninstall -y maml-service \
+    && rm -r meta_core app build
 COPY meta_core/ meta_core/
 COPY app/ app/
-RUN pip install --find-links /wheels .
+RUN pip install --no-deps .
 
 FROM python:3.11-slim
 RUN useradd --create-home --uid 10001 app
@@ -35,7 +39,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     HOST=0.0.0.0 \
     PORT=8000 \
     WORKERS=2
-USER app
+USER 10001:10001
 EXPOSE 8000
 HEALTHCHECK --interval=5s --timeout=3s --start-period=60s --retries=5 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=2).status != 200)"]

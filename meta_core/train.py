@@ -275,9 +275,10 @@ def _load_checkpoint(out: Path, cfg: Config, learner: MetaLearner, opt: torch.op
     if not (folder / "state.json").exists():
         raise FileNotFoundError(f"no checkpoint in {folder} to resume from")
     meta = json.loads((folder / "state.json").read_text())
-    if meta["config"] != cfg.to_dict():
+    if _maths(meta["config"]) != _maths(cfg.to_dict()):
         raise ValueError("the checkpoint was made with another configuration; resume with the "
-                         "same preset and overrides")
+                         "same preset and overrides (only train.compile, strategy, threads, "
+                         "device and max_seconds may change)")
     tensors = load_file(str(folder / "state.safetensors"))
     device = next(iter(learner.params.values())).device
     with torch.no_grad():
@@ -296,6 +297,15 @@ def _load_checkpoint(out: Path, cfg: Config, learner: MetaLearner, opt: torch.op
     state = RunState(meta["iteration"], meta["best_val"], meta["best_iteration"],
                      meta["elapsed"])
     return state, best
+
+
+EXECUTION_FIELDS = ("compile", "strategy", "threads", "device", "max_seconds")
+
+
+def _maths(config: dict[str, Any]) -> dict[str, Any]:
+    """The config without the fields that change how a run executes, not what it computes."""
+    train = {k: v for k, v in config["train"].items() if k not in EXECUTION_FIELDS}
+    return config | {"train": train}
 
 
 def _truncate_metrics(path: Path, iteration: int) -> None:

@@ -36,8 +36,11 @@ def make_sessionmaker(engine: Engine) -> sessionmaker:
 
 
 def alembic_config(url: str) -> AlembicConfig:
-    cfg = AlembicConfig(str(ROOT / "alembic.ini"))
-    cfg.set_main_option("script_location", str(ROOT / "migrations"))
+    """The migrations beside the working directory's alembic.ini (the image's /srv), else the
+    source tree's."""
+    root = Path.cwd() if (Path.cwd() / "alembic.ini").exists() else ROOT
+    cfg = AlembicConfig(str(root / "alembic.ini"))
+    cfg.set_main_option("script_location", str(root / "migrations"))
     cfg.attributes["database_url"] = url
     return cfg
 
