@@ -15,7 +15,8 @@ from meta_core.config import load_config
 from meta_core.train import train
 
 TINY = ["train.iterations=40", "train.val_every=10", "train.val_tasks=20", "train.log_every=5",
-        "train.checkpoint_every=10", "train.meta_batch=4"]
+        "train.checkpoint_every=10", "train.meta_batch=4", "train.compile=false",
+        "algorithm.inner_steps=2"]
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
