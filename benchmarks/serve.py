@@ -1,7 +1,9 @@
 """Service benchmark: uvicorn on loopback with a fresh database, measured from a client.
 
-Reports POST /tasks latency (sinusoid, K=10, 10 inner steps) and predict requests/s with
-p50/p99 at concurrency 1, 16 and 64 over 1,000 tasks (10 rows per predict). One JSON line per
+Reports POST /tasks latency (sinusoid, K=10, 10 inner steps), predict requests/s with
+p50/p99 at concurrency 1, 16 and 64 over 1,000 tasks (10 rows per predict), and, for each
+Omniglot model served, adaptation and predict latency with PNG drawings of held-out
+characters (with the accuracy they give). One JSON line per
 measurement; nothing is asserted. The load generator runs on the same machine as the server:
 wrk (one thread) when it is installed (`apt-get install wrk`), else an httpx client, which
 costs more CPU per request and so understates the server.
@@ -115,6 +117,47 @@ def wrk_load(base: str, key: str, tasks: list[str], concurrency: int, seconds: i
     return row
 
 
+def omniglot_http(base: str, headers: dict, model: str, ways: int, n_tasks: int,
+                  rng: random.Random) -> dict:
+    """Adaptation and prediction latency over HTTP with real PNG drawings of held-out
+    characters: one PNG per class in the support set, 15 others per class predicted."""
+    import base64
+
+    from meta_core.data.omniglot import default_data_dir, read_set, read_split
+
+    chars: dict = {}
+    for name in ("images_background", "images_evaluation"):
+        chars |= read_set(default_data_dir(), name)
+    test = read_split("test")
+    post, predict, correct, total = [], [], 0, 0
+    with httpx.Client(base_url=base, headers=headers, timeout=60) as client:
+        for _ in range(n_tasks):
+            picked = rng.sample(test, ways)
+            draws = [[base64.b64encode(d).decode() for _, d in sorted(chars[c])] for c in picked]
+            order = [rng.sample(range(20), 16) for _ in picked]
+            support = [draws[i][order[i][0]] for i in range(ways)]
+            start = time.perf_counter()
+            r = client.post("/tasks", json={"model": model,
+                                            "support": {"x": support, "y": list(range(ways))}})
+            post.append(time.perf_counter() - start)
+            r.raise_for_status()
+            queries = [(draws[i][j], i) for i in range(ways) for j in order[i][1:]]
+            start = time.perf_counter()
+            p = client.post(f"/tasks/{r.json()['id']}/predict",
+                            json={"x": [q for q, _ in queries]})
+            predict.append(time.perf_counter() - start)
+            labels = [row["label"] for row in p.json()["predictions"]]
+            correct += sum(a == b for a, (_, b) in zip(labels, queries, strict=True))
+            total += len(queries)
+    return {"measurement": "omniglot_http", "model": model, "ways": ways, "shots": 1,
+            "tasks": n_tasks, "post_p50_ms": round(percentile(post, 50) * 1000, 2),
+            "post_p99_ms": round(percentile(post, 99) * 1000, 2),
+            "predict_rows": ways * 15,
+            "predict_p50_ms": round(percentile(predict, 50) * 1000, 2),
+            "predict_p99_ms": round(percentile(predict, 99) * 1000, 2),
+            "accuracy": round(correct / total, 4)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workers", type=int, default=2)
@@ -122,6 +165,7 @@ def main() -> None:
     parser.add_argument("--create-samples", type=int, default=200)
     parser.add_argument("--predicts", type=int, default=3000, help="per level (httpx)")
     parser.add_argument("--seconds", type=int, default=10, help="per level (wrk)")
+    parser.add_argument("--image-tasks", type=int, default=100, help="Omniglot tasks over HTTP")
     args = parser.parse_args()
     rng = random.Random(0)
     tmp = tempfile.mkdtemp()
@@ -179,6 +223,11 @@ def main() -> None:
             print(json.dumps({"measurement": "predict", "concurrency": concurrency,
                               "distinct_tasks": len(tasks), "rows_per_request": 10}
                              | row | common), flush=True)
+        models = [m["name"] for m in httpx.get(f"{base}/models", headers=headers).json()]
+        for model, ways in (("omniglot-5w1s", 5), ("omniglot-20w1s", 20)):
+            if model in models:
+                print(json.dumps(omniglot_http(base, headers, model, ways, args.image_tasks, rng)
+                                 | common), flush=True)
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -34,6 +34,8 @@ class Settings(BaseSettings):
     max_inner_steps: int = Field(100, ge=1)
     max_inner_lr: float = Field(10.0, gt=0)
     max_body_bytes: int = Field(16 * 2**20, ge=1024)
+    max_image_bytes: int = Field(4 * 2**20, ge=1024, description="one encoded image")
+    max_image_pixels: int = Field(4096 * 4096, ge=1, description="one image, before resizing")
     retry_after_seconds: int = Field(1, ge=1)
     log_level: str = "INFO"
 

@@ -16,16 +16,27 @@ from safetensors.torch import load, save
 from torch import Tensor
 
 from app.core.errors import InvalidInput, Overloaded
+from app.services.images import images_to_tensor
 from meta_core.artifact import Artifact
 from meta_core.inner_loop import LOSSES
 
 Label = int | str
 
 
-def to_inputs(art: Artifact, x: Any, field: str, limit: int) -> Tensor:
-    """``x`` as a float32 ``[n, *input_shape]`` tensor, or a clear 422."""
+def to_inputs(art: Artifact, x: Any, field: str, limit: int, *, max_image_bytes: int = 4 << 20,
+              max_image_pixels: int = 1 << 24) -> Tensor:
+    """``x`` as a float32 ``[n, *input_shape]`` tensor, or a clear 422. For an image model,
+    rows may be base64 PNG/JPEG strings (or data URLs), preprocessed as in training."""
+    spec = art.manifest.get("preprocessing") or {}
+    if isinstance(x, list) and x and isinstance(x[0], str):
+        if spec.get("type") != "image":
+            raise InvalidInput(f"{field} holds strings, but model {art.name!r} takes numbers")
+        if len(x) > limit:
+            raise InvalidInput(f"{field} has {len(x)} rows; the limit is {limit}")
+        x = images_to_tensor(x, field, spec, max_bytes=max_image_bytes,
+                             max_pixels=max_image_pixels)
     try:
-        t = torch.tensor(x, dtype=torch.float32)
+        t = x if isinstance(x, Tensor) else torch.tensor(x, dtype=torch.float32)
     except (TypeError, ValueError, RuntimeError, OverflowError):
         raise InvalidInput(f"{field} must be a rectangular array of numbers") from None
     if t.dim() == 0 or t.shape[0] == 0:
@@ -95,8 +106,8 @@ class Prepared:
 
 
 def prepare(art: Artifact, body: Any, *, max_support: int, max_query: int,
-            max_steps: int, max_lr: float) -> Prepared:
-    sx = to_inputs(art, body.support.x, "support.x", max_support)
+            max_steps: int, max_lr: float, **image_limits: int) -> Prepared:
+    sx = to_inputs(art, body.support.x, "support.x", max_support, **image_limits)
     labels = None
     if art.task_kind == "classification":
         labels = label_order(body.support.y, "support.y", art.n_outputs)
@@ -105,7 +116,7 @@ def prepare(art: Artifact, body: Any, *, max_support: int, max_query: int,
         sy = to_targets(art, body.support.y, sx.shape[0], "support.y")
     qx = qy = None
     if body.query is not None:
-        qx = to_inputs(art, body.query.x, "query.x", max_query)
+        qx = to_inputs(art, body.query.x, "query.x", max_query, **image_limits)
         if art.task_kind == "classification":
             qy = to_label_indices(body.query.y, labels, qx.shape[0], "query.y")
         else:

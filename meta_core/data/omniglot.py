@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from meta_core.preprocessing import image_to_uint8
 from meta_core.tasks.nway import NWayKShot
 
 log = logging.getLogger(__name__)
@@ -45,11 +46,10 @@ def default_cache_dir() -> Path:
 
 def preprocess(image: Image.Image) -> np.ndarray:
     """One drawing -> ``[28, 28]`` uint8, strokes high (multiply by ``scale`` for [0, 1])."""
-    small = image.convert("L").resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.LANCZOS)
-    return 255 - np.asarray(small, dtype=np.uint8)
+    return image_to_uint8(image, PREPROCESSING)
 
 
-def _read_set(root: Path, name: str) -> dict[str, list[tuple[str, bytes]]]:
+def read_set(root: Path, name: str) -> dict[str, list[tuple[str, bytes]]]:
     """character id -> [(file name, PNG bytes)] from ``root/name.zip`` or ``root/name/``."""
     chars: dict[str, list[tuple[str, bytes]]] = {}
     archive = root / f"{name}.zip"
@@ -82,7 +82,7 @@ def load_images(data_dir: Path | None = None, cache_dir: Path | None = None
     log.info("decoding Omniglot from %s (cached afterwards in %s)", data_dir, cache)
     chars: dict[str, list[tuple[str, bytes]]] = {}
     for name in SETS:
-        chars.update(_read_set(data_dir, name))
+        chars.update(read_set(data_dir, name))
     ids = sorted(chars)
     images = np.zeros((len(ids), DRAWINGS, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
     for i, char in enumerate(ids):

@@ -37,7 +37,8 @@ async def create_task(body: TaskCreate, request: Request, response: Response,
     s = state.settings
     art = registry.get(body.model)
     task = prepare(art, body, max_support=s.max_support, max_query=s.max_query,
-                   max_steps=s.max_inner_steps, max_lr=s.max_inner_lr)
+                   max_steps=s.max_inner_steps, max_lr=s.max_inner_lr,
+                   max_image_bytes=s.max_image_bytes, max_image_pixels=s.max_image_pixels)
     adapted = await state.adapt_pool.run(run_adaptation, art, task)
     weights, digest = serialize(adapted.changed)
 
@@ -106,7 +107,9 @@ async def predict(task_id: str, body: PredictIn, request: Request, registry: Reg
     else:
         state.metrics.cache_hits.inc()
     art = registry.models[adapted.model_name]
-    x = to_inputs(art, body.x, "x", state.settings.max_predict_rows)
+    s = state.settings
+    x = to_inputs(art, body.x, "x", s.max_predict_rows, max_image_bytes=s.max_image_bytes,
+                  max_image_pixels=s.max_image_pixels)
     labels = adapted.labels
     out = outputs(art, adapted.params, x, len(labels) if labels is not None else None)
     if labels is None:
