@@ -151,6 +151,8 @@ BAD = [
     ({"support": {"x": [[1.0], [2.0, 3.0]], "y": [1.0, 2.0]}}, 422,
      "support.x must be a rectangular array of numbers"),
     ({"support": {"x": ["a", "b", "c", "d"], "y": Y}}, 422,
+     "support.x holds strings, but model 'sinusoid' takes numbers"),
+    ({"support": {"x": [[1.0], "b", [2.0], [3.0]], "y": Y}}, 422,
      "support.x must be a rectangular array of numbers"),
     ({"inner_steps": 101}, 422, "inner_steps must be between 0 and 100, got 101"),
     ({"inner_steps": -1}, 422, "inner_steps must be between 0 and 100, got -1"),
