@@ -38,5 +38,6 @@ def test_family_pools_never_mix_characters():
     test_first = images[index[read_split("test")[0]]]
     assert torch.equal(family.pools["test"][0, :, 0], test_first)
     batch = family.sample(4, torch.Generator().manual_seed(0), split="test")
-    assert batch.support_x.shape == (4, 5, 1, 28, 28) and batch.query_x.shape == (4, 75, 1, 28, 28)
-    assert 0.0 <= batch.support_x.min() and batch.support_x.max() <= 1.0
+    assert batch.support_x.shape == (4, 5, 1, 28, 28)
+    assert batch.query_x.shape == (4, 75, 1, 28, 28)
+    assert batch.support_x.min() >= 0.0 and batch.support_x.max() <= 1.0

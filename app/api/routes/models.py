@@ -1,6 +1,7 @@
 from fastapi import APIRouter
 
 from app.api.deps import CurrentClient, RegistryDep
+from app.core.errors import NotFound
 from app.schemas import ModelOut
 from meta_core.artifact import Artifact
 
@@ -25,8 +26,6 @@ async def list_models(registry: RegistryDep, _: CurrentClient) -> list[ModelOut]
 @router.get("/{name}", response_model=ModelOut)
 async def get_model(name: str, registry: RegistryDep, _: CurrentClient) -> ModelOut:
     """One meta-model (404 if unknown)."""
-    from app.core.errors import NotFound
-
     if name not in registry.models:
         raise NotFound(f"no model {name!r}")
     return model_out(registry.models[name])
