@@ -32,23 +32,29 @@ def main(argv: list[str] | None = None) -> int:
     revoke.add_argument("client_id", type=int)
     args = parser.parse_args(argv)
     settings = get_settings()
-    logging.basicConfig(level=settings.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
 
     if args.command == "serve":
         import uvicorn
 
-        uvicorn.run("app.main:app", host=args.host or settings.host,
-                    port=args.port or settings.port, workers=args.workers or settings.workers,
-                    log_level=settings.log_level.lower())
+        uvicorn.run(
+            "app.main:app",
+            host=args.host or settings.host,
+            port=args.port or settings.port,
+            workers=args.workers or settings.workers,
+            log_level=settings.log_level.lower(),
+        )
         return 0
 
     sessions = make_sessionmaker(make_engine(settings.database_url))
     with sessions() as session:
         if args.action == "create":
             key = new_key()
-            client = crud.create_client(session, name=args.name, key_hash=hash_key(key),
-                                        key_prefix=key[:10])
+            client = crud.create_client(
+                session, name=args.name, key_hash=hash_key(key), key_prefix=key[:10]
+            )
             print(f"created client {client.id} ({client.name}); its API key, shown once:")
             print(key)
         elif args.action == "list":

@@ -30,9 +30,11 @@ class NotMigrated(RuntimeError):
 def check_migrated(engine) -> None:  # type: ignore[no-untyped-def]
     current, head = migration_state(engine)
     if current != head:
-        raise NotMigrated(f"the database is at revision {current or 'none (empty)'}, the code "
-                          f"needs {head}: run `alembic upgrade head` (DATABASE_URL="
-                          f"{engine.url.render_as_string(hide_password=True)})")
+        raise NotMigrated(
+            f"the database is at revision {current or 'none (empty)'}, the code "
+            f"needs {head}: run `alembic upgrade head` (DATABASE_URL="
+            f"{engine.url.render_as_string(hide_password=True)})"
+        )
 
 
 class BodyLimit:
@@ -63,8 +65,9 @@ class BodyLimit:
             await self._too_large(scope, receive, send)
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await problem(413, "Payload too large",
-                      f"the request body exceeds {self.limit} bytes")(scope, receive, send)
+        await problem(413, "Payload too large", f"the request body exceeds {self.limit} bytes")(
+            scope, receive, send
+        )
 
 
 class _TooLarge(Exception):
@@ -97,8 +100,7 @@ class RequestMetrics:
             self.metrics.requests.labels(scope["method"], route, str(status)).inc()
             self.metrics.latency.labels(scope["method"], route).observe(elapsed)
             if log.isEnabledFor(logging.DEBUG) or status >= 400:
-                log.info("%s %s %d %.1fms", scope["method"], scope["path"], status,
-                         elapsed * 1000)
+                log.info("%s %s %d %.1fms", scope["method"], scope["path"], status, elapsed * 1000)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -113,10 +115,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.engine = engine
         app.state.sessionmaker = make_sessionmaker(engine)
         app.state.registry = ModelRegistry.load(settings.model_dir)
-        app.state.adapt_pool = AdaptationPool(settings.adapt_concurrency, settings.adapt_queue,
-                                              settings.retry_after_seconds)
-        log.info("ready: models %s, database %s", sorted(app.state.registry.models),
-                 engine.url.render_as_string(hide_password=True))
+        app.state.adapt_pool = AdaptationPool(
+            settings.adapt_concurrency, settings.adapt_queue, settings.retry_after_seconds
+        )
+        log.info(
+            "ready: models %s, database %s",
+            sorted(app.state.registry.models),
+            engine.url.render_as_string(hide_password=True),
+        )
         yield
         app.state.adapt_pool.shutdown()
         engine.dispose()

@@ -59,8 +59,10 @@ class ClassPrediction(BaseModel):
 class PredictOut(BaseModel):
     task_id: str
     labels: list[int | str] | None = None
-    predictions: list[Any] = Field(description="regression: a value (or list) per row; "
-                                                "classification: a ClassPrediction per row")
+    predictions: list[Any] = Field(
+        description="regression: a value (or list) per row; "
+        "classification: a ClassPrediction per row"
+    )
 
 
 class ModelOut(BaseModel):

@@ -37,21 +37,43 @@ from meta_core.networks import build_network
 from meta_core.tasks import FAMILIES, TaskBatch
 
 WORKLOADS = {
-    "w1": {"family": {"name": "sinusoid", "shots": 10, "queries": 10},
-           "arch": {"type": "mlp", "in_features": 1, "hidden": [40, 40], "out_features": 1},
-           "meta_batch": 25, "lr": 0.01, "kind": "regression"},
-    "w2": {"family": {"name": "random_images", "ways": 5, "shots": 1, "queries": 15},
-           "arch": {"type": "conv4", "in_channels": 1, "image_size": 28, "hidden": 64,
-                    "out_features": 5, "norm": "layer"},
-           "meta_batch": 32, "lr": 0.4, "kind": "classification"},
+    "w1": {
+        "family": {"name": "sinusoid", "shots": 10, "queries": 10},
+        "arch": {"type": "mlp", "in_features": 1, "hidden": [40, 40], "out_features": 1},
+        "meta_batch": 25,
+        "lr": 0.01,
+        "kind": "regression",
+    },
+    "w2": {
+        "family": {"name": "random_images", "ways": 5, "shots": 1, "queries": 15},
+        "arch": {
+            "type": "conv4",
+            "in_channels": 1,
+            "image_size": 28,
+            "hidden": 64,
+            "out_features": 5,
+            "norm": "layer",
+        },
+        "meta_batch": 32,
+        "lr": 0.4,
+        "kind": "classification",
+    },
 }
 # W2 on real Omniglot batches (the 5-way 1-shot preset's family, held in memory as uint8).
 WORKLOADS["w2-omniglot"] = WORKLOADS["w2"] | {
-    "family": {"name": "omniglot", "ways": 5, "shots": 1, "queries": 15}}
+    "family": {"name": "omniglot", "ways": 5, "shots": 1, "queries": 15}
+}
 
 
-def reference_step(model: torch.nn.Module, params: dict, batch: TaskBatch, *, lr: float,
-                   kind: str, first_order: bool) -> torch.Tensor:
+def reference_step(
+    model: torch.nn.Module,
+    params: dict,
+    batch: TaskBatch,
+    *,
+    lr: float,
+    kind: str,
+    first_order: bool,
+) -> torch.Tensor:
     """learn2learn-style MAML: per task, clone, adapt with autograd.grad, backward."""
     loss_fn = LOSSES[kind]
     total = torch.zeros(())
@@ -66,20 +88,28 @@ def reference_step(model: torch.nn.Module, params: dict, batch: TaskBatch, *, lr
     return total
 
 
-def make_step(model: torch.nn.Module, learner: MetaLearner, opt: torch.optim.Optimizer,
-              batches: list[TaskBatch], strategy: str, w: dict, first_order: bool
-              ) -> Callable[[], None]:
+def make_step(
+    model: torch.nn.Module,
+    learner: MetaLearner,
+    opt: torch.optim.Optimizer,
+    batches: list[TaskBatch],
+    strategy: str,
+    w: dict,
+    first_order: bool,
+) -> Callable[[], None]:
     """One meta-training iteration (sample, meta-loss, backward, Adam) of one implementation."""
     counter = iter(range(10**9))
-    meta_loss = torch.compile(learner.meta_loss) if strategy.endswith("-compile") \
-        else learner.meta_loss
+    meta_loss = (
+        torch.compile(learner.meta_loss) if strategy.endswith("-compile") else learner.meta_loss
+    )
 
     def step() -> None:
         batch = batches[next(counter) % len(batches)]
         opt.zero_grad(set_to_none=True)
         if strategy == "reference":
-            reference_step(model, learner.params, batch, lr=w["lr"], kind=w["kind"],
-                           first_order=first_order)
+            reference_step(
+                model, learner.params, batch, lr=w["lr"], kind=w["kind"], first_order=first_order
+            )
         else:
             loss, _ = meta_loss(batch, strategy=strategy.removesuffix("-compile"))
             loss.backward()
@@ -125,8 +155,7 @@ def conv_peak_gflops(device: torch.device, sync: Callable[[], None]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--workload", choices=["w1", "w2", "w2-omniglot", "all"],
-                        default="all")
+    parser.add_argument("--workload", choices=["w1", "w2", "w2-omniglot", "all"], default="all")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--order", choices=["first", "second", "both"], default="both")
@@ -157,32 +186,49 @@ def main() -> None:
                 batches = [family.sample(w["meta_batch"], gen).to(device) for _ in range(4)]
                 step = make_step(model, learner, opt, batches, strategy, w, first_order)
                 cuda = device.type == "cuda"
-                iters = args.iters or {("w1", False): 200, ("w1", True): 100,
-                                       ("w2", False): 5, ("w2", True): 30}[(name[:2], cuda)]
+                iters = (
+                    args.iters
+                    or {("w1", False): 200, ("w1", True): 100, ("w2", False): 5, ("w2", True): 30}[
+                        (name[:2], cuda)
+                    ]
+                )
                 seconds = measure(step, iters, sync)
-                row = {"workload": name, "device": str(device),
-                       "device_name": torch.cuda.get_device_name() if device.type == "cuda"
-                       else "cpu", "threads": torch.get_num_threads(),
-                       "order": "first" if first_order else "second",
-                       "impl": "reference" if strategy == "reference" else "meta_core",
-                       "strategy": strategy, "meta_batch": w["meta_batch"],
-                       "tasks_per_s": round(w["meta_batch"] / seconds, 1),
-                       "s_per_iter": round(seconds, 5),
-                       "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-                                            / 1024, 1)}
+                row = {
+                    "workload": name,
+                    "device": str(device),
+                    "device_name": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+                    "threads": torch.get_num_threads(),
+                    "order": "first" if first_order else "second",
+                    "impl": "reference" if strategy == "reference" else "meta_core",
+                    "strategy": strategy,
+                    "meta_batch": w["meta_batch"],
+                    "tasks_per_s": round(w["meta_batch"] / seconds, 1),
+                    "s_per_iter": round(seconds, 5),
+                    "peak_rss_mb": round(
+                        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1
+                    ),
+                }
                 if name.startswith("w2"):
                     # FLOPs of the maths, counted on the reference (vmap's grouped convolutions
                     # are counted as dense by the counter).
                     if first_order not in flops:
                         with FlopCounterMode(display=False) as fc:
-                            reference_step(model, learner.params, batches[0], lr=w["lr"],
-                                           kind=w["kind"], first_order=first_order)
+                            reference_step(
+                                model,
+                                learner.params,
+                                batches[0],
+                                lr=w["lr"],
+                                kind=w["kind"],
+                                first_order=first_order,
+                            )
                         flops[first_order] = fc.get_total_flops()
                     peak = peak or conv_peak_gflops(device, sync)
-                    row |= {"gflop_per_iter": round(flops[first_order] / 1e9, 2),
-                            "achieved_gflops": round(flops[first_order] / seconds / 1e9, 1),
-                            "peak_conv_gflops": round(peak, 1),
-                            "projected_60k_iter_hours": round(seconds * 60_000 / 3600, 2)}
+                    row |= {
+                        "gflop_per_iter": round(flops[first_order] / 1e9, 2),
+                        "achieved_gflops": round(flops[first_order] / seconds / 1e9, 1),
+                        "peak_conv_gflops": round(peak, 1),
+                        "projected_60k_iter_hours": round(seconds * 60_000 / 3600, 2),
+                    }
                 if device.type == "cuda":
                     row["peak_gpu_mem_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
                 print(json.dumps(row), flush=True)

@@ -48,16 +48,21 @@ def sinusoid_body(rng: random.Random, k: int = 10) -> dict:
 
     amp, phase = rng.uniform(0.1, 5), rng.uniform(0, math.pi)
     xs = [rng.uniform(-5, 5) for _ in range(k)]
-    return {"model": "sinusoid", "inner_steps": 10,
-            "support": {"x": xs, "y": [amp * math.sin(x - phase) for x in xs]}}
+    return {
+        "model": "sinusoid",
+        "inner_steps": 10,
+        "support": {"x": xs, "y": [amp * math.sin(x - phase) for x in xs]},
+    }
 
 
-async def predict_load(base: str, headers: dict, tasks: list[str], concurrency: int,
-                       total: int, rng: random.Random) -> dict:
+async def predict_load(
+    base: str, headers: dict, tasks: list[str], concurrency: int, total: int, rng: random.Random
+) -> dict:
     latencies: list[float] = []
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=base, headers=headers, limits=limits,
-                                 timeout=60) as client:
+    async with httpx.AsyncClient(
+        base_url=base, headers=headers, limits=limits, timeout=60
+    ) as client:
         queue = [rng.choice(tasks) for _ in range(total)]
         body = {"x": [rng.uniform(-5, 5) for _ in range(10)]}
 
@@ -72,9 +77,12 @@ async def predict_load(base: str, headers: dict, tasks: list[str], concurrency: 
         start = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - start
-    return {"requests": total, "requests_per_s": round(total / elapsed, 1),
-            "p50_ms": round(percentile(latencies, 50) * 1000, 2),
-            "p99_ms": round(percentile(latencies, 99) * 1000, 2)}
+    return {
+        "requests": total,
+        "requests_per_s": round(total / elapsed, 1),
+        "p50_ms": round(percentile(latencies, 50) * 1000, 2),
+        "p99_ms": round(percentile(latencies, 99) * 1000, 2),
+    }
 
 
 WRK_SCRIPT = """
@@ -90,16 +98,30 @@ end
 """
 
 
-def wrk_load(base: str, key: str, tasks: list[str], concurrency: int, seconds: int,
-             rng: random.Random) -> dict:
+def wrk_load(
+    base: str, key: str, tasks: list[str], concurrency: int, seconds: int, rng: random.Random
+) -> dict:
     folder = Path(tempfile.mkdtemp())
     (folder / "tasks.txt").write_text("\n".join(tasks) + "\n")
     (folder / "predict.lua").write_text(WRK_SCRIPT)
     body = json.dumps({"x": [rng.uniform(-5, 5) for _ in range(10)]})
     env = os.environ | {"TASKS_FILE": str(folder / "tasks.txt"), "API_KEY": key, "BODY": body}
-    out = subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--latency",
-                          "-s", str(folder / "predict.lua"), base], env=env, check=True,
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t1",
+            f"-c{concurrency}",
+            f"-d{seconds}s",
+            "--latency",
+            "-s",
+            str(folder / "predict.lua"),
+            base,
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     row: dict = {"load_generator": "wrk"}
     for line in out.splitlines():
         parts = line.split()
@@ -117,8 +139,9 @@ def wrk_load(base: str, key: str, tasks: list[str], concurrency: int, seconds: i
     return row
 
 
-def omniglot_http(base: str, headers: dict, model: str, ways: int, n_tasks: int,
-                  rng: random.Random) -> dict:
+def omniglot_http(
+    base: str, headers: dict, model: str, ways: int, n_tasks: int, rng: random.Random
+) -> dict:
     """Adaptation and prediction latency over HTTP with real PNG drawings of held-out
     characters: one PNG per class in the support set, 15 others per class predicted."""
     import base64
@@ -137,25 +160,31 @@ def omniglot_http(base: str, headers: dict, model: str, ways: int, n_tasks: int,
             order = [rng.sample(range(20), 16) for _ in picked]
             support = [draws[i][order[i][0]] for i in range(ways)]
             start = time.perf_counter()
-            r = client.post("/tasks", json={"model": model,
-                                            "support": {"x": support, "y": list(range(ways))}})
+            r = client.post(
+                "/tasks", json={"model": model, "support": {"x": support, "y": list(range(ways))}}
+            )
             post.append(time.perf_counter() - start)
             r.raise_for_status()
             queries = [(draws[i][j], i) for i in range(ways) for j in order[i][1:]]
             start = time.perf_counter()
-            p = client.post(f"/tasks/{r.json()['id']}/predict",
-                            json={"x": [q for q, _ in queries]})
+            p = client.post(f"/tasks/{r.json()['id']}/predict", json={"x": [q for q, _ in queries]})
             predict.append(time.perf_counter() - start)
             labels = [row["label"] for row in p.json()["predictions"]]
             correct += sum(a == b for a, (_, b) in zip(labels, queries, strict=True))
             total += len(queries)
-    return {"measurement": "omniglot_http", "model": model, "ways": ways, "shots": 1,
-            "tasks": n_tasks, "post_p50_ms": round(percentile(post, 50) * 1000, 2),
-            "post_p99_ms": round(percentile(post, 99) * 1000, 2),
-            "predict_rows": ways * 15,
-            "predict_p50_ms": round(percentile(predict, 50) * 1000, 2),
-            "predict_p99_ms": round(percentile(predict, 99) * 1000, 2),
-            "accuracy": round(correct / total, 4)}
+    return {
+        "measurement": "omniglot_http",
+        "model": model,
+        "ways": ways,
+        "shots": 1,
+        "tasks": n_tasks,
+        "post_p50_ms": round(percentile(post, 50) * 1000, 2),
+        "post_p99_ms": round(percentile(post, 99) * 1000, 2),
+        "predict_rows": ways * 15,
+        "predict_p50_ms": round(percentile(predict, 50) * 1000, 2),
+        "predict_p99_ms": round(percentile(predict, 99) * 1000, 2),
+        "accuracy": round(correct / total, 4),
+    }
 
 
 def main() -> None:
@@ -170,16 +199,36 @@ def main() -> None:
     rng = random.Random(0)
     tmp = tempfile.mkdtemp()
     port = free_port()
-    env = os.environ | {"DATABASE_URL": f"sqlite:///{tmp}/bench.db",
-                        "MODEL_DIR": str(ROOT / "models"), "LOG_LEVEL": "WARNING",
-                        "CACHE_SIZE": str(args.tasks * 2)}
-    subprocess.run([sys.executable, "-m", "alembic", "upgrade", "head"], env=env, cwd=ROOT,
-                   check=True, capture_output=True)
-    key = subprocess.run([sys.executable, "-m", "app", "clients", "create", "bench"], env=env,
-                         cwd=ROOT, check=True, capture_output=True, text=True
-                         ).stdout.strip().splitlines()[-1]
-    server = subprocess.Popen([sys.executable, "-m", "app", "serve", "--port", str(port),
-                               "--workers", str(args.workers)], env=env, cwd=ROOT)
+    env = os.environ | {
+        "DATABASE_URL": f"sqlite:///{tmp}/bench.db",
+        "MODEL_DIR": str(ROOT / "models"),
+        "LOG_LEVEL": "WARNING",
+        "CACHE_SIZE": str(args.tasks * 2),
+    }
+    subprocess.run(
+        [sys.executable, "-m", "alembic", "upgrade", "head"],
+        env=env,
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
+    key = (
+        subprocess.run(
+            [sys.executable, "-m", "app", "clients", "create", "bench"],
+            env=env,
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
+    server = subprocess.Popen(
+        [sys.executable, "-m", "app", "serve", "--port", str(port), "--workers", str(args.workers)],
+        env=env,
+        cwd=ROOT,
+    )
     base = f"http://127.0.0.1:{port}"
     headers = {"Authorization": f"Bearer {key}"}
     try:
@@ -205,12 +254,22 @@ def main() -> None:
                     latencies.append(elapsed)
                     adapt_ms.append(r.json()["adapt_ms"])
         common = {"cpus": os.cpu_count(), "workers": args.workers}
-        print(json.dumps({"measurement": "post_tasks", "model": "sinusoid", "k": 10,
-                          "inner_steps": 10, "requests": len(latencies),
-                          "p50_ms": round(percentile(latencies, 50) * 1000, 2),
-                          "p99_ms": round(percentile(latencies, 99) * 1000, 2),
-                          "adapt_p50_ms": round(statistics.median(adapt_ms), 3)} | common),
-              flush=True)
+        print(
+            json.dumps(
+                {
+                    "measurement": "post_tasks",
+                    "model": "sinusoid",
+                    "k": 10,
+                    "inner_steps": 10,
+                    "requests": len(latencies),
+                    "p50_ms": round(percentile(latencies, 50) * 1000, 2),
+                    "p99_ms": round(percentile(latencies, 99) * 1000, 2),
+                    "adapt_p50_ms": round(statistics.median(adapt_ms), 3),
+                }
+                | common
+            ),
+            flush=True,
+        )
         # Warm every worker's cache: each task predicted a few times before measuring.
         asyncio.run(predict_load(base, headers, tasks, 16, len(tasks) * 3, rng))
         for concurrency in (1, 16, 64):
@@ -220,14 +279,28 @@ def main() -> None:
                 total = args.predicts if concurrency > 1 else args.predicts // 3
                 row = asyncio.run(predict_load(base, headers, tasks, concurrency, total, rng))
                 row["load_generator"] = "httpx"
-            print(json.dumps({"measurement": "predict", "concurrency": concurrency,
-                              "distinct_tasks": len(tasks), "rows_per_request": 10}
-                             | row | common), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "measurement": "predict",
+                        "concurrency": concurrency,
+                        "distinct_tasks": len(tasks),
+                        "rows_per_request": 10,
+                    }
+                    | row
+                    | common
+                ),
+                flush=True,
+            )
         models = [m["name"] for m in httpx.get(f"{base}/models", headers=headers).json()]
         for model, ways in (("omniglot-5w1s", 5), ("omniglot-20w1s", 20)):
             if model in models:
-                print(json.dumps(omniglot_http(base, headers, model, ways, args.image_tasks, rng)
-                                 | common), flush=True)
+                print(
+                    json.dumps(
+                        omniglot_http(base, headers, model, ways, args.image_tasks, rng) | common
+                    ),
+                    flush=True,
+                )
     finally:
         server.terminate()
         server.wait(timeout=30)

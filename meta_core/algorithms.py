@@ -55,8 +55,17 @@ def task_loss(
     rate: LearningRate = lrs if lrs else lr
     fast: Params = params
     losses = []
-    for fast in adapt_trajectory(model, params, sx, sy, loss_fn=loss_fn, steps=steps, lr=rate,
-                                 adapt_names=adapt_names, first_order=first_order):
+    for fast in adapt_trajectory(
+        model,
+        params,
+        sx,
+        sy,
+        loss_fn=loss_fn,
+        steps=steps,
+        lr=rate,
+        adapt_names=adapt_names,
+        first_order=first_order,
+    ):
         if step_weights is not None:
             losses.append(loss_fn(functional_call(model, fast, (qx,)), qy))
     out = functional_call(model, fast, (qx,))
@@ -102,8 +111,13 @@ class MetaLearner:
                 shape = (algo.inner_steps,) + (1,) * params[k].dim()
             else:
                 continue
-            lrs[k] = torch.full(shape, algo.inner_lr, device=params[k].device,
-                                dtype=params[k].dtype, requires_grad=True)
+            lrs[k] = torch.full(
+                shape,
+                algo.inner_lr,
+                device=params[k].device,
+                dtype=params[k].dtype,
+                requires_grad=True,
+            )
         return cls(model, params, lrs, kind, algo)
 
     @property
@@ -116,19 +130,29 @@ class MetaLearner:
     def inner_lr(self) -> LearningRate:
         return self.lrs if self.lrs else self.algo.inner_lr
 
-    def meta_loss(self, batch: TaskBatch, *, strategy: str = "vmap",
-                  step_weights: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def meta_loss(
+        self, batch: TaskBatch, *, strategy: str = "vmap", step_weights: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Mean query loss and metric over the meta-batch (Finn et al. 2017, eq. 3)."""
-        fn = partial(task_loss, self.model, kind=self.kind, steps=self.algo.inner_steps,
-                     lr=self.algo.inner_lr, adapt_names=self.adapt_names,
-                     first_order=self.algo.first_order)
+        fn = partial(
+            task_loss,
+            self.model,
+            kind=self.kind,
+            steps=self.algo.inner_steps,
+            lr=self.algo.inner_lr,
+            adapt_names=self.adapt_names,
+            first_order=self.algo.first_order,
+        )
         tensors = (batch.support_x, batch.support_y, batch.query_x, batch.query_y)
         if strategy == "vmap":
             losses, metrics = vmap(fn, in_dims=(None, None, 0, 0, 0, 0, None))(
-                self.params, self.lrs, *tensors, step_weights)
+                self.params, self.lrs, *tensors, step_weights
+            )
         elif strategy == "loop":
-            pairs = [fn(self.params, self.lrs, *(t[i] for t in tensors), step_weights)
-                     for i in range(len(batch))]
+            pairs = [
+                fn(self.params, self.lrs, *(t[i] for t in tensors), step_weights)
+                for i in range(len(batch))
+            ]
             losses = torch.stack([p[0] for p in pairs])
             metrics = torch.stack([p[1] for p in pairs])
         else:

@@ -36,10 +36,20 @@ LEARNED_LR = ("none", "lslr", "metasgd")
 ADAPT = ("all", "head")
 
 _REQUIRED: dict[str, type | tuple[type, ...]] = {
-    "schema_version": int, "name": str, "version": str, "created_at": str,
-    "architecture": dict, "task_kind": str, "input_shape": list, "n_outputs": int,
-    "inner_loop": dict, "preprocessing": (dict, type(None)), "training": dict,
-    "evaluation": dict, "framework": dict, "content_hash": str,
+    "schema_version": int,
+    "name": str,
+    "version": str,
+    "created_at": str,
+    "architecture": dict,
+    "task_kind": str,
+    "input_shape": list,
+    "n_outputs": int,
+    "inner_loop": dict,
+    "preprocessing": (dict, type(None)),
+    "training": dict,
+    "evaluation": dict,
+    "framework": dict,
+    "content_hash": str,
 }
 
 
@@ -88,8 +98,11 @@ def save_artifact(
         "preprocessing": preprocessing,
         "training": training,
         "evaluation": evaluation or {},
-        "framework": {"torch": torch.__version__, "safetensors": _version("safetensors"),
-                      "meta_core": _version("maml-service")},
+        "framework": {
+            "torch": torch.__version__,
+            "safetensors": _version("safetensors"),
+            "meta_core": _version("maml-service"),
+        },
     }
     manifest["content_hash"] = content_hash(weights, manifest)
     _write_atomic(directory / WEIGHTS, weights)
@@ -161,14 +174,22 @@ class Artifact:
             return float(lr)
         return self.lrs if self.lrs else self.inner_lr
 
-    def adapt(self, x: Tensor, y: Tensor, *, steps: int | None = None,
-              lr: float | None = None) -> Params:
+    def adapt(
+        self, x: Tensor, y: Tensor, *, steps: int | None = None, lr: float | None = None
+    ) -> Params:
         """Adapted parameters for one task's support set (no meta-gradient is kept)."""
         with torch.no_grad():
-            fast = adapt(self.model, self.params, x, y, loss_fn=LOSSES[self.task_kind],
-                         steps=self.inner_steps if steps is None else steps,
-                         lr=self.learning_rate(lr), adapt_names=self.adapt_names,
-                         first_order=True)
+            fast = adapt(
+                self.model,
+                self.params,
+                x,
+                y,
+                loss_fn=LOSSES[self.task_kind],
+                steps=self.inner_steps if steps is None else steps,
+                lr=self.learning_rate(lr),
+                adapt_names=self.adapt_names,
+                first_order=True,
+            )
         return {k: v.detach() for k, v in fast.items()}
 
     def predict(self, params: Mapping[str, Tensor], x: Tensor) -> Tensor:
@@ -189,8 +210,10 @@ def load_artifact(directory: Path | str, device: torch.device | str = "cpu") -> 
         raise ArtifactError(f"{directory}: {MANIFEST} is not valid JSON ({exc})") from None
     _validate_manifest(directory, manifest)
     if content_hash(weights, manifest) != manifest["content_hash"]:
-        raise ArtifactError(f"{directory}: content hash mismatch: the weights or the manifest "
-                            "were changed or corrupted after the artifact was written")
+        raise ArtifactError(
+            f"{directory}: content hash mismatch: the weights or the manifest "
+            "were changed or corrupted after the artifact was written"
+        )
     try:
         tensors = load(weights)
     except (SafetensorError, ValueError, RuntimeError) as exc:
@@ -205,13 +228,17 @@ def load_artifact(directory: Path | str, device: torch.device | str = "cpu") -> 
     lrs = {k[3:]: v for k, v in tensors.items() if k.startswith("lr.")}
     stray = set(tensors) - {f"net.{k}" for k in params} - {f"lr.{k}" for k in lrs}
     if set(params) != set(expected) or stray:
-        raise ArtifactError(f"{directory}: tensors do not match the architecture: missing "
-                            f"{sorted(set(expected) - set(params))}, unexpected "
-                            f"{sorted((set(params) - set(expected)) | stray)}")
+        raise ArtifactError(
+            f"{directory}: tensors do not match the architecture: missing "
+            f"{sorted(set(expected) - set(params))}, unexpected "
+            f"{sorted((set(params) - set(expected)) | stray)}"
+        )
     for k, v in sorted(params.items()):
         if v.shape != expected[k].shape or v.dtype != torch.float32:
-            raise ArtifactError(f"{directory}: tensor net.{k} is {v.dtype} {list(v.shape)}, "
-                                f"the architecture needs float32 {list(expected[k].shape)}")
+            raise ArtifactError(
+                f"{directory}: tensor net.{k} is {v.dtype} {list(v.shape)}, "
+                f"the architecture needs float32 {list(expected[k].shape)}"
+            )
         if not torch.isfinite(v).all():
             raise ArtifactError(f"{directory}: tensor net.{k} holds NaN or Inf")
     _validate_lrs(directory, manifest["inner_loop"], params, lrs)
@@ -231,8 +258,10 @@ def _validate_manifest(directory: Path, m: Any) -> None:
         if not isinstance(m[key], kind) or (kind is int and isinstance(m[key], bool)):
             raise ArtifactError(f"{directory}: manifest field {key!r} has the wrong type")
     if m["schema_version"] != SCHEMA_VERSION:
-        raise ArtifactError(f"{directory}: schema_version {m['schema_version']} is not supported "
-                            f"(this meta_core reads {SCHEMA_VERSION})")
+        raise ArtifactError(
+            f"{directory}: schema_version {m['schema_version']} is not supported "
+            f"(this meta_core reads {SCHEMA_VERSION})"
+        )
     if m["task_kind"] not in TASK_KINDS:
         raise ArtifactError(f"{directory}: task_kind must be one of {TASK_KINDS}")
     arch = m["architecture"]
@@ -241,14 +270,15 @@ def _validate_manifest(directory: Path, m: Any) -> None:
     except (KeyError, TypeError, ValueError):
         raise ArtifactError(f"{directory}: architecture spec is incomplete: {arch}") from None
     if m["input_shape"] != shape or m["n_outputs"] != outputs:
-        raise ArtifactError(f"{directory}: input_shape/n_outputs {m['input_shape']}/"
-                            f"{m['n_outputs']} disagree with the architecture {shape}/{outputs}")
+        raise ArtifactError(
+            f"{directory}: input_shape/n_outputs {m['input_shape']}/"
+            f"{m['n_outputs']} disagree with the architecture {shape}/{outputs}"
+        )
     inner = m["inner_loop"]
     steps, lr = inner.get("steps"), inner.get("lr")
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
         raise ArtifactError(f"{directory}: inner_loop.steps must be a non-negative integer")
-    if not isinstance(lr, int | float) or isinstance(lr, bool) or not math.isfinite(lr) \
-            or lr <= 0:
+    if not isinstance(lr, int | float) or isinstance(lr, bool) or not math.isfinite(lr) or lr <= 0:
         raise ArtifactError(f"{directory}: inner_loop.lr must be a positive number")
     if inner.get("learned_lr") not in LEARNED_LR:
         raise ArtifactError(f"{directory}: inner_loop.learned_lr must be one of {LEARNED_LR}")
@@ -263,16 +293,19 @@ def _validate_lrs(directory: Path, inner: dict[str, Any], params: Params, lrs: P
             raise ArtifactError(f"{directory}: learned_lr is 'none' but lr.* tensors are present")
         return
     if set(lrs) != set(names):
-        raise ArtifactError(f"{directory}: learned rates must cover exactly the adapted "
-                            f"parameters {sorted(names)}, found {sorted(lrs)}")
+        raise ArtifactError(
+            f"{directory}: learned rates must cover exactly the adapted "
+            f"parameters {sorted(names)}, found {sorted(lrs)}"
+        )
     for k, v in lrs.items():
         if v.dim() != params[k].dim() + 1 or not torch.isfinite(v).all():
             raise ArtifactError(f"{directory}: learned rate lr.{k} has shape {list(v.shape)}")
         try:
             torch.broadcast_shapes(v.shape[1:], params[k].shape)
         except RuntimeError:
-            raise ArtifactError(f"{directory}: learned rate lr.{k} does not broadcast "
-                                f"against its parameter") from None
+            raise ArtifactError(
+                f"{directory}: learned rate lr.{k} does not broadcast against its parameter"
+            ) from None
 
 
 def _version(package: str) -> str:

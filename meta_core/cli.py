@@ -17,14 +17,26 @@ def main(argv: list[str] | None = None) -> int:
     tr = sub.add_parser("train", help="meta-train from a preset and write an artifact")
     tr.add_argument("--preset", required=True, help="preset name (meta_core/presets) or path")
     tr.add_argument("--out", required=True, type=Path, help="run and artifact directory")
-    tr.add_argument("--set", dest="overrides", action="append", default=[],
-                    metavar="SECTION.FIELD=VALUE", help="override a preset field (repeatable)")
+    tr.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.FIELD=VALUE",
+        help="override a preset field (repeatable)",
+    )
     tr.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
     ev = sub.add_parser("eval", help="evaluate an artifact: report.json, plots, manifest")
     ev.add_argument("artifact", type=Path)
-    ev.add_argument("--set", dest="overrides", action="append", default=[],
-                    metavar="FIELD=VALUE", help="override an [eval] field, e.g. tasks=100")
+    ev.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override an [eval] field, e.g. tasks=100",
+    )
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--no-plots", action="store_true")
     args = parser.parse_args(argv)
@@ -54,9 +66,13 @@ def main(argv: list[str] | None = None) -> int:
         for shots, by_step in by_shots.items():
             cells = ", ".join(
                 f"{s}: {v['loss']:.3f}±{v['loss_ci95']:.3f}"
-                + (f" acc {100 * v['accuracy']:.2f}±{100 * v['accuracy_ci95']:.2f}%"
-                   if "accuracy" in v else "")
-                for s, v in by_step.items())
+                + (
+                    f" acc {100 * v['accuracy']:.2f}±{100 * v['accuracy_ci95']:.2f}%"
+                    if "accuracy" in v
+                    else ""
+                )
+                for s, v in by_step.items()
+            )
             print(f"{method:>10} K={shots}: {cells}")
     return 0
 

@@ -29,9 +29,18 @@ from meta_core.tasks import TaskBatch, TaskFamily, build_family
 log = logging.getLogger(__name__)
 
 
-def _task_curve(model: nn.Module, kind: str, steps: int, lr: LearningRate,
-                adapt_names: list[str] | None, params: Params, sx: Tensor, sy: Tensor,
-                qx: Tensor, qy: Tensor) -> tuple[Tensor, Tensor]:
+def _task_curve(
+    model: nn.Module,
+    kind: str,
+    steps: int,
+    lr: LearningRate,
+    adapt_names: list[str] | None,
+    params: Params,
+    sx: Tensor,
+    sy: Tensor,
+    qx: Tensor,
+    qy: Tensor,
+) -> tuple[Tensor, Tensor]:
     loss_fn = LOSSES[kind]
 
     def score(p: Params) -> tuple[Tensor, Tensor]:
@@ -39,26 +48,46 @@ def _task_curve(model: nn.Module, kind: str, steps: int, lr: LearningRate,
         return loss_fn(out, qy), metric(kind, out, qy)
 
     scores = [score(params)]
-    for fast in adapt_trajectory(model, params, sx, sy, loss_fn=loss_fn, steps=steps, lr=lr,
-                                 adapt_names=adapt_names, first_order=True):
+    for fast in adapt_trajectory(
+        model,
+        params,
+        sx,
+        sy,
+        loss_fn=loss_fn,
+        steps=steps,
+        lr=lr,
+        adapt_names=adapt_names,
+        first_order=True,
+    ):
         scores.append(score(fast))
     return torch.stack([s[0] for s in scores]), torch.stack([s[1] for s in scores])
 
 
-def adaptation_curve(model: nn.Module, params: Params, batch: TaskBatch, *, kind: str,
-                     steps: int, lr: LearningRate, adapt_names: list[str] | None = None,
-                     chunk: int = 100) -> tuple[Tensor, Tensor]:
+def adaptation_curve(
+    model: nn.Module,
+    params: Params,
+    batch: TaskBatch,
+    *,
+    kind: str,
+    steps: int,
+    lr: LearningRate,
+    adapt_names: list[str] | None = None,
+    chunk: int = 100,
+) -> tuple[Tensor, Tensor]:
     """Per-task query loss and metric after 0..steps inner steps: two ``[T, steps + 1]``."""
     params = {k: v.detach() for k, v in params.items()}
     if not isinstance(lr, float | int):
         lr = {k: v.detach() for k, v in lr.items()}
-    fn = vmap(partial(_task_curve, model, kind, steps, lr, adapt_names),
-              in_dims=(None, 0, 0, 0, 0))
+    fn = vmap(partial(_task_curve, model, kind, steps, lr, adapt_names), in_dims=(None, 0, 0, 0, 0))
     losses, metrics = [], []
     with torch.no_grad():
         for i in range(0, len(batch), chunk):
-            part = batch.support_x[i:i + chunk], batch.support_y[i:i + chunk], \
-                batch.query_x[i:i + chunk], batch.query_y[i:i + chunk]
+            part = (
+                batch.support_x[i : i + chunk],
+                batch.support_y[i : i + chunk],
+                batch.query_x[i : i + chunk],
+                batch.query_y[i : i + chunk],
+            )
             loss, met = fn(params, *part)
             losses.append(loss)
             metrics.append(met)
@@ -72,12 +101,23 @@ def mean_ci95(values: Tensor) -> tuple[float, float]:
     return values.mean().item(), 1.96 * std / math.sqrt(n)
 
 
-def pretrain_jointly(model: nn.Module, spec: dict[str, Any], family: TaskFamily, *, kind: str,
-                     iterations: int, meta_batch: int, lr: float, seed: int,
-                     device: torch.device) -> Params:
+def pretrain_jointly(
+    model: nn.Module,
+    spec: dict[str, Any],
+    family: TaskFamily,
+    *,
+    kind: str,
+    iterations: int,
+    meta_batch: int,
+    lr: float,
+    seed: int,
+    device: torch.device,
+) -> Params:
     """The paper's "pretrained" baseline: one network regressed on all tasks' data at once."""
-    params = {k: v.detach().clone().to(device).requires_grad_()
-              for k, v in fresh_params(spec, seed).items()}
+    params = {
+        k: v.detach().clone().to(device).requires_grad_()
+        for k, v in fresh_params(spec, seed).items()
+    }
     opt = torch.optim.Adam(params.values(), lr)
     gen = torch.Generator().manual_seed(seed)
     loss_fn = LOSSES[kind]
@@ -98,8 +138,9 @@ def fresh_params(spec: dict[str, Any], seed: int) -> Params:
     return {k: v.detach() for k, v in build_network(spec).named_parameters()}
 
 
-def evaluate_artifact(directory: Path | str, cfg: EvalConfig, *, device: str = "cpu",
-                      plots: bool = True) -> dict[str, Any]:
+def evaluate_artifact(
+    directory: Path | str, cfg: EvalConfig, *, device: str = "cpu", plots: bool = True
+) -> dict[str, Any]:
     """Evaluate an artifact on its family's test split; write report.json, plots, manifest."""
     directory = Path(directory)
     dev = torch.device(device)
@@ -114,28 +155,44 @@ def evaluate_artifact(directory: Path | str, cfg: EvalConfig, *, device: str = "
     shots_list = cfg.shots or [family.shots]
     base_lr = float(cfg.inner_lr) if cfg.inner_lr > 0 else art.inner_lr
     methods: dict[str, tuple[Params, LearningRate, list[str] | None]] = {
-        "maml": (art.params, lr, art.adapt_names)}
+        "maml": (art.params, lr, art.adapt_names)
+    }
     if "random" in cfg.baselines:
         methods["random"] = (fresh_params(art.manifest["architecture"], cfg.seed), base_lr, None)
     if "pretrained" in cfg.baselines:
         log.info("training the pretrained baseline for %d iterations", cfg.baseline_iterations)
         tcfg = training["config"]["train"]
         pretrained = pretrain_jointly(
-            art.model, art.manifest["architecture"], family, kind=kind,
-            iterations=cfg.baseline_iterations, meta_batch=int(tcfg["meta_batch"]),
-            lr=float(tcfg["outer_lr"]), seed=cfg.seed, device=dev)
+            art.model,
+            art.manifest["architecture"],
+            family,
+            kind=kind,
+            iterations=cfg.baseline_iterations,
+            meta_batch=int(tcfg["meta_batch"]),
+            lr=float(tcfg["outer_lr"]),
+            seed=cfg.seed,
+            device=dev,
+        )
         methods["pretrained"] = (pretrained, base_lr, None)
     results: dict[str, Any] = {}
     batches: dict[int, TaskBatch] = {}
     curves: dict[str, dict[int, Tensor]] = {}
     for shots in shots_list:
-        batch = family.sample(cfg.tasks, torch.Generator().manual_seed(cfg.seed), split="test",
-                              shots=shots).to(dev)
+        batch = family.sample(
+            cfg.tasks, torch.Generator().manual_seed(cfg.seed), split="test", shots=shots
+        ).to(dev)
         batches[shots] = batch
         for method, (params, rate, names) in methods.items():
             losses, metrics = adaptation_curve(
-                art.model, {k: v.to(dev) for k, v in params.items()}, batch, kind=kind,
-                steps=max_steps, lr=rate, adapt_names=names, chunk=cfg.chunk)
+                art.model,
+                {k: v.to(dev) for k, v in params.items()},
+                batch,
+                kind=kind,
+                steps=max_steps,
+                lr=rate,
+                adapt_names=names,
+                chunk=cfg.chunk,
+            )
             curves.setdefault(method, {})[shots] = losses
             row = {}
             for s in cfg.steps:
@@ -148,12 +205,20 @@ def evaluate_artifact(directory: Path | str, cfg: EvalConfig, *, device: str = "
             results.setdefault(method, {})[str(shots)] = row
     report = {
         "artifact": {"name": art.name, "version": art.version},
-        "protocol": {"tasks": cfg.tasks, "seed": cfg.seed, "steps": cfg.steps,
-                     "inner_lr": cfg.inner_lr if cfg.inner_lr > 0 else art.inner_lr,
-                     "learned_lr": art.manifest["inner_loop"]["learned_lr"],
-                     "split": "test", "queries": "as the family's test split"},
-        "baselines": {"pretrained_iterations": cfg.baseline_iterations
-                      if "pretrained" in cfg.baselines else None},
+        "protocol": {
+            "tasks": cfg.tasks,
+            "seed": cfg.seed,
+            "steps": cfg.steps,
+            "inner_lr": cfg.inner_lr if cfg.inner_lr > 0 else art.inner_lr,
+            "learned_lr": art.manifest["inner_loop"]["learned_lr"],
+            "split": "test",
+            "queries": "as the family's test split",
+        },
+        "baselines": {
+            "pretrained_iterations": cfg.baseline_iterations
+            if "pretrained" in cfg.baselines
+            else None
+        },
         "results": results,
     }
     (directory / "report.json").write_text(json.dumps(report, indent=2) + "\n")

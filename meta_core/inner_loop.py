@@ -87,8 +87,15 @@ def adapt(
     """The parameters after ``steps`` inner steps on ``(x, y)``; see :func:`adapt_trajectory`."""
     fast = dict(params)
     for fast in adapt_trajectory(  # noqa: B007 (the last step's parameters are the result)
-        model, params, x, y, loss_fn=loss_fn, steps=steps, lr=lr,
-        adapt_names=adapt_names, first_order=first_order,
+        model,
+        params,
+        x,
+        y,
+        loss_fn=loss_fn,
+        steps=steps,
+        lr=lr,
+        adapt_names=adapt_names,
+        first_order=first_order,
     ):
         pass
     return fast

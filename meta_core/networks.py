@@ -80,10 +80,16 @@ def build_network(spec: ArchSpec) -> nn.Module:
     if unknown:
         raise ValueError(f"architecture {kind!r} has unknown fields {unknown}")
     if kind == "mlp":
-        return MLP(int(spec["in_features"]), [int(h) for h in spec["hidden"]],
-                   int(spec["out_features"]))
-    return Conv4(int(spec["in_channels"]), int(spec["image_size"]), int(spec["hidden"]),
-                 int(spec["out_features"]), str(spec["norm"]))
+        return MLP(
+            int(spec["in_features"]), [int(h) for h in spec["hidden"]], int(spec["out_features"])
+        )
+    return Conv4(
+        int(spec["in_channels"]),
+        int(spec["image_size"]),
+        int(spec["hidden"]),
+        int(spec["out_features"]),
+        str(spec["norm"]),
+    )
 
 
 def input_shape(spec: ArchSpec) -> list[int]:

@@ -59,9 +59,14 @@ def steps_plot(directory: Path, report: dict[str, Any]) -> Path:
     return out
 
 
-def sinusoid_figure(directory: Path, art: Artifact,
-                    methods: dict[str, tuple[Params, LearningRate, list[str] | None]],
-                    lr: float, shots: int = 5, seed: int = 3) -> Path:
+def sinusoid_figure(
+    directory: Path,
+    art: Artifact,
+    methods: dict[str, tuple[Params, LearningRate, list[str] | None]],
+    lr: float,
+    shots: int = 5,
+    seed: int = 3,
+) -> Path:
     """The MAML paper's figure 2: a true curve, K support points, predictions after 0/1/10
     steps, for MAML and the pretrained baseline."""
     g = torch.Generator().manual_seed(seed)

@@ -8,8 +8,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-RESAMPLING = {"lanczos": Image.Resampling.LANCZOS, "bilinear": Image.Resampling.BILINEAR,
-              "nearest": Image.Resampling.NEAREST}
+RESAMPLING = {
+    "lanczos": Image.Resampling.LANCZOS,
+    "bilinear": Image.Resampling.BILINEAR,
+    "nearest": Image.Resampling.NEAREST,
+}
 
 
 def image_to_uint8(image: Image.Image, spec: dict[str, Any]) -> np.ndarray:
@@ -17,8 +20,7 @@ def image_to_uint8(image: Image.Image, spec: dict[str, Any]) -> np.ndarray:
     if not spec.get("grayscale", True):
         raise ValueError("only grayscale image preprocessing is implemented")
     width, height = spec["size"][1], spec["size"][0]
-    small = image.convert("L").resize((width, height), RESAMPLING[spec.get("resample",
-                                                                           "lanczos")])
+    small = image.convert("L").resize((width, height), RESAMPLING[spec.get("resample", "lanczos")])
     pixels = np.asarray(small, dtype=np.uint8)
     return 255 - pixels if spec.get("invert", False) else pixels
 

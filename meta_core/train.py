@@ -52,8 +52,7 @@ def architecture(model_cfg: dict[str, Any], family: TaskFamily) -> ArchSpec:
     if spec["type"] == "mlp":
         spec |= {"in_features": shape[0], "out_features": family.n_outputs}
     else:
-        spec |= {"in_channels": shape[0], "image_size": shape[1],
-                 "out_features": family.n_outputs}
+        spec |= {"in_channels": shape[0], "image_size": shape[1], "out_features": family.n_outputs}
     return spec
 
 
@@ -90,8 +89,9 @@ def train(cfg: Config, out: Path | str, *, resume: bool = False, progress: bool 
     strategy = choose_strategy(tc.strategy, spec["type"], device)
     opt = torch.optim.Adam(learner.meta_parameters(), lr=tc.outer_lr)
     gen = torch.Generator().manual_seed(tc.seed)
-    val_batch = family.sample(tc.val_tasks, torch.Generator().manual_seed(tc.seed + 1),
-                              split="val").to(device)
+    val_batch = family.sample(
+        tc.val_tasks, torch.Generator().manual_seed(tc.seed + 1), split="val"
+    ).to(device)
     state = RunState()
     best: dict[str, Tensor] = {}
     out.mkdir(parents=True, exist_ok=True)
@@ -104,17 +104,31 @@ def train(cfg: Config, out: Path | str, *, resume: bool = False, progress: bool 
         raise FileExistsError(f"{out} holds a checkpoint: pass --resume or choose a new --out")
     else:
         metrics_path.write_text("")
-    log.info("training %s on %s (%s, strategy %s%s, %d threads)", cfg.name, device,
-             cfg.algorithm.name, strategy, " compiled" if tc.compile else "",
-             torch.get_num_threads())
+    log.info(
+        "training %s on %s (%s, strategy %s%s, %d threads)",
+        cfg.name,
+        device,
+        cfg.algorithm.name,
+        strategy,
+        " compiled" if tc.compile else "",
+        torch.get_num_threads(),
+    )
     meta_loss = torch.compile(learner.meta_loss) if tc.compile else learner.meta_loss
 
-    bar = tqdm(total=tc.iterations, initial=state.iteration, disable=not progress,
-               desc=cfg.name, dynamic_ncols=True)
+    bar = tqdm(
+        total=tc.iterations,
+        initial=state.iteration,
+        disable=not progress,
+        desc=cfg.name,
+        dynamic_ncols=True,
+    )
     started = time.perf_counter() - state.elapsed
     window_start, window_iters = time.perf_counter(), 0
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if tc.bf16 and device.type == "cuda" \
+    amp = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if tc.bf16 and device.type == "cuda"
         else torch.autocast("cpu", enabled=False)
+    )
     interrupt = _DeferredInterrupt()
     try:
         with interrupt, metrics_path.open("a") as metrics:
@@ -122,12 +136,17 @@ def train(cfg: Config, out: Path | str, *, resume: bool = False, progress: bool 
                 if interrupt.requested:
                     state.elapsed = time.perf_counter() - started
                     _save_checkpoint(out, cfg, learner, opt, gen, state, best)
-                    log.warning("interrupted at iteration %d; checkpoint saved: continue with "
-                                "--resume", state.iteration)
+                    log.warning(
+                        "interrupted at iteration %d; checkpoint saved: continue with --resume",
+                        state.iteration,
+                    )
                     raise KeyboardInterrupt
                 if tc.max_seconds and time.perf_counter() - started > tc.max_seconds:
-                    log.info("time budget of %.0f s reached at iteration %d", tc.max_seconds,
-                             state.iteration)
+                    log.info(
+                        "time budget of %.0f s reached at iteration %d",
+                        tc.max_seconds,
+                        state.iteration,
+                    )
                     break
                 it = state.iteration
                 if tc.cosine:
@@ -135,8 +154,9 @@ def train(cfg: Config, out: Path | str, *, resume: bool = False, progress: bool 
                         group["lr"] = cosine_lr(tc.outer_lr, tc.min_outer_lr, it, tc.iterations)
                 weights = None
                 if cfg.algorithm.multi_step_loss:
-                    weights = multi_step_weights(cfg.algorithm.inner_steps, it,
-                                                 cfg.algorithm.msl_iterations).to(device)
+                    weights = multi_step_weights(
+                        cfg.algorithm.inner_steps, it, cfg.algorithm.msl_iterations
+                    ).to(device)
                 batch = family.sample(tc.meta_batch, gen).to(device)
                 with amp:
                     loss, met = meta_loss(batch, strategy=strategy, step_weights=weights)
@@ -152,10 +172,15 @@ def train(cfg: Config, out: Path | str, *, resume: bool = False, progress: bool 
                 if done % tc.log_every == 0 or done == tc.iterations:
                     now = time.perf_counter()
                     rate = window_iters * tc.meta_batch / (now - window_start)
-                    row = {"event": "train", "iteration": done, "loss": loss.item(),
-                           "metric": met.item(), "tasks_per_s": round(rate, 1),
-                           "outer_lr": opt.param_groups[0]["lr"],
-                           "elapsed_s": round(now - started, 2)}
+                    row = {
+                        "event": "train",
+                        "iteration": done,
+                        "loss": loss.item(),
+                        "metric": met.item(),
+                        "tasks_per_s": round(rate, 1),
+                        "outer_lr": opt.param_groups[0]["lr"],
+                        "elapsed_s": round(now - started, 2),
+                    }
                     metrics.write(json.dumps(row) + "\n")
                     bar.set_postfix(loss=f"{row['loss']:.4f}", tasks_s=f"{rate:.0f}")
                     window_start, window_iters = now, 0
@@ -164,11 +189,25 @@ def train(cfg: Config, out: Path | str, *, resume: bool = False, progress: bool 
                     if val_loss < state.best_val:
                         state.best_val, state.best_iteration = val_loss, done
                         best = _snapshot(learner)
-                    metrics.write(json.dumps({"event": "val", "iteration": done,
-                                              "loss": val_loss, "metric": val_metric,
-                                              "best_iteration": state.best_iteration}) + "\n")
-                    log.info("iteration %d: validation loss %.4f metric %.4f (best %d)", done,
-                             val_loss, val_metric, state.best_iteration)
+                    metrics.write(
+                        json.dumps(
+                            {
+                                "event": "val",
+                                "iteration": done,
+                                "loss": val_loss,
+                                "metric": val_metric,
+                                "best_iteration": state.best_iteration,
+                            }
+                        )
+                        + "\n"
+                    )
+                    log.info(
+                        "iteration %d: validation loss %.4f metric %.4f (best %d)",
+                        done,
+                        val_loss,
+                        val_metric,
+                        state.best_iteration,
+                    )
                 if done % tc.checkpoint_every == 0:
                     metrics.flush()
                     state.elapsed = time.perf_counter() - started
@@ -179,8 +218,11 @@ def train(cfg: Config, out: Path | str, *, resume: bool = False, progress: bool 
     if not best or state.best_iteration != state.iteration:
         val_loss, _ = validate(learner, val_batch)
         if val_loss < state.best_val or not best:
-            state.best_val, state.best_iteration, best = val_loss, state.iteration, \
-                _snapshot(learner)
+            state.best_val, state.best_iteration, best = (
+                val_loss,
+                state.iteration,
+                _snapshot(learner),
+            )
     _save_checkpoint(out, cfg, learner, opt, gen, state, best)
     write_artifact(out, cfg, spec, family, learner, best, state, device, strategy)
     return out
@@ -214,40 +256,76 @@ class _DeferredInterrupt:
 def validate(learner: MetaLearner, batch: TaskBatch) -> tuple[float, float]:
     """Mean query loss and metric on held-out tasks after the training number of steps."""
     steps = learner.algo.inner_steps
-    losses, metrics = adaptation_curve(learner.model, learner.params, batch, kind=learner.kind,
-                                       steps=steps, lr=learner.inner_lr(),
-                                       adapt_names=learner.adapt_names)
+    losses, metrics = adaptation_curve(
+        learner.model,
+        learner.params,
+        batch,
+        kind=learner.kind,
+        steps=steps,
+        lr=learner.inner_lr(),
+        adapt_names=learner.adapt_names,
+    )
     return losses[:, steps].mean().item(), metrics[:, steps].mean().item()
 
 
 def _snapshot(learner: MetaLearner) -> dict[str, Tensor]:
-    return {f"net.{k}": v.detach().clone() for k, v in learner.params.items()} | \
-        {f"lr.{k}": v.detach().clone() for k, v in learner.lrs.items()}
+    return {f"net.{k}": v.detach().clone() for k, v in learner.params.items()} | {
+        f"lr.{k}": v.detach().clone() for k, v in learner.lrs.items()
+    }
 
 
-def write_artifact(out: Path, cfg: Config, spec: ArchSpec, family: TaskFamily,
-                   learner: MetaLearner, best: dict[str, Tensor], state: RunState,
-                   device: torch.device, strategy: str) -> None:
+def write_artifact(
+    out: Path,
+    cfg: Config,
+    spec: ArchSpec,
+    family: TaskFamily,
+    learner: MetaLearner,
+    best: dict[str, Tensor],
+    state: RunState,
+    device: torch.device,
+    strategy: str,
+) -> None:
     algo = cfg.algorithm
     learned = "metasgd" if algo.name == "metasgd" else "lslr" if algo.lslr else "none"
     save_artifact(
-        out, name=cfg.name, version=cfg.version, architecture=spec, task_kind=family.kind,
+        out,
+        name=cfg.name,
+        version=cfg.version,
+        architecture=spec,
+        task_kind=family.kind,
         params={k[4:]: v for k, v in best.items() if k.startswith("net.")},
         lrs={k[3:]: v for k, v in best.items() if k.startswith("lr.")},
-        inner_loop={"steps": algo.inner_steps, "lr": algo.inner_lr, "learned_lr": learned,
-                    "adapt": "head" if algo.name == "anil" else "all",
-                    "first_order_training": algo.first_order},
+        inner_loop={
+            "steps": algo.inner_steps,
+            "lr": algo.inner_lr,
+            "learned_lr": learned,
+            "adapt": "head" if algo.name == "anil" else "all",
+            "first_order_training": algo.first_order,
+        },
         preprocessing=preprocessing(cfg.family),
-        training={"config": cfg.to_dict(), "family": family.describe(),
-                  "iterations_done": state.iteration, "best_iteration": state.best_iteration,
-                  "best_val_loss": state.best_val, "seconds": round(state.elapsed, 1),
-                  "device": str(device), "strategy": strategy,
-                  "threads": torch.get_num_threads()},
+        training={
+            "config": cfg.to_dict(),
+            "family": family.describe(),
+            "iterations_done": state.iteration,
+            "best_iteration": state.best_iteration,
+            "best_val_loss": state.best_val,
+            "seconds": round(state.elapsed, 1),
+            "device": str(device),
+            "strategy": strategy,
+            "threads": torch.get_num_threads(),
+        },
     )
 
 
-def _save_checkpoint(out: Path, cfg: Config, learner: MetaLearner, opt: torch.optim.Optimizer,
-                     gen: torch.Generator, state: RunState, best: dict[str, Tensor]) -> None:
+def _save_checkpoint(
+    out: Path,
+    cfg: Config,
+    learner: MetaLearner,
+    opt: torch.optim.Optimizer,
+    gen: torch.Generator,
+    state: RunState,
+    best: dict[str, Tensor],
+) -> None:
     """Tensors to safetensors, the rest to JSON; both replaced atomically (JSON last)."""
     folder = out / CHECKPOINT
     folder.mkdir(exist_ok=True)
@@ -261,24 +339,32 @@ def _save_checkpoint(out: Path, cfg: Config, learner: MetaLearner, opt: torch.op
     tmp = folder / "state.safetensors.tmp"
     save_file(tensors, str(tmp))
     tmp.replace(folder / "state.safetensors")
-    meta = {"iteration": state.iteration, "best_val": state.best_val,
-            "best_iteration": state.best_iteration, "elapsed": state.elapsed,
-            "param_groups": opt_state["param_groups"], "config": cfg.to_dict()}
+    meta = {
+        "iteration": state.iteration,
+        "best_val": state.best_val,
+        "best_iteration": state.best_iteration,
+        "elapsed": state.elapsed,
+        "param_groups": opt_state["param_groups"],
+        "config": cfg.to_dict(),
+    }
     tmp = folder / "state.json.tmp"
     tmp.write_text(json.dumps(meta))
     tmp.replace(folder / "state.json")
 
 
-def _load_checkpoint(out: Path, cfg: Config, learner: MetaLearner, opt: torch.optim.Optimizer,
-                     gen: torch.Generator) -> tuple[RunState, dict[str, Tensor]]:
+def _load_checkpoint(
+    out: Path, cfg: Config, learner: MetaLearner, opt: torch.optim.Optimizer, gen: torch.Generator
+) -> tuple[RunState, dict[str, Tensor]]:
     folder = out / CHECKPOINT
     if not (folder / "state.json").exists():
         raise FileNotFoundError(f"no checkpoint in {folder} to resume from")
     meta = json.loads((folder / "state.json").read_text())
     if _maths(meta["config"]) != _maths(cfg.to_dict()):
-        raise ValueError("the checkpoint was made with another configuration; resume with the "
-                         "same preset and overrides (only train.compile, strategy, threads, "
-                         "device and max_seconds may change)")
+        raise ValueError(
+            "the checkpoint was made with another configuration; resume with the "
+            "same preset and overrides (only train.compile, strategy, threads, "
+            "device and max_seconds may change)"
+        )
     tensors = load_file(str(folder / "state.safetensors"))
     device = next(iter(learner.params.values())).device
     with torch.no_grad():
@@ -294,8 +380,7 @@ def _load_checkpoint(out: Path, cfg: Config, learner: MetaLearner, opt: torch.op
     opt.load_state_dict({"state": slots, "param_groups": meta["param_groups"]})
     gen.set_state(tensors["rng"])
     best = {k[5:]: v.to(device) for k, v in tensors.items() if k.startswith("best.")}
-    state = RunState(meta["iteration"], meta["best_val"], meta["best_iteration"],
-                     meta["elapsed"])
+    state = RunState(meta["iteration"], meta["best_val"], meta["best_iteration"], meta["elapsed"])
     return state, best
 
 
@@ -312,6 +397,9 @@ def _truncate_metrics(path: Path, iteration: int) -> None:
     """Drop metric lines logged after the checkpoint, so a resumed run logs each once."""
     if not path.exists():
         return
-    keep = [line for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line)["iteration"] <= iteration]
+    keep = [
+        line
+        for line in path.read_text().splitlines()
+        if line.strip() and json.loads(line)["iteration"] <= iteration
+    ]
     path.write_text("".join(line + "\n" for line in keep))

@@ -28,8 +28,9 @@ def get_registry(request: Request) -> ModelRegistry:
 
 def _lookup_client(request: Request, key_hash: str) -> int | None:
     with request.app.state.sessionmaker() as session:
-        return session.scalar(select(Client.id).where(Client.key_hash == key_hash,
-                                                      Client.revoked_at.is_(None)))
+        return session.scalar(
+            select(Client.id).where(Client.key_hash == key_hash, Client.revoked_at.is_(None))
+        )
 
 
 async def current_client(request: Request) -> int:

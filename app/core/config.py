@@ -42,8 +42,10 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _production_needs_a_real_database(self) -> Settings:
         if self.environment == "production" and self.database_url == SQLITE_DEFAULT:
-            raise ValueError("ENVIRONMENT=production needs DATABASE_URL (PostgreSQL), not the "
-                             "embedded SQLite default")
+            raise ValueError(
+                "ENVIRONMENT=production needs DATABASE_URL (PostgreSQL), not the "
+                "embedded SQLite default"
+            )
         return self
 
 

@@ -53,8 +53,9 @@ class DatabaseUnavailable(AppError):
     status, title = 503, "Database unavailable"
 
 
-def problem(status: int, title: str, detail: str, headers: dict[str, str] | None = None,
-            **extra: object) -> JSONResponse:
+def problem(
+    status: int, title: str, detail: str, headers: dict[str, str] | None = None, **extra: object
+) -> JSONResponse:
     body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
     return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
 
@@ -81,12 +82,17 @@ def install_handlers(app: FastAPI, retry_after: int) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return problem(exc.status_code, str(exc.detail), str(exc.detail),
-                       getattr(exc, "headers", None))
+        return problem(
+            exc.status_code, str(exc.detail), str(exc.detail), getattr(exc, "headers", None)
+        )
 
     @app.exception_handler(OperationalError)
     @app.exception_handler(DBAPIError)
     async def _db(_: Request, exc: DBAPIError) -> JSONResponse:
         log.warning("database error: %s", exc.__class__.__name__)
-        return problem(503, "Database unavailable", "the database cannot be reached; retry later",
-                       {"Retry-After": str(retry_after)})
+        return problem(
+            503,
+            "Database unavailable",
+            "the database cannot be reached; retry later",
+            {"Retry-After": str(retry_after)},
+        )

@@ -23,8 +23,15 @@ from meta_core.inner_loop import LOSSES
 Label = int | str
 
 
-def to_inputs(art: Artifact, x: Any, field: str, limit: int, *, max_image_bytes: int = 4 << 20,
-              max_image_pixels: int = 1 << 24) -> Tensor:
+def to_inputs(
+    art: Artifact,
+    x: Any,
+    field: str,
+    limit: int,
+    *,
+    max_image_bytes: int = 4 << 20,
+    max_image_pixels: int = 1 << 24,
+) -> Tensor:
     """``x`` as a float32 ``[n, *input_shape]`` tensor, or a clear 422. For an image model,
     rows may be base64 PNG/JPEG strings (or data URLs), preprocessed as in training."""
     spec = art.manifest.get("preprocessing") or {}
@@ -33,8 +40,7 @@ def to_inputs(art: Artifact, x: Any, field: str, limit: int, *, max_image_bytes:
             raise InvalidInput(f"{field} holds strings, but model {art.name!r} takes numbers")
         if len(x) > limit:
             raise InvalidInput(f"{field} has {len(x)} rows; the limit is {limit}")
-        x = images_to_tensor(x, field, spec, max_bytes=max_image_bytes,
-                             max_pixels=max_image_pixels)
+        x = images_to_tensor(x, field, spec, max_bytes=max_image_bytes, max_pixels=max_image_pixels)
     try:
         t = x if isinstance(x, Tensor) else torch.tensor(x, dtype=torch.float32)
     except (TypeError, ValueError, RuntimeError, OverflowError):
@@ -45,8 +51,10 @@ def to_inputs(art: Artifact, x: Any, field: str, limit: int, *, max_image_bytes:
     if shape == [1] and t.dim() == 1:
         t = t.unsqueeze(1)
     if list(t.shape[1:]) != shape:
-        raise InvalidInput(f"{field} has shape {list(t.shape)}; model {art.name!r} takes "
-                           f"[n, {', '.join(map(str, shape))}]")
+        raise InvalidInput(
+            f"{field} has shape {list(t.shape)}; model {art.name!r} takes "
+            f"[n, {', '.join(map(str, shape))}]"
+        )
     if t.shape[0] > limit:
         raise InvalidInput(f"{field} has {t.shape[0]} rows; the limit is {limit}")
     if not torch.isfinite(t).all():
@@ -63,8 +71,10 @@ def to_targets(art: Artifact, y: Any, n: int, field: str) -> Tensor:
     if t.dim() == 1 and art.n_outputs == 1:
         t = t.unsqueeze(1)
     if list(t.shape) != [n, art.n_outputs]:
-        raise InvalidInput(f"{field} has shape {list(t.shape)}; expected [{n}] or "
-                           f"[{n}, {art.n_outputs}] to match x")
+        raise InvalidInput(
+            f"{field} has shape {list(t.shape)}; expected [{n}] or "
+            f"[{n}, {art.n_outputs}] to match x"
+        )
     if not torch.isfinite(t).all():
         raise InvalidInput(f"{field} contains NaN or Inf")
     return t
@@ -77,8 +87,7 @@ def label_order(labels: list[Any], field: str, n_way: int) -> list[Label]:
             raise InvalidInput(f"{field} must hold integer or string labels, not {v!r}")
     distinct = sorted(set(labels), key=lambda v: (isinstance(v, str), v))
     if len(distinct) > n_way:
-        raise InvalidInput(f"{field} has {len(distinct)} classes; the model takes at most "
-                           f"{n_way}")
+        raise InvalidInput(f"{field} has {len(distinct)} classes; the model takes at most {n_way}")
     return distinct
 
 
@@ -105,8 +114,16 @@ class Prepared:
     lr: float | None
 
 
-def prepare(art: Artifact, body: Any, *, max_support: int, max_query: int,
-            max_steps: int, max_lr: float, **image_limits: int) -> Prepared:
+def prepare(
+    art: Artifact,
+    body: Any,
+    *,
+    max_support: int,
+    max_query: int,
+    max_steps: int,
+    max_lr: float,
+    **image_limits: int,
+) -> Prepared:
     sx = to_inputs(art, body.support.x, "support.x", max_support, **image_limits)
     labels = None
     if art.task_kind == "classification":
@@ -124,21 +141,28 @@ def prepare(art: Artifact, body: Any, *, max_support: int, max_query: int,
     steps = art.inner_steps if body.inner_steps is None else body.inner_steps
     if not 0 <= steps <= max_steps:
         raise InvalidInput(f"inner_steps must be between 0 and {max_steps}, got {steps}")
-    if body.inner_lr is not None and not (0 < body.inner_lr <= max_lr and
-                                          math.isfinite(body.inner_lr)):
+    if body.inner_lr is not None and not (
+        0 < body.inner_lr <= max_lr and math.isfinite(body.inner_lr)
+    ):
         raise InvalidInput(f"inner_lr must be in (0, {max_lr}], got {body.inner_lr}")
     return Prepared(sx, sy, qx, qy, labels, steps, body.inner_lr)
 
 
-def outputs(art: Artifact, params: dict[str, Tensor], x: Tensor, n_classes: int | None
-            ) -> Tensor:
+def outputs(art: Artifact, params: dict[str, Tensor], x: Tensor, n_classes: int | None) -> Tensor:
     """Network outputs; for a task with fewer classes than output units, only its classes."""
     out = art.predict(params, x)
     return out[:, :n_classes] if n_classes is not None else out
 
 
-def _scores(art: Artifact, params: dict[str, Tensor], x: Tensor, y: Tensor,
-            n_classes: int | None, prefix: str, when: str) -> dict[str, float]:
+def _scores(
+    art: Artifact,
+    params: dict[str, Tensor],
+    x: Tensor,
+    y: Tensor,
+    n_classes: int | None,
+    prefix: str,
+    when: str,
+) -> dict[str, float]:
     out = outputs(art, params, x, n_classes)
     scores = {f"{prefix}_loss_{when}": LOSSES[art.task_kind](out, y).item()}
     if art.task_kind == "classification":
@@ -158,16 +182,17 @@ def run_adaptation(art: Artifact, task: Prepared) -> Adapted:
     """The inner loop on the support set (meta_core's ``adapt``), with losses before and after.
     Runs on a worker thread."""
     n_classes = len(task.labels) if task.labels is not None else None
-    metrics = _scores(art, art.params, task.support_x, task.support_y, n_classes, "support",
-                      "before")
+    metrics = _scores(
+        art, art.params, task.support_x, task.support_y, n_classes, "support", "before"
+    )
     if task.query_x is not None:
-        metrics |= _scores(art, art.params, task.query_x, task.query_y, n_classes, "query",
-                           "before")
+        metrics |= _scores(
+            art, art.params, task.query_x, task.query_y, n_classes, "query", "before"
+        )
     start = time.perf_counter()
     params = art.adapt(task.support_x, task.support_y, steps=task.steps, lr=task.lr)
     adapt_ms = (time.perf_counter() - start) * 1000
-    metrics |= _scores(art, params, task.support_x, task.support_y, n_classes, "support",
-                       "after")
+    metrics |= _scores(art, params, task.support_x, task.support_y, n_classes, "support", "after")
     if task.query_x is not None:
         metrics |= _scores(art, params, task.query_x, task.query_y, n_classes, "query", "after")
     names = art.adapt_names if art.adapt_names is not None else list(params)
@@ -207,8 +232,10 @@ class AdaptationPool:
 
     async def run(self, fn: Any, *args: Any) -> Any:
         if self.in_flight >= self.capacity:
-            raise Overloaded(f"{self.in_flight} adaptations are in progress; retry shortly",
-                             headers={"Retry-After": str(self.retry_after)})
+            raise Overloaded(
+                f"{self.in_flight} adaptations are in progress; retry shortly",
+                headers={"Retry-After": str(self.retry_after)},
+            )
         self.in_flight += 1
         try:
             return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)

@@ -37,23 +37,35 @@ def decode_image(text: str, where: str, *, max_bytes: int, max_pixels: int) -> I
             if image.format not in FORMATS:
                 raise InvalidInput(f"{where} is a {image.format} image; send PNG or JPEG")
             if image.width * image.height > max_pixels:
-                raise InvalidInput(f"{where} is {image.width}x{image.height} pixels; the limit "
-                                   f"is {max_pixels} pixels")
+                raise InvalidInput(
+                    f"{where} is {image.width}x{image.height} pixels; the limit "
+                    f"is {max_pixels} pixels"
+                )
             image.load()
     except InvalidInput:
         raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError,
-            Image.DecompressionBombWarning, Image.DecompressionBombError):
+    except (
+        UnidentifiedImageError,
+        OSError,
+        ValueError,
+        SyntaxError,
+        Image.DecompressionBombWarning,
+        Image.DecompressionBombError,
+    ):
         raise InvalidInput(f"{where} is not a decodable PNG or JPEG image") from None
     return image
 
 
-def images_to_tensor(values: list[Any], field: str, spec: dict[str, Any], *, max_bytes: int,
-                     max_pixels: int) -> torch.Tensor:
+def images_to_tensor(
+    values: list[Any], field: str, spec: dict[str, Any], *, max_bytes: int, max_pixels: int
+) -> torch.Tensor:
     """A list of base64 images -> ``[n, 1, H, W]`` float32, preprocessed as in training."""
     if not all(isinstance(v, str) for v in values):
         raise InvalidInput(f"{field} mixes images (strings) with other values")
-    arrays = [image_to_array(decode_image(v, f"{field}[{i}]", max_bytes=max_bytes,
-                                          max_pixels=max_pixels), spec)
-              for i, v in enumerate(values)]
+    arrays = [
+        image_to_array(
+            decode_image(v, f"{field}[{i}]", max_bytes=max_bytes, max_pixels=max_pixels), spec
+        )
+        for i, v in enumerate(values)
+    ]
     return torch.from_numpy(np.stack(arrays))

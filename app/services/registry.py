@@ -36,13 +36,17 @@ class ModelRegistry:
         try:
             return self.models[name]
         except KeyError:
-            raise InvalidInput(f"unknown model {name!r}; available: "
-                               f"{sorted(self.models)}") from None
+            raise InvalidInput(
+                f"unknown model {name!r}; available: {sorted(self.models)}"
+            ) from None
 
 
 def _warm_up(art: Artifact) -> None:
     """One adaptation at start, so the first client request does not pay torch.func's set-up."""
     x = torch.zeros(2, *art.input_shape)
-    y = torch.zeros(2, dtype=torch.long) if art.task_kind == "classification" \
+    y = (
+        torch.zeros(2, dtype=torch.long)
+        if art.task_kind == "classification"
         else torch.zeros(2, art.n_outputs)
+    )
     art.predict(art.adapt(x, y, steps=1), x)

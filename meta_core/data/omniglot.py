@@ -31,8 +31,13 @@ IMAGE_SIZE = 28
 DRAWINGS = 20
 SPLIT_DIR = Path(__file__).parent / "splits"
 PREPROCESSING = {
-    "type": "image", "grayscale": True, "size": [IMAGE_SIZE, IMAGE_SIZE], "resample": "lanczos",
-    "invert": True, "scale": 1.0 / 255.0, "layout": "NCHW",
+    "type": "image",
+    "grayscale": True,
+    "size": [IMAGE_SIZE, IMAGE_SIZE],
+    "resample": "lanczos",
+    "invert": True,
+    "scale": 1.0 / 255.0,
+    "layout": "NCHW",
 }
 
 
@@ -68,8 +73,9 @@ def read_set(root: Path, name: str) -> dict[str, list[tuple[str, bytes]]]:
     return chars
 
 
-def load_images(data_dir: Path | None = None, cache_dir: Path | None = None
-                ) -> tuple[torch.Tensor, list[str]]:
+def load_images(
+    data_dir: Path | None = None, cache_dir: Path | None = None
+) -> tuple[torch.Tensor, list[str]]:
     """All 1623 characters as ``[1623, 20, 28, 28]`` uint8, and their ids (sorted)."""
     data_dir = Path(data_dir or default_data_dir())
     cache = Path(cache_dir or default_cache_dir()) / f"omniglot{IMAGE_SIZE}.safetensors"
@@ -110,8 +116,13 @@ def with_rotations(images: torch.Tensor) -> torch.Tensor:
     return rotated.flatten(0, 1).unsqueeze(2)
 
 
-def omniglot_family(ways: int, shots: int, queries: int = 15, data_dir: Path | None = None,
-                    cache_dir: Path | None = None) -> NWayKShot:
+def omniglot_family(
+    ways: int,
+    shots: int,
+    queries: int = 15,
+    data_dir: Path | None = None,
+    cache_dir: Path | None = None,
+) -> NWayKShot:
     """The N-way K-shot family over Omniglot's fixed split (uint8 pools, scaled on sampling)."""
     images, ids = load_images(data_dir, cache_dir)
     index = {c: i for i, c in enumerate(ids)}
@@ -119,5 +130,11 @@ def omniglot_family(ways: int, shots: int, queries: int = 15, data_dir: Path | N
     for split in ("train", "val", "test"):
         rows = torch.tensor([index[c] for c in read_split(split)])
         pools[split] = with_rotations(images[rows])
-    return NWayKShot(pools, ways=ways, shots=shots, queries=queries, name="omniglot",
-                     scale=PREPROCESSING["scale"])
+    return NWayKShot(
+        pools,
+        ways=ways,
+        shots=shots,
+        queries=queries,
+        name="omniglot",
+        scale=PREPROCESSING["scale"],
+    )

@@ -12,16 +12,23 @@ from meta_core.tasks.sinusoid import Sinusoid
 
 
 def _sinusoid(cfg: dict[str, Any]) -> TaskFamily:
-    return Sinusoid(shots=int(cfg["shots"]), queries=int(cfg["queries"]),
-                    train_shots=tuple(int(k) for k in cfg.get("train_shots", ())))
+    return Sinusoid(
+        shots=int(cfg["shots"]),
+        queries=int(cfg["queries"]),
+        train_shots=tuple(int(k) for k in cfg.get("train_shots", ())),
+    )
 
 
 def _omniglot(cfg: dict[str, Any]) -> TaskFamily:
     from meta_core.data.omniglot import omniglot_family
 
-    return omniglot_family(int(cfg["ways"]), int(cfg["shots"]), int(cfg["queries"]),
-                           data_dir=cfg.get("data_dir") or None,
-                           cache_dir=cfg.get("cache_dir") or None)
+    return omniglot_family(
+        int(cfg["ways"]),
+        int(cfg["shots"]),
+        int(cfg["queries"]),
+        data_dir=cfg.get("data_dir") or None,
+        cache_dir=cfg.get("cache_dir") or None,
+    )
 
 
 def _random_images(cfg: dict[str, Any]) -> TaskFamily:
@@ -31,10 +38,18 @@ def _random_images(cfg: dict[str, Any]) -> TaskFamily:
     g = torch.Generator().manual_seed(0)
     size = int(cfg.get("image_size", 28))
     classes = int(cfg.get("classes", 64))
-    pools = {s: torch.randint(0, 256, (classes, 20, 1, size, size), generator=g,
-                              dtype=torch.uint8) for s in ("train", "val", "test")}
-    return NWayKShot(pools, ways=int(cfg["ways"]), shots=int(cfg["shots"]),
-                     queries=int(cfg["queries"]), name="random_images", scale=1 / 255)
+    pools = {
+        s: torch.randint(0, 256, (classes, 20, 1, size, size), generator=g, dtype=torch.uint8)
+        for s in ("train", "val", "test")
+    }
+    return NWayKShot(
+        pools,
+        ways=int(cfg["ways"]),
+        shots=int(cfg["shots"]),
+        queries=int(cfg["queries"]),
+        name="random_images",
+        scale=1 / 255,
+    )
 
 
 FAMILIES: dict[str, Callable[[dict[str, Any]], TaskFamily]] = {
@@ -52,5 +67,14 @@ def build_family(cfg: dict[str, Any]) -> TaskFamily:
     return FAMILIES[name](cfg)
 
 
-__all__ = ["FAMILIES", "NWayKShot", "Sinusoid", "Split", "TaskBatch", "TaskFamily", "TaskKind",
-           "build_family", "pool_from_labelled"]
+__all__ = [
+    "FAMILIES",
+    "NWayKShot",
+    "Sinusoid",
+    "Split",
+    "TaskBatch",
+    "TaskFamily",
+    "TaskKind",
+    "build_family",
+    "pool_from_labelled",
+]

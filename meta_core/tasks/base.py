@@ -26,13 +26,21 @@ class TaskBatch:
     query_y: Tensor
 
     def to(self, device: torch.device | str) -> TaskBatch:
-        return TaskBatch(*(t.to(device, non_blocking=True) for t in
-                           (self.support_x, self.support_y, self.query_x, self.query_y)))
+        return TaskBatch(
+            *(
+                t.to(device, non_blocking=True)
+                for t in (self.support_x, self.support_y, self.query_x, self.query_y)
+            )
+        )
 
     def task(self, i: int) -> TaskBatch:
         """Task ``i`` alone, with its leading task dimension kept (size 1)."""
-        return TaskBatch(self.support_x[i:i + 1], self.support_y[i:i + 1],
-                         self.query_x[i:i + 1], self.query_y[i:i + 1])
+        return TaskBatch(
+            self.support_x[i : i + 1],
+            self.support_y[i : i + 1],
+            self.query_x[i : i + 1],
+            self.query_y[i : i + 1],
+        )
 
     def __len__(self) -> int:
         return self.support_x.shape[0]
@@ -46,8 +54,14 @@ class TaskFamily(Protocol):
     n_outputs: int
     shots: int
 
-    def sample(self, n_tasks: int, generator: torch.Generator, *, split: Split = "train",
-               shots: int | None = None) -> TaskBatch:
+    def sample(
+        self,
+        n_tasks: int,
+        generator: torch.Generator,
+        *,
+        split: Split = "train",
+        shots: int | None = None,
+    ) -> TaskBatch:
         """Draw ``n_tasks`` tasks from ``split`` with ``generator`` (on the CPU)."""
         ...
 

@@ -54,8 +54,14 @@ class NWayKShot:
     def n_outputs(self) -> int:
         return self.ways
 
-    def sample(self, n_tasks: int, generator: torch.Generator, *, split: Split = "train",
-               shots: int | None = None) -> TaskBatch:
+    def sample(
+        self,
+        n_tasks: int,
+        generator: torch.Generator,
+        *,
+        split: Split = "train",
+        shots: int | None = None,
+    ) -> TaskBatch:
         k = self.shots if shots is None else shots
         pool = self.pools[split]
         n_classes, per_class = pool.shape[:2]
@@ -82,6 +88,10 @@ class NWayKShot:
         return self
 
     def describe(self) -> dict:
-        return {"family": self.name, "ways": self.ways, "shots": self.shots,
-                "queries": self.queries,
-                "classes": {s: int(p.shape[0]) for s, p in self.pools.items()}}
+        return {
+            "family": self.name,
+            "ways": self.ways,
+            "shots": self.shots,
+            "queries": self.queries,
+            "classes": {s: int(p.shape[0]) for s, p in self.pools.items()},
+        }

@@ -30,8 +30,14 @@ class Sinusoid:
     input_shape: tuple[int, ...] = (1,)
     n_outputs: int = 1
 
-    def sample(self, n_tasks: int, generator: torch.Generator, *, split: Split = "train",
-               shots: int | None = None) -> TaskBatch:
+    def sample(
+        self,
+        n_tasks: int,
+        generator: torch.Generator,
+        *,
+        split: Split = "train",
+        shots: int | None = None,
+    ) -> TaskBatch:
         k = self.shots if shots is None else shots
         if shots is None and split == "train" and self.train_shots:
             pick = torch.randint(len(self.train_shots), (1,), generator=generator).item()
@@ -42,8 +48,9 @@ class Sinusoid:
             qx = torch.linspace(*X_RANGE, TEST_QUERY_POINTS).view(1, -1, 1).expand(n_tasks, -1, -1)
         else:
             qx = _uniform(generator, (n_tasks, self.queries, 1), *X_RANGE)
-        return TaskBatch(sx, self.target(sx, amp, phase), qx.contiguous(),
-                         self.target(qx, amp, phase))
+        return TaskBatch(
+            sx, self.target(sx, amp, phase), qx.contiguous(), self.target(qx, amp, phase)
+        )
 
     @staticmethod
     def sample_functions(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,8 +62,12 @@ class Sinusoid:
         return amp * torch.sin(x - phase)
 
     def describe(self) -> dict:
-        return {"family": "sinusoid", "shots": self.shots, "queries": self.queries,
-                "train_shots": list(self.train_shots)}
+        return {
+            "family": "sinusoid",
+            "shots": self.shots,
+            "queries": self.queries,
+            "train_shots": list(self.train_shots),
+        }
 
 
 def _uniform(g: torch.Generator, shape: tuple[int, ...], lo: float, hi: float) -> torch.Tensor:

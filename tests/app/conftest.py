@@ -18,8 +18,9 @@ from app.crud import create_client
 from app.main import create_app
 
 ROOT = Path(__file__).resolve().parents[2]
-POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL",
-                              "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+POSTGRES_URL = os.environ.get(
+    "TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
@@ -38,9 +39,16 @@ def database_url(request, tmp_path_factory) -> Iterator[str]:
 
 @pytest.fixture
 def settings(database_url: str) -> Settings:
-    return Settings(database_url=database_url, model_dir=ROOT / "models", cache_size=64,
-                    max_support=200, max_query=500, max_predict_rows=1000,
-                    max_body_bytes=2**20, auth_cache_seconds=0)
+    return Settings(
+        database_url=database_url,
+        model_dir=ROOT / "models",
+        cache_size=64,
+        max_support=200,
+        max_query=500,
+        max_predict_rows=1000,
+        max_body_bytes=2**20,
+        auth_cache_seconds=0,
+    )
 
 
 @pytest.fixture

@@ -34,13 +34,20 @@ def test_one_png_per_class_then_predict_other_drawings(client, alice, drawings):
         picks = [rng.sample(range(20), 4) for _ in chars]
         support = [b64(drawings[c][p[0]]) for c, p in zip(chars, picks, strict=True)]
         labels = [c.rsplit("/", 2)[-2] + "/" + c.rsplit("/", 1)[-1] for c in chars]
-        r = client.post("/tasks", headers=alice, json={
-            "model": "omniglot-5w1s", "support": {"x": support, "y": labels}})
+        r = client.post(
+            "/tasks",
+            headers=alice,
+            json={"model": "omniglot-5w1s", "support": {"x": support, "y": labels}},
+        )
         assert r.status_code == 201, r.text
-        query = [(b64(drawings[c][j]), label)
-                 for c, p, label in zip(chars, picks, labels, strict=True) for j in p[1:]]
-        p = client.post(f"/tasks/{r.json()['id']}/predict", headers=alice,
-                        json={"x": [q for q, _ in query]})
+        query = [
+            (b64(drawings[c][j]), label)
+            for c, p, label in zip(chars, picks, labels, strict=True)
+            for j in p[1:]
+        ]
+        p = client.post(
+            f"/tasks/{r.json()['id']}/predict", headers=alice, json={"x": [q for q, _ in query]}
+        )
         predicted = [row["label"] for row in p.json()["predictions"]]
         correct += sum(a == b for a, (_, b) in zip(predicted, query, strict=True))
         total += len(query)
@@ -52,13 +59,19 @@ def test_data_urls_and_jpeg_are_accepted(client, alice, drawings):
     png = drawings[chars[0]][0]
     jpeg = io.BytesIO()
     Image.open(io.BytesIO(png)).convert("L").save(jpeg, format="JPEG", quality=95)
-    support = [f"data:image/png;base64,{b64(png)}",
-               f"data:image/jpeg;base64,{b64(jpeg.getvalue())}"]
-    r = client.post("/tasks", headers=alice, json={
-        "model": "omniglot-5w1s", "support": {"x": support, "y": ["a", "b"]}})
+    support = [
+        f"data:image/png;base64,{b64(png)}",
+        f"data:image/jpeg;base64,{b64(jpeg.getvalue())}",
+    ]
+    r = client.post(
+        "/tasks",
+        headers=alice,
+        json={"model": "omniglot-5w1s", "support": {"x": support, "y": ["a", "b"]}},
+    )
     assert r.status_code == 201, r.text
-    r = client.post(f"/tasks/{r.json()['id']}/predict", headers=alice,
-                    json={"x": [b64(drawings[chars[0]][5])]})
+    r = client.post(
+        f"/tasks/{r.json()['id']}/predict", headers=alice, json={"x": [b64(drawings[chars[0]][5])]}
+    )
     assert r.status_code == 200 and r.json()["predictions"][0]["label"] in ("a", "b")
 
 
@@ -68,29 +81,46 @@ def encoded(image: Image.Image, fmt: str) -> str:
     return b64(buf.getvalue())
 
 
-@pytest.mark.parametrize(("x", "detail"), [
-    (["not base64!"], "support.x[0] is not valid base64"),
-    ([b64(b"plain text, not an image")], "support.x[0] is not a decodable PNG or JPEG image"),
-    ([encoded(Image.new("L", (28, 28)), "GIF")], "support.x[0] is a GIF image; send PNG or JPEG"),
-    ([encoded(Image.new("1", (3000, 3000)), "PNG")],
-     "support.x[0] is 3000x3000 pixels; the limit is 4000000 pixels"),
-    (["data:image/png,abc"], "support.x[0] is a data URL without base64 data"),
-    ([b64(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)],
-     "support.x[0] is not a decodable PNG or JPEG image"),
-])
+@pytest.mark.parametrize(
+    ("x", "detail"),
+    [
+        (["not base64!"], "support.x[0] is not valid base64"),
+        ([b64(b"plain text, not an image")], "support.x[0] is not a decodable PNG or JPEG image"),
+        (
+            [encoded(Image.new("L", (28, 28)), "GIF")],
+            "support.x[0] is a GIF image; send PNG or JPEG",
+        ),
+        (
+            [encoded(Image.new("1", (3000, 3000)), "PNG")],
+            "support.x[0] is 3000x3000 pixels; the limit is 4000000 pixels",
+        ),
+        (["data:image/png,abc"], "support.x[0] is a data URL without base64 data"),
+        (
+            [b64(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)],
+            "support.x[0] is not a decodable PNG or JPEG image",
+        ),
+    ],
+)
 def test_bad_images_are_a_clear_422(client, alice, x, detail):
     client.app.state.settings.max_image_pixels = 2000 * 2000
-    r = client.post("/tasks", headers=alice, json={
-        "model": "omniglot-5w1s", "support": {"x": x, "y": [0] * len(x)}})
+    r = client.post(
+        "/tasks",
+        headers=alice,
+        json={"model": "omniglot-5w1s", "support": {"x": x, "y": [0] * len(x)}},
+    )
     assert_problem(r, 422, detail)
     assert client.get("/tasks", headers=alice).json()["total"] == 0
 
 
 def test_strings_for_a_numeric_model_and_mixed_rows_are_refused(client, alice):
-    r = client.post("/tasks", headers=alice, json={
-        "model": "sinusoid", "support": {"x": ["abc"], "y": [1.0]}})
+    r = client.post(
+        "/tasks", headers=alice, json={"model": "sinusoid", "support": {"x": ["abc"], "y": [1.0]}}
+    )
     assert_problem(r, 422, "support.x holds strings, but model 'sinusoid' takes numbers")
     png = encoded(Image.new("L", (28, 28)), "PNG")
-    r = client.post("/tasks", headers=alice, json={
-        "model": "omniglot-5w1s", "support": {"x": [png, [[0.0] * 28] * 28], "y": [0, 1]}})
+    r = client.post(
+        "/tasks",
+        headers=alice,
+        json={"model": "omniglot-5w1s", "support": {"x": [png, [[0.0] * 28] * 28], "y": [0, 1]}},
+    )
     assert_problem(r, 422, "support.x mixes images (strings) with other values")

@@ -40,8 +40,10 @@ def test_models(client, alice):
 
 def test_health_readiness_and_metrics(client, alice):
     assert client.get("/healthz").json() == {"status": "ok"}
-    assert client.get("/readyz").json() == {"status": "ready",
-                                            "models": ["omniglot-5w1s", "sinusoid"]}
+    assert client.get("/readyz").json() == {
+        "status": "ready",
+        "models": ["omniglot-5w1s", "sinusoid"],
+    }
     tid = create(client, alice)["id"]
     client.post(f"/tasks/{tid}/predict", headers=alice, json={"x": [1.0]})
     client.app.state.cache.pop(tid)
@@ -55,10 +57,13 @@ def test_health_readiness_and_metrics(client, alice):
 
 
 def test_refuses_to_start_on_an_unmigrated_database(tmp_path):
-    settings = Settings(database_url=f"sqlite:///{tmp_path / 'empty.db'}",
-                        model_dir=ROOT / "models")
-    with pytest.raises(NotMigrated, match=r"run `alembic upgrade head`"), \
-            TestClient(create_app(settings)):
+    settings = Settings(
+        database_url=f"sqlite:///{tmp_path / 'empty.db'}", model_dir=ROOT / "models"
+    )
+    with (
+        pytest.raises(NotMigrated, match=r"run `alembic upgrade head`"),
+        TestClient(create_app(settings)),
+    ):
         pass
 
 
@@ -68,8 +73,9 @@ def test_migrations_match_the_orm_and_downgrade(tmp_path):
     command.upgrade(cfg, "head")
     engine = create_engine(url)
     with engine.connect() as conn:
-        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}),
-                                Base.metadata)
+        diff = compare_metadata(
+            MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata
+        )
     assert diff == []
     command.downgrade(cfg, "base")
     assert set(inspect(engine).get_table_names()) == {"alembic_version"}
@@ -81,20 +87,30 @@ def test_migrations_match_the_orm_on_postgresql(database_url):
         pytest.skip("covered for SQLite above")
     engine = create_engine(database_url)
     with engine.connect() as conn:
-        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}),
-                                Base.metadata)
+        diff = compare_metadata(
+            MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata
+        )
     engine.dispose()
     assert diff == []
 
 
 def run_cli(env: dict, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "app", *args], env=env, capture_output=True,
-                          text=True, cwd=ROOT, check=True)
+    return subprocess.run(
+        [sys.executable, "-m", "app", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
+    )
 
 
 def test_client_cli_and_a_real_uvicorn_process(database_url, sessions, tmp_path):
-    env = os.environ | {"DATABASE_URL": database_url, "MODEL_DIR": str(ROOT / "models"),
-                        "AUTH_CACHE_SECONDS": "0"}
+    env = os.environ | {
+        "DATABASE_URL": database_url,
+        "MODEL_DIR": str(ROOT / "models"),
+        "AUTH_CACHE_SECONDS": "0",
+    }
     key = run_cli(env, "clients", "create", "carol").stdout.strip().splitlines()[-1]
     assert key.startswith("mk_")
     listing = run_cli(env, "clients", "list").stdout
@@ -102,9 +118,13 @@ def test_client_cli_and_a_real_uvicorn_process(database_url, sessions, tmp_path)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "app", "serve", "--port", str(port)],
-                              env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "app", "serve", "--port", str(port)],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -117,11 +137,13 @@ def test_client_cli_and_a_real_uvicorn_process(database_url, sessions, tmp_path)
             assert time.monotonic() < deadline, "the server did not become ready"
             time.sleep(0.2)
         headers = {"Authorization": f"Bearer {key}"}
-        r = httpx.post(f"{base}/tasks", headers=headers,
-                       json={"model": "sinusoid", "support": {"x": [0.0, 1.0], "y": [0.5, 1]}})
+        r = httpx.post(
+            f"{base}/tasks",
+            headers=headers,
+            json={"model": "sinusoid", "support": {"x": [0.0, 1.0], "y": [0.5, 1]}},
+        )
         assert r.status_code == 201
-        p = httpx.post(f"{base}/tasks/{r.json()['id']}/predict", headers=headers,
-                       json={"x": [0.5]})
+        p = httpx.post(f"{base}/tasks/{r.json()['id']}/predict", headers=headers, json={"x": [0.5]})
         assert p.status_code == 200 and len(p.json()["predictions"]) == 1
         client_id = listing.split("\t")[0]
         assert "revoked" in run_cli(env, "clients", "revoke", client_id).stdout

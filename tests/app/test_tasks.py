@@ -41,9 +41,18 @@ def test_sinusoid_end_to_end(client, alice):
     x, y = sinusoid_task(10)
     grid = torch.linspace(-5, 5, 100)
     truth = 2.0 * torch.sin(grid - 1.0)
-    r = client.post("/tasks", headers=alice, json={
-        "model": "sinusoid", "support": {"x": x, "y": y}, "inner_steps": 10, "inner_lr": 0.01,
-        "query": {"x": grid.tolist(), "y": truth.tolist()}, "name": "amp 2"})
+    r = client.post(
+        "/tasks",
+        headers=alice,
+        json={
+            "model": "sinusoid",
+            "support": {"x": x, "y": y},
+            "inner_steps": 10,
+            "inner_lr": 0.01,
+            "query": {"x": grid.tolist(), "y": truth.tolist()},
+            "name": "amp 2",
+        },
+    )
     assert r.status_code == 201
     task = r.json()
     assert r.headers["location"] == f"/tasks/{task['id']}"
@@ -61,8 +70,7 @@ def test_sinusoid_end_to_end(client, alice):
     assert mse < 0.25 * mse_before
     # The same support adapted in-process with meta_core gives the same predictions.
     fast = art.adapt(torch.tensor(x).view(-1, 1), torch.tensor(y).view(-1, 1), steps=10, lr=0.01)
-    torch.testing.assert_close(pred, art.predict(fast, grid.view(-1, 1))[:, 0], rtol=0,
-                               atol=1e-6)
+    torch.testing.assert_close(pred, art.predict(fast, grid.view(-1, 1))[:, 0], rtol=0, atol=1e-6)
     assert m["query_loss_after"] == pytest.approx(mse.item(), rel=1e-5)
 
 
@@ -76,9 +84,15 @@ def test_classification_uses_the_clients_labels(client, alice):
     support = drawings[:, 0].unsqueeze(1).tolist()
     protos = drawings[:, 1].unsqueeze(1)  # other drawings of the same characters
     labels = ["cat", "dog", 7]
-    r = client.post("/tasks", headers=alice, json={
-        "model": "omniglot-5w1s", "support": {"x": support, "y": labels},
-        "query": {"x": protos.tolist(), "y": labels}})
+    r = client.post(
+        "/tasks",
+        headers=alice,
+        json={
+            "model": "omniglot-5w1s",
+            "support": {"x": support, "y": labels},
+            "query": {"x": protos.tolist(), "y": labels},
+        },
+    )
     assert r.status_code == 201, r.text
     task = r.json()
     assert task["labels"] == [7, "cat", "dog"]
@@ -99,27 +113,37 @@ def test_list_get_delete(client, alice):
     assert client.get(f"/tasks/{ids[1]}", headers=alice).json()["name"] == "t1"
     assert client.delete(f"/tasks/{ids[1]}", headers=alice).status_code == 204
     assert_problem(client.get(f"/tasks/{ids[1]}", headers=alice), 404, f"no task '{ids[1]}'")
-    assert_problem(client.post(f"/tasks/{ids[1]}/predict", headers=alice, json={"x": [1.0]}),
-                   404, f"no task '{ids[1]}'")
+    assert_problem(
+        client.post(f"/tasks/{ids[1]}/predict", headers=alice, json={"x": [1.0]}),
+        404,
+        f"no task '{ids[1]}'",
+    )
     assert_problem(client.delete(f"/tasks/{ids[1]}", headers=alice), 404, f"no task '{ids[1]}'")
-    assert_problem(client.get("/tasks?limit=0", headers=alice), 422,
-                   "query.limit: Input should be greater than or equal to 1")
+    assert_problem(
+        client.get("/tasks?limit=0", headers=alice),
+        422,
+        "query.limit: Input should be greater than or equal to 1",
+    )
 
 
 def test_another_clients_task_is_invisible(client, alice, bob):
     tid = create(client, alice)["id"]
-    assert client.post(f"/tasks/{tid}/predict", headers=alice, json={"x": [0.5]}).status_code \
-        == 200  # now cached: bob must still be refused
-    for r in (client.get(f"/tasks/{tid}", headers=bob),
-              client.post(f"/tasks/{tid}/predict", headers=bob, json={"x": [0.5]}),
-              client.delete(f"/tasks/{tid}", headers=bob)):
+    assert (
+        client.post(f"/tasks/{tid}/predict", headers=alice, json={"x": [0.5]}).status_code == 200
+    )  # now cached: bob must still be refused
+    for r in (
+        client.get(f"/tasks/{tid}", headers=bob),
+        client.post(f"/tasks/{tid}/predict", headers=bob, json={"x": [0.5]}),
+        client.delete(f"/tasks/{tid}", headers=bob),
+    ):
         assert_problem(r, 404, f"no task '{tid}'")
     assert client.get("/tasks", headers=bob).json()["total"] == 0
     assert client.get(f"/tasks/{tid}", headers=alice).status_code == 200
 
 
-@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer nope"},
-                                     {"Authorization": "Basic abc"}])
+@pytest.mark.parametrize(
+    "headers", [{}, {"Authorization": "Bearer nope"}, {"Authorization": "Basic abc"}]
+)
 def test_missing_or_wrong_key_is_401(client, headers):
     r = client.get("/tasks", headers=headers)
     assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
@@ -137,39 +161,64 @@ def test_a_restarted_service_predicts_identically(settings, sessions, alice):
 
 X, Y = sinusoid_task(4)
 BAD = [
-    ({"support": {"x": [[1.0, 2.0]] * 4, "y": Y}}, 422,
-     "support.x has shape [4, 2]; model 'sinusoid' takes [n, 1]"),
-    ({"support": {"x": [1.0, float("nan"), 0.0, 1.0], "y": Y}}, 422,
-     "support.x contains NaN or Inf"),
-    ({"support": {"x": X, "y": [1.0, 2.0, float("inf"), 0.0]}}, 422,
-     "support.y contains NaN or Inf"),
+    (
+        {"support": {"x": [[1.0, 2.0]] * 4, "y": Y}},
+        422,
+        "support.x has shape [4, 2]; model 'sinusoid' takes [n, 1]",
+    ),
+    (
+        {"support": {"x": [1.0, float("nan"), 0.0, 1.0], "y": Y}},
+        422,
+        "support.x contains NaN or Inf",
+    ),
+    (
+        {"support": {"x": X, "y": [1.0, 2.0, float("inf"), 0.0]}},
+        422,
+        "support.y contains NaN or Inf",
+    ),
     ({"support": {"x": [], "y": []}}, 422, "support.x is empty"),
-    ({"support": {"x": [0.0] * 201, "y": [0.0] * 201}}, 422,
-     "support.x has 201 rows; the limit is 200"),
-    ({"support": {"x": X, "y": Y[:3]}}, 422,
-     "support.y has shape [3, 1]; expected [4] or [4, 1] to match x"),
-    ({"support": {"x": [[1.0], [2.0, 3.0]], "y": [1.0, 2.0]}}, 422,
-     "support.x must be a rectangular array of numbers"),
-    ({"support": {"x": ["a", "b", "c", "d"], "y": Y}}, 422,
-     "support.x holds strings, but model 'sinusoid' takes numbers"),
-    ({"support": {"x": [[1.0], "b", [2.0], [3.0]], "y": Y}}, 422,
-     "support.x must be a rectangular array of numbers"),
+    (
+        {"support": {"x": [0.0] * 201, "y": [0.0] * 201}},
+        422,
+        "support.x has 201 rows; the limit is 200",
+    ),
+    (
+        {"support": {"x": X, "y": Y[:3]}},
+        422,
+        "support.y has shape [3, 1]; expected [4] or [4, 1] to match x",
+    ),
+    (
+        {"support": {"x": [[1.0], [2.0, 3.0]], "y": [1.0, 2.0]}},
+        422,
+        "support.x must be a rectangular array of numbers",
+    ),
+    (
+        {"support": {"x": ["a", "b", "c", "d"], "y": Y}},
+        422,
+        "support.x holds strings, but model 'sinusoid' takes numbers",
+    ),
+    (
+        {"support": {"x": [[1.0], "b", [2.0], [3.0]], "y": Y}},
+        422,
+        "support.x must be a rectangular array of numbers",
+    ),
     ({"inner_steps": 101}, 422, "inner_steps must be between 0 and 100, got 101"),
     ({"inner_steps": -1}, 422, "inner_steps must be between 0 and 100, got -1"),
     ({"inner_lr": 0}, 422, "inner_lr must be in (0, 10.0], got 0.0"),
     ({"inner_lr": 11}, 422, "inner_lr must be in (0, 10.0], got 11.0"),
-    ({"model": "resnet"}, 422, "unknown model 'resnet'; available: ['omniglot-5w1s', "
-     "'sinusoid']"),
-    ({"query": {"x": [0.0] * 501, "y": [0.0] * 501}}, 422, "query.x has 501 rows; the limit "
-     "is 500"),
+    ({"model": "resnet"}, 422, "unknown model 'resnet'; available: ['omniglot-5w1s', 'sinusoid']"),
+    (
+        {"query": {"x": [0.0] * 501, "y": [0.0] * 501}},
+        422,
+        "query.x has 501 rows; the limit is 500",
+    ),
     ({"extra": 1}, 422, "extra: Extra inputs are not permitted"),
     ({"support": {"x": X}}, 422, "support.y: Field required"),
 ]
 
 
 @pytest.mark.parametrize(("change", "status", "detail"), BAD)
-def test_bad_task_input_is_a_clear_4xx_and_stores_nothing(client, alice, change, status,
-                                                          detail):
+def test_bad_task_input_is_a_clear_4xx_and_stores_nothing(client, alice, change, status, detail):
     body = {"model": "sinusoid", "support": {"x": X, "y": Y}} | change
     raw = json.dumps(body).encode()  # NaN and Infinity as Python's json writes them
     r = client.post("/tasks", headers=alice | {"content-type": "application/json"}, content=raw)
@@ -181,13 +230,16 @@ def image_rows(n: int) -> list:
     return torch.zeros(n, 1, 28, 28).tolist()
 
 
-@pytest.mark.parametrize(("support_y", "query_y", "detail"), [
-    ([0, 1, 2, 3, 4, 5], None, "support.y has 6 classes; the model takes at most 5"),
-    ([0, 1, 2, 3, True, 4], None, "support.y must hold integer or string labels, not True"),
-    ([0, 1, 2, 3, 4, 1.5], None, "support.y must hold integer or string labels, not 1.5"),
-    ([0, 0, 1, 1, 2, 2], [0, 9], "query.y has labels not in the support set: [9]"),
-    ([0, 0, 1, 1, 2], None, "support.y has 5 labels for 6 rows of x"),
-])
+@pytest.mark.parametrize(
+    ("support_y", "query_y", "detail"),
+    [
+        ([0, 1, 2, 3, 4, 5], None, "support.y has 6 classes; the model takes at most 5"),
+        ([0, 1, 2, 3, True, 4], None, "support.y must hold integer or string labels, not True"),
+        ([0, 1, 2, 3, 4, 1.5], None, "support.y must hold integer or string labels, not 1.5"),
+        ([0, 0, 1, 1, 2, 2], [0, 9], "query.y has labels not in the support set: [9]"),
+        ([0, 0, 1, 1, 2], None, "support.y has 5 labels for 6 rows of x"),
+    ],
+)
 def test_bad_labels(client, alice, support_y, query_y, detail):
     body = {"model": "omniglot-5w1s", "support": {"x": image_rows(6), "y": support_y}}
     if query_y is not None:
@@ -197,8 +249,9 @@ def test_bad_labels(client, alice, support_y, query_y, detail):
 
 
 def test_malformed_json_and_oversized_body(client, alice):
-    r = client.post("/tasks", headers=alice | {"content-type": "application/json"},
-                    content=b'{"model": ')
+    r = client.post(
+        "/tasks", headers=alice | {"content-type": "application/json"}, content=b'{"model": '
+    )
     assert_problem(r, 400, "the request body is not valid JSON")
     big = b'{"x": [' + b"0.0," * 300_000 + b"0.0]}"
     r = client.post("/tasks", headers=alice | {"content-type": "application/json"}, content=big)
@@ -208,13 +261,18 @@ def test_malformed_json_and_oversized_body(client, alice):
 def test_bad_predict_input(client, alice):
     tid = create(client, alice)["id"]
     url = f"/tasks/{tid}/predict"
-    assert_problem(client.post(url, headers=alice, json={"x": [[1.0, 2.0]]}), 422,
-                   "x has shape [1, 2]; model 'sinusoid' takes [n, 1]")
+    assert_problem(
+        client.post(url, headers=alice, json={"x": [[1.0, 2.0]]}),
+        422,
+        "x has shape [1, 2]; model 'sinusoid' takes [n, 1]",
+    )
     assert_problem(client.post(url, headers=alice, json={"x": []}), 422, "x is empty")
-    assert_problem(client.post(url, headers=alice, json={"x": [0.0] * 1001}), 422,
-                   "x has 1001 rows; the limit is 1000")
-    assert_problem(client.post(url, headers=alice, json={"y": [1]}), 422,
-                   "x: Field required")
+    assert_problem(
+        client.post(url, headers=alice, json={"x": [0.0] * 1001}),
+        422,
+        "x has 1001 rows; the limit is 1000",
+    )
+    assert_problem(client.post(url, headers=alice, json={"y": [1]}), 422, "x: Field required")
 
 
 def test_overload_answers_503_with_retry_after(client, alice):
@@ -222,8 +280,9 @@ def test_overload_answers_503_with_retry_after(client, alice):
     pool.in_flight = pool.capacity  # as if every slot and queue place were taken
     try:
         x, y = sinusoid_task()
-        r = client.post("/tasks", headers=alice, json={"model": "sinusoid",
-                                                       "support": {"x": x, "y": y}})
+        r = client.post(
+            "/tasks", headers=alice, json={"model": "sinusoid", "support": {"x": x, "y": y}}
+        )
     finally:
         pool.in_flight = 0
     assert_problem(r, 503, f"{pool.capacity} adaptations are in progress; retry shortly")
@@ -237,15 +296,20 @@ def test_database_outage_is_503_and_recovers(client, alice):
     tid = create(client, alice)["id"]
     good = client.app.state.sessionmaker
     client.app.state.sessionmaker = make_sessionmaker(
-        make_engine("postgresql+psycopg://postgres@127.0.0.1:1/none?connect_timeout=1"))
+        make_engine("postgresql+psycopg://postgres@127.0.0.1:1/none?connect_timeout=1")
+    )
     client.app.state.cache.pop(tid)
     try:
         r = client.get(f"/tasks/{tid}", headers=alice)
         assert_problem(r, 503, "the database cannot be reached; retry later")
         assert r.headers["retry-after"] == "1"
         x, y = sinusoid_task()
-        assert client.post("/tasks", headers=alice, json={
-            "model": "sinusoid", "support": {"x": x, "y": y}}).status_code == 503
+        assert (
+            client.post(
+                "/tasks", headers=alice, json={"model": "sinusoid", "support": {"x": x, "y": y}}
+            ).status_code
+            == 503
+        )
     finally:
         client.app.state.sessionmaker = good
     assert client.get(f"/tasks/{tid}", headers=alice).status_code == 200
@@ -256,7 +320,9 @@ def test_sinusoid_predictions_are_row_independent(client, alice):
     tid = create(client, alice)["id"]
     url = f"/tasks/{tid}/predict"
     together = client.post(url, headers=alice, json={"x": [0.3, -2.0, 4.0]}).json()
-    alone = [client.post(url, headers=alice, json={"x": [v]}).json()["predictions"][0]
-             for v in (0.3, -2.0, 4.0)]
+    alone = [
+        client.post(url, headers=alice, json={"x": [v]}).json()["predictions"][0]
+        for v in (0.3, -2.0, 4.0)
+    ]
     assert together["predictions"] == pytest.approx(alone, abs=1e-6)
     assert not math.isnan(alone[0])

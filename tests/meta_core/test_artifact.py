@@ -18,11 +18,18 @@ def artifact(tmp_path: Path) -> Path:
     net = build_network(SPEC)
     params = dict(net.named_parameters())
     lrs = {k: torch.full((2,) + (1,) * v.dim(), 0.01) for k, v in params.items()}
-    return save_artifact(tmp_path / "a", name="toy", version="1.2.3", architecture=SPEC,
-                         task_kind="regression", params=params, lrs=lrs,
-                         inner_loop={"steps": 2, "lr": 0.01, "learned_lr": "lslr",
-                                     "adapt": "all"},
-                         preprocessing=None, training={"config": {}})
+    return save_artifact(
+        tmp_path / "a",
+        name="toy",
+        version="1.2.3",
+        architecture=SPEC,
+        task_kind="regression",
+        params=params,
+        lrs=lrs,
+        inner_loop={"steps": 2, "lr": 0.01, "learned_lr": "lslr", "adapt": "all"},
+        preprocessing=None,
+        training={"config": {}},
+    )
 
 
 def rewrite_manifest(path: Path, **changes) -> None:
@@ -35,18 +42,27 @@ def test_round_trip_is_identical(artifact: Path):
     art = load_artifact(artifact)
     net = build_network(SPEC)
     torch.manual_seed(0)
-    again = save_artifact(artifact.parent / "b", name=art.name, version=art.version,
-                          architecture=SPEC, task_kind="regression", params=art.params,
-                          lrs=art.lrs, inner_loop=art.manifest["inner_loop"],
-                          preprocessing=None, training={"config": {}})
+    again = save_artifact(
+        artifact.parent / "b",
+        name=art.name,
+        version=art.version,
+        architecture=SPEC,
+        task_kind="regression",
+        params=art.params,
+        lrs=art.lrs,
+        inner_loop=art.manifest["inner_loop"],
+        preprocessing=None,
+        training={"config": {}},
+    )
     reloaded = load_artifact(again)
     assert set(reloaded.params) == {k for k, _ in net.named_parameters()}
     for k, v in art.params.items():
         assert torch.equal(v, reloaded.params[k])
     for k, v in art.lrs.items():
         assert torch.equal(v, reloaded.lrs[k])
-    assert (artifact / "weights.safetensors").read_bytes() == \
-        (again / "weights.safetensors").read_bytes()
+    assert (artifact / "weights.safetensors").read_bytes() == (
+        again / "weights.safetensors"
+    ).read_bytes()
     assert reloaded.manifest["input_shape"] == [1] and reloaded.n_outputs == 1
     assert reloaded.inner_steps == 2 and reloaded.version == "1.2.3"
 
@@ -65,13 +81,18 @@ def test_edited_manifest_is_refused(artifact: Path):
         load_artifact(artifact)
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    ({"schema_version": 7}, "schema_version 7 is not supported"),
-    ({"task_kind": "ranking"}, "task_kind must be one of"),
-    ({"n_outputs": 3}, "disagree with the architecture"),
-    ({"inner_loop": {"steps": -1, "lr": 0.01, "learned_lr": "none", "adapt": "all"}},
-     "inner_loop.steps must be a non-negative integer"),
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"schema_version": 7}, "schema_version 7 is not supported"),
+        ({"task_kind": "ranking"}, "task_kind must be one of"),
+        ({"n_outputs": 3}, "disagree with the architecture"),
+        (
+            {"inner_loop": {"steps": -1, "lr": 0.01, "learned_lr": "none", "adapt": "all"}},
+            "inner_loop.steps must be a non-negative integer",
+        ),
+    ],
+)
 def test_invalid_fields_are_refused(artifact: Path, change, message):
     rewrite_manifest(artifact, **change)
     with pytest.raises(ArtifactError, match=message):
@@ -91,10 +112,22 @@ def test_missing_field_and_missing_file_are_refused(artifact: Path):
 
 def test_weights_that_do_not_match_the_architecture_are_refused(tmp_path: Path):
     other = build_network(SPEC | {"hidden": [8, 9]})
-    with pytest.raises(ArtifactError, match=r"tensor net.body.2.bias is torch.float32 \[9\], "
-                                            r"the architecture needs float32 \[8\]"):
-        load_artifact(save_artifact(
-            tmp_path / "bad", name="x", version="1", architecture=SPEC,
-            task_kind="regression", params=dict(other.named_parameters()), lrs={},
-            inner_loop={"steps": 1, "lr": 0.01, "learned_lr": "none", "adapt": "all"},
-            preprocessing=None, training={}))
+    with pytest.raises(
+        ArtifactError,
+        match=r"tensor net.body.2.bias is torch.float32 \[9\], "
+        r"the architecture needs float32 \[8\]",
+    ):
+        load_artifact(
+            save_artifact(
+                tmp_path / "bad",
+                name="x",
+                version="1",
+                architecture=SPEC,
+                task_kind="regression",
+                params=dict(other.named_parameters()),
+                lrs={},
+                inner_loop={"steps": 1, "lr": 0.01, "learned_lr": "none", "adapt": "all"},
+                preprocessing=None,
+                training={},
+            )
+        )

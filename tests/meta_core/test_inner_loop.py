@@ -18,8 +18,9 @@ def reference_forward(p: dict, x: torch.Tensor) -> torch.Tensor:
     return h @ p["head.weight"].T + p["head.bias"]
 
 
-def reference_meta_loss(p: dict, batch: TaskBatch, *, steps: int, lr, adapt=None,
-                        first_order=False) -> torch.Tensor:
+def reference_meta_loss(
+    p: dict, batch: TaskBatch, *, steps: int, lr, adapt=None, first_order=False
+) -> torch.Tensor:
     """Explicitly unrolled MAML with torch.autograd.grad, task by task."""
     total = 0.0
     for i in range(len(batch)):
@@ -27,8 +28,9 @@ def reference_meta_loss(p: dict, batch: TaskBatch, *, steps: int, lr, adapt=None
         names = list(adapt or p)
         for s in range(steps):
             loss = mse_loss(reference_forward(fast, batch.support_x[i]), batch.support_y[i])
-            grads = torch.autograd.grad(loss, [fast[k] for k in names],
-                                        create_graph=not first_order)
+            grads = torch.autograd.grad(
+                loss, [fast[k] for k in names], create_graph=not first_order
+            )
             for k, g in zip(names, grads, strict=True):
                 rate = lr if isinstance(lr, float) else lr[k][min(s, lr[k].shape[0] - 1)]
                 fast[k] = fast[k] - rate * (g.detach() if first_order else g)
@@ -41,8 +43,9 @@ def make(algo: AlgorithmConfig) -> tuple[MetaLearner, TaskBatch]:
     model = build_network(SPEC).double()
     learner = MetaLearner.create(model, "regression", algo)
     batch = Sinusoid(shots=5, queries=7).sample(4, torch.Generator().manual_seed(1))
-    batch = TaskBatch(*(t.double() for t in (batch.support_x, batch.support_y,
-                                             batch.query_x, batch.query_y)))
+    batch = TaskBatch(
+        *(t.double() for t in (batch.support_x, batch.support_y, batch.query_x, batch.query_y))
+    )
     return learner, batch
 
 
@@ -55,8 +58,10 @@ def grads_of(loss: torch.Tensor, learner: MetaLearner) -> list[torch.Tensor]:
 def test_maml_meta_gradient_matches_unrolled_reference(strategy, first_order):
     learner, batch = make(AlgorithmConfig(inner_steps=3, inner_lr=0.05, first_order=first_order))
     ours = grads_of(learner.meta_loss(batch, strategy=strategy)[0], learner)
-    ref = grads_of(reference_meta_loss(learner.params, batch, steps=3, lr=0.05,
-                                       first_order=first_order), learner)
+    ref = grads_of(
+        reference_meta_loss(learner.params, batch, steps=3, lr=0.05, first_order=first_order),
+        learner,
+    )
     for a, b in zip(ours, ref, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
 
@@ -76,10 +81,15 @@ def test_second_order_meta_gradient_matches_finite_differences():
     eps = 1e-6
 
     def loss_at(sign: float) -> float:
-        shifted = {k: (v + sign * eps * d).detach()
-                   for (k, v), d in zip(learner.params.items(), direction, strict=True)}
-        return MetaLearner(learner.model, shifted, {}, "regression",
-                           learner.algo).meta_loss(batch)[0].item()
+        shifted = {
+            k: (v + sign * eps * d).detach()
+            for (k, v), d in zip(learner.params.items(), direction, strict=True)
+        }
+        return (
+            MetaLearner(learner.model, shifted, {}, "regression", learner.algo)
+            .meta_loss(batch)[0]
+            .item()
+        )
 
     numeric = (loss_at(1) - loss_at(-1)) / (2 * eps)
     analytic = sum((a * d).sum() for a, d in zip(g, direction, strict=True)).item()
@@ -92,8 +102,15 @@ def test_first_order_equals_gradient_with_inner_gradients_detached():
     # FOMAML: the meta-gradient is the query gradient at the adapted parameters.
     expected = [torch.zeros_like(p) for p in learner.params.values()]
     for i in range(len(batch)):
-        fast = adapt(learner.model, learner.params, batch.support_x[i], batch.support_y[i],
-                     loss_fn=mse_loss, steps=2, lr=0.1)
+        fast = adapt(
+            learner.model,
+            learner.params,
+            batch.support_x[i],
+            batch.support_y[i],
+            loss_fn=mse_loss,
+            steps=2,
+            lr=0.1,
+        )
         leaves = {k: v.detach().requires_grad_() for k, v in fast.items()}
         q = mse_loss(reference_forward(leaves, batch.query_x[i]), batch.query_y[i])
         for acc, gq in zip(expected, torch.autograd.grad(q, list(leaves.values())), strict=True):
@@ -104,28 +121,46 @@ def test_first_order_equals_gradient_with_inner_gradients_detached():
 
 def test_anil_adapts_only_the_head_and_matches_reference():
     learner, batch = make(AlgorithmConfig(name="anil", inner_steps=2, inner_lr=0.1))
-    fast = adapt(learner.model, learner.params, batch.support_x[0], batch.support_y[0],
-                 loss_fn=mse_loss, steps=2, lr=0.1, adapt_names=learner.adapt_names)
+    fast = adapt(
+        learner.model,
+        learner.params,
+        batch.support_x[0],
+        batch.support_y[0],
+        loss_fn=mse_loss,
+        steps=2,
+        lr=0.1,
+        adapt_names=learner.adapt_names,
+    )
     for k, v in learner.params.items():
         if k.startswith("body."):
             assert torch.equal(fast[k], v)
         else:
             assert not torch.allclose(fast[k], v)
     ours = grads_of(learner.meta_loss(batch)[0], learner)
-    ref = grads_of(reference_meta_loss(learner.params, batch, steps=2, lr=0.1,
-                                       adapt=["head.weight", "head.bias"]), learner)
+    ref = grads_of(
+        reference_meta_loss(
+            learner.params, batch, steps=2, lr=0.1, adapt=["head.weight", "head.bias"]
+        ),
+        learner,
+    )
     for a, b in zip(ours, ref, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
 
 
-@pytest.mark.parametrize("algo", [AlgorithmConfig(name="metasgd", inner_steps=2, inner_lr=0.05),
-                                  AlgorithmConfig(lslr=True, inner_steps=3, inner_lr=0.05)])
+@pytest.mark.parametrize(
+    "algo",
+    [
+        AlgorithmConfig(name="metasgd", inner_steps=2, inner_lr=0.05),
+        AlgorithmConfig(lslr=True, inner_steps=3, inner_lr=0.05),
+    ],
+)
 def test_learned_learning_rates_match_reference_and_get_updated(algo):
     learner, batch = make(algo)
     assert set(learner.lrs) == set(learner.params)
     ours = grads_of(learner.meta_loss(batch)[0], learner)
-    ref = grads_of(reference_meta_loss(learner.params, batch, steps=algo.inner_steps,
-                                       lr=learner.lrs), learner)
+    ref = grads_of(
+        reference_meta_loss(learner.params, batch, steps=algo.inner_steps, lr=learner.lrs), learner
+    )
     for a, b in zip(ours, ref, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
     n = len(learner.params)
@@ -139,10 +174,19 @@ def test_learned_learning_rates_match_reference_and_get_updated(algo):
 
 def test_vmap_equals_loop_for_conv4_multi_step_loss():
     torch.manual_seed(0)
-    spec = {"type": "conv4", "in_channels": 1, "image_size": 16, "hidden": 8,
-            "out_features": 3, "norm": "layer"}
-    learner = MetaLearner.create(build_network(spec).double(), "classification",
-                                 AlgorithmConfig(inner_steps=2, inner_lr=0.3, lslr=True))
+    spec = {
+        "type": "conv4",
+        "in_channels": 1,
+        "image_size": 16,
+        "hidden": 8,
+        "out_features": 3,
+        "norm": "layer",
+    }
+    learner = MetaLearner.create(
+        build_network(spec).double(),
+        "classification",
+        AlgorithmConfig(inner_steps=2, inner_lr=0.3, lslr=True),
+    )
     x = torch.randn(3, 6, 1, 16, 16, dtype=torch.float64)
     y = torch.arange(3).repeat(2).expand(3, 6)
     batch = TaskBatch(x[:, :3], y[:, :3], x[:, 3:], y[:, 3:])

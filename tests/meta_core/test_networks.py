@@ -6,8 +6,14 @@ import torch
 from meta_core.inner_loop import adapt, cross_entropy, forward
 from meta_core.networks import build_network
 
-CONV = {"type": "conv4", "in_channels": 1, "image_size": 28, "hidden": 16,
-        "out_features": 5, "norm": "layer"}
+CONV = {
+    "type": "conv4",
+    "in_channels": 1,
+    "image_size": 28,
+    "hidden": 16,
+    "out_features": 5,
+    "norm": "layer",
+}
 MLP = {"type": "mlp", "in_features": 3, "hidden": [16, 16], "out_features": 2}
 
 
@@ -20,7 +26,7 @@ def test_predictions_are_row_independent(spec):
     y = torch.tensor([0, 1, 0, 1, 0, 1])
     fast = adapt(net, params, x, y, loss_fn=cross_entropy, steps=2, lr=0.1)
     batch = forward(net, fast, x)
-    alone = torch.cat([forward(net, fast, x[i:i + 1]) for i in range(6)])
+    alone = torch.cat([forward(net, fast, x[i : i + 1]) for i in range(6)])
     torch.testing.assert_close(batch, alone, rtol=1e-5, atol=1e-6)
     # Changing other rows (scale, batch size) leaves row 0's prediction unchanged.
     other = torch.cat([x[:1], 100 * torch.randn(9, *shape)])

@@ -31,8 +31,11 @@ def test_loader_counts_cache_and_rotations(tmp_path):
 
 def test_family_pools_never_mix_characters():
     family = omniglot_family(ways=5, shots=1)
-    assert {s: p.shape[0] for s, p in family.pools.items()} == \
-        {"train": 4400, "val": 400, "test": 1692}
+    assert {s: p.shape[0] for s, p in family.pools.items()} == {
+        "train": 4400,
+        "val": 400,
+        "test": 1692,
+    }
     images, ids = load_images()
     index = {c: i for i, c in enumerate(ids)}
     test_first = images[index[read_split("test")[0]]]

@@ -15,8 +15,7 @@ def test_shipped_sinusoid_meets_the_k10_bar():
     art = load_artifact(MODELS / "sinusoid")
     assert art.name == "sinusoid" and art.task_kind == "regression"
     batch = Sinusoid().sample(100, torch.Generator().manual_seed(12345), split="test", shots=10)
-    losses, _ = adaptation_curve(art.model, art.params, batch, kind="regression", steps=10,
-                                 lr=0.01)
+    losses, _ = adaptation_curve(art.model, art.params, batch, kind="regression", steps=10, lr=0.01)
     assert losses[:, 10].mean().item() <= 0.08
     assert losses[:, 10].mean() < 0.1 * losses[:, 0].mean()
 
@@ -27,7 +26,8 @@ def test_shipped_omniglot_5w1s_classifies_held_out_characters():
     art = load_artifact(MODELS / "omniglot-5w1s")
     family = omniglot_family(ways=5, shots=1, queries=15)
     batch = family.sample(40, torch.Generator().manual_seed(7), split="test")
-    _, accuracy = adaptation_curve(art.model, art.params, batch, kind="classification",
-                                   steps=art.inner_steps, lr=art.inner_lr)
+    _, accuracy = adaptation_curve(
+        art.model, art.params, batch, kind="classification", steps=art.inner_steps, lr=art.inner_lr
+    )
     assert accuracy[:, 0].mean().item() < 0.3  # chance before adaptation
     assert accuracy[:, art.inner_steps].mean().item() >= 0.97

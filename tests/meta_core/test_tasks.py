@@ -21,8 +21,7 @@ def test_sinusoid_matches_w1():
 def test_nway_tasks_are_disjoint_and_permuted():
     # 30 classes of 20 examples; each example's value encodes (class, index).
     values = torch.arange(30 * 20, dtype=torch.float32).view(30, 20, 1)
-    family = NWayKShot({"train": values, "val": values, "test": values}, ways=5, shots=2,
-                       queries=3)
+    family = NWayKShot({"train": values, "val": values, "test": values}, ways=5, shots=2, queries=3)
     b = family.sample(200, torch.Generator().manual_seed(0))
     assert b.support_x.shape == (200, 10, 1) and b.query_x.shape == (200, 15, 1)
     first_label_class = set()
@@ -33,8 +32,9 @@ def test_nway_tasks_are_disjoint_and_permuted():
         assert len(set(classes_s.tolist())) == 5
         for label in range(5):  # one class per label, the same in support and query
             assert len(set(classes_s[b.support_y[t] == label].tolist())) == 1
-            assert set(classes_q[b.query_y[t] == label].tolist()) == \
-                set(classes_s[b.support_y[t] == label].tolist())
+            assert set(classes_q[b.query_y[t] == label].tolist()) == set(
+                classes_s[b.support_y[t] == label].tolist()
+            )
         first_label_class.add(classes_s[b.support_y[t] == 0][0].item())
     assert len(first_label_class) > 20  # label 0 is a different class from task to task
 

@@ -14,9 +14,16 @@ from meta_core.cli import main
 from meta_core.config import load_config
 from meta_core.train import train
 
-TINY = ["train.iterations=40", "train.val_every=10", "train.val_tasks=20", "train.log_every=5",
-        "train.checkpoint_every=10", "train.meta_batch=4", "train.compile=false",
-        "algorithm.inner_steps=2"]
+TINY = [
+    "train.iterations=40",
+    "train.val_every=10",
+    "train.val_tasks=20",
+    "train.log_every=5",
+    "train.checkpoint_every=10",
+    "train.meta_batch=4",
+    "train.compile=false",
+    "algorithm.inner_steps=2",
+]
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
@@ -72,15 +79,15 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path: Path, monkeypatch)
         train(cfg, tmp_path / "cut", progress=False)
     resumed = weights(train(cfg, tmp_path / "cut", resume=True, progress=False))
     assert all(torch.equal(reference[k], resumed[k]) for k in reference)
-    rows = [json.loads(line) for line in (tmp_path / "cut" / "metrics.jsonl").read_text()
-            .splitlines()]
+    rows = [
+        json.loads(line) for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
+    ]
     iterations = [r["iteration"] for r in rows if r["event"] == "train"]
     assert iterations == sorted(set(iterations))
 
 
 def test_overrides_are_typed_and_unknown_fields_refused():
-    cfg = load_config("sinusoid", ["train.iterations=7", "algorithm.name=anil",
-                                   "train.outer_lr=1"])
+    cfg = load_config("sinusoid", ["train.iterations=7", "algorithm.name=anil", "train.outer_lr=1"])
     assert cfg.train.iterations == 7 and cfg.algorithm.name == "anil"
     assert cfg.train.outer_lr == 1.0
     with pytest.raises(ValueError, match=r"unknown fields in \[train\]: \['iteratoins'\]"):

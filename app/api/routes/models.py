@@ -10,11 +10,17 @@ router = APIRouter(prefix="/models", tags=["models"])
 
 def model_out(art: Artifact) -> ModelOut:
     m = art.manifest
-    return ModelOut(name=art.name, version=art.version, task_kind=art.task_kind,
-                    input_shape=art.input_shape, n_outputs=art.n_outputs,
-                    n_classes=art.n_outputs if art.task_kind == "classification" else None,
-                    inner_loop=m["inner_loop"], preprocessing=m["preprocessing"],
-                    evaluation=m["evaluation"])
+    return ModelOut(
+        name=art.name,
+        version=art.version,
+        task_kind=art.task_kind,
+        input_shape=art.input_shape,
+        n_outputs=art.n_outputs,
+        n_classes=art.n_outputs if art.task_kind == "classification" else None,
+        inner_loop=m["inner_loop"],
+        preprocessing=m["preprocessing"],
+        evaluation=m["evaluation"],
+    )
 
 
 @router.get("", response_model=list[ModelOut])
