@@ -1,3 +1,4 @@
+import logging
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
@@ -19,6 +20,7 @@ from app.services.adaptation import (
 )
 from app.services.cache import AdaptedModel
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/tasks", tags=["tasks"])
 
 
@@ -85,6 +87,15 @@ async def create_task(
     state.cache.put(row.id, AdaptedModel(client_id, art.name, adapted.params, task.labels))
     state.metrics.adaptations.labels(art.name).inc()
     state.metrics.adapt_seconds.labels(art.name).observe(adapted.adapt_ms / 1000)
+    log.info(
+        "task %s: %s adapted in %.1f ms (%d steps), support loss %.4f -> %.4f",
+        row.id,
+        art.name,
+        adapted.adapt_ms,
+        task.steps,
+        adapted.metrics["support_loss_before"],
+        adapted.metrics["support_loss_after"],
+    )
     response.headers["Location"] = f"/tasks/{row.id}"
     return task_out(row)
 
