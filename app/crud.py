@@ -58,6 +58,14 @@ def get_task(session: Session, *, client_id: int, task_id: str) -> Task:
     return task
 
 
+def task_exists(session: Session, *, client_id: int, task_id: str) -> bool:
+    """A cheap check (no weights read) that the client's task is still there."""
+    return (
+        session.scalar(select(Task.id).where(Task.id == task_id, Task.client_id == client_id))
+        is not None
+    )
+
+
 def list_tasks(
     session: Session, *, client_id: int, limit: int, offset: int
 ) -> tuple[list[Task], int]:

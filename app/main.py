@@ -130,7 +130,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="MAML adaptation service", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
     app.state.metrics = metrics
-    app.state.cache = LRUCache(settings.cache_size)
+    app.state.cache = LRUCache(settings.cache_size, settings.cache_ttl_seconds)
     app.state.auth_cache = {}
     install_handlers(app, settings.retry_after_seconds)
 

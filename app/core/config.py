@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     adapt_concurrency: int = Field(2, ge=1, description="adaptations running at once")
     adapt_queue: int = Field(8, ge=0, description="adaptations waiting; beyond: 503")
     cache_size: int = Field(1024, ge=0, description="adapted models kept in memory (LRU)")
+    cache_ttl_seconds: float = Field(
+        5.0, ge=0, description="how long a cached model is served before its task is re-checked"
+    )
     auth_cache_seconds: float = Field(5.0, ge=0, description="how long a checked key is trusted")
     max_support: int = Field(1000, ge=1)
     max_query: int = Field(10_000, ge=1)

@@ -1,8 +1,12 @@
-"""A thread-safe LRU cache of adapted models, so a predict reads the database only on a miss."""
+"""A thread-safe LRU cache of adapted models, so a predict reads the database only on a miss.
+
+Entries older than ``ttl`` seconds are returned as stale: the caller re-checks that the task
+still exists (another worker process may have deleted it) and then ``touch``es the entry."""
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -18,23 +22,32 @@ class AdaptedModel:
 
 
 class LRUCache:
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, ttl: float = float("inf")) -> None:
         self.capacity = capacity
-        self._items: OrderedDict[str, AdaptedModel] = OrderedDict()
+        self.ttl = ttl
+        self._items: OrderedDict[str, tuple[AdaptedModel, float]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: str) -> AdaptedModel | None:
+    def get(self, key: str) -> tuple[AdaptedModel | None, bool]:
+        """The entry (or None) and whether it was checked within ``ttl``."""
         with self._lock:
-            item = self._items.get(key)
-            if item is not None:
-                self._items.move_to_end(key)
-            return item
+            entry = self._items.get(key)
+            if entry is None:
+                return None, False
+            self._items.move_to_end(key)
+            return entry[0], time.monotonic() - entry[1] < self.ttl
+
+    def touch(self, key: str) -> None:
+        with self._lock:
+            entry = self._items.get(key)
+            if entry is not None:
+                self._items[key] = (entry[0], time.monotonic())
 
     def put(self, key: str, item: AdaptedModel) -> None:
         if self.capacity == 0:
             return
         with self._lock:
-            self._items[key] = item
+            self._items[key] = (item, time.monotonic())
             self._items.move_to_end(key)
             while len(self._items) > self.capacity:
                 self._items.popitem(last=False)

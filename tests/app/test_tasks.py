@@ -326,3 +326,13 @@ def test_sinusoid_predictions_are_row_independent(client, alice):
     ]
     assert together["predictions"] == pytest.approx(alone, abs=1e-6)
     assert not math.isnan(alone[0])
+
+
+def test_a_task_deleted_by_another_worker_stops_predicting(settings, sessions, alice):
+    settings.cache_ttl_seconds = 0  # re-check on every cached predict
+    with TestClient(create_app(settings)) as worker_a, TestClient(create_app(settings)) as worker_b:
+        tid = create(worker_a, alice)["id"]
+        assert worker_a.post(f"/tasks/{tid}/predict", headers=alice, json={"x": [1.0]}).is_success
+        assert worker_b.delete(f"/tasks/{tid}", headers=alice).status_code == 204
+        r = worker_a.post(f"/tasks/{tid}/predict", headers=alice, json={"x": [1.0]})
+        assert_problem(r, 404, f"no task '{tid}'")

@@ -140,19 +140,29 @@ def _load_adapted(
     return AdaptedModel(client_id, art.name, params, task.labels)
 
 
+def _check_exists(request: Request, client_id: int, task_id: str) -> None:
+    with request.app.state.sessionmaker() as session:
+        if not crud.task_exists(session, client_id=client_id, task_id=task_id):
+            request.app.state.cache.pop(task_id)
+            raise NotFound(f"no task {task_id!r}")
+
+
 @router.post("/{task_id}/predict", response_model=PredictOut)
 async def predict(
     task_id: str, body: PredictIn, request: Request, registry: RegistryDep, client_id: CurrentClient
 ) -> JSONResponse:
     """Predictions of the task's adapted model for every row of x."""
     state = request.app.state
-    adapted = state.cache.get(task_id)
+    adapted, fresh = state.cache.get(task_id)
     if adapted is None or adapted.client_id != client_id:
         state.metrics.cache_misses.inc()
         adapted = await run_in_threadpool(_load_adapted, request, registry, client_id, task_id)
         state.cache.put(task_id, adapted)
     else:
         state.metrics.cache_hits.inc()
+        if not fresh:  # another worker may have deleted it since we cached it
+            await run_in_threadpool(_check_exists, request, client_id, task_id)
+            state.cache.touch(task_id)
     art = registry.models[adapted.model_name]
     s = state.settings
     x = to_inputs(
