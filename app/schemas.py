@@ -59,9 +59,9 @@ class ClassPrediction(BaseModel):
 class PredictOut(BaseModel):
     task_id: str
     labels: list[int | str] | None = None
-    predictions: list[Any] = Field(
-        description="regression: a value (or list) per row; "
-        "classification: a ClassPrediction per row"
+    predictions: list[float] | list[list[float]] | list[ClassPrediction] = Field(
+        description="regression: a value (or a list of outputs) per row; "
+        "classification: the predicted label and probabilities per row"
     )
 
 

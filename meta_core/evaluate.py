@@ -209,7 +209,7 @@ def evaluate_artifact(
             "tasks": cfg.tasks,
             "seed": cfg.seed,
             "steps": cfg.steps,
-            "inner_lr": cfg.inner_lr if cfg.inner_lr > 0 else art.inner_lr,
+            "inner_lr": base_lr,
             "learned_lr": art.manifest["inner_loop"]["learned_lr"],
             "split": "test",
             "queries": "as the family's test split",

@@ -33,15 +33,6 @@ class TaskBatch:
             )
         )
 
-    def task(self, i: int) -> TaskBatch:
-        """Task ``i`` alone, with its leading task dimension kept (size 1)."""
-        return TaskBatch(
-            self.support_x[i : i + 1],
-            self.support_y[i : i + 1],
-            self.query_x[i : i + 1],
-            self.query_y[i : i + 1],
-        )
-
     def __len__(self) -> int:
         return self.support_x.shape[0]
 
