@@ -42,6 +42,9 @@ class TrainConfig:
     checkpoint_every: int = 1000
     log_every: int = 100
     seed: int = 0
+    # Warm start: begin from this artifact's meta-parameters (same architecture) instead of a
+    # random initialization, with a fresh optimizer and schedule (a new cosine cycle).
+    init_from: str = ""
     device: str = "auto"  # auto | cpu | cuda
     bf16: bool = False  # bf16 autocast on CUDA
     strategy: str = "auto"  # auto | vmap | loop (how a meta-batch is executed)
@@ -57,7 +60,7 @@ class EvalConfig:
     inner_lr: float = 0.0  # 0 = the artifact's own inner-loop lr
     shots: list[int] = field(default_factory=list)  # empty = the trained shots
     seed: int = 20170717
-    chunk: int = 100  # tasks evaluated together
+    chunk: int = 100  # at most this many tasks (and ~8,000 examples) evaluated together
     baselines: list[str] = field(default_factory=lambda: ["pretrained", "random"])
     baseline_iterations: int = 5000
 

@@ -73,8 +73,15 @@ def adaptation_curve(
     lr: LearningRate,
     adapt_names: list[str] | None = None,
     chunk: int = 100,
+    chunk_examples: int = 8000,
 ) -> tuple[Tensor, Tensor]:
-    """Per-task query loss and metric after 0..steps inner steps: two ``[T, steps + 1]``."""
+    """Per-task query loss and metric after 0..steps inner steps: two ``[T, steps + 1]``.
+
+    Tasks go through in chunks of at most ``chunk`` tasks and about ``chunk_examples`` support
+    + query examples, so memory stays bounded whatever the number of ways (100 tasks of 5-way
+    1-shot, 25 of 20-way)."""
+    per_task = batch.support_x.shape[1] + batch.query_x.shape[1]
+    chunk = max(1, min(chunk, chunk_examples // per_task))
     params = {k: v.detach() for k, v in params.items()}
     if not isinstance(lr, float | int):
         lr = {k: v.detach() for k, v in lr.items()}

@@ -4,7 +4,8 @@ The run directory holds ``metrics.jsonl`` (one JSON line per log interval and va
 ``checkpoint/`` (safetensors + JSON, written atomically every ``checkpoint_every`` iterations
 and on Ctrl-C) and, at the end, the artifact of the best validated meta-parameters.
 ``--resume`` continues from the checkpoint with the same random stream, so an interrupted run
-ends where an uninterrupted one would.
+ends where an uninterrupted one would. ``train.init_from`` starts instead from an artifact's
+meta-parameters (a warm restart: fresh Adam state and schedule), so separate budgets add up.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from meta_core.algorithms import (
     cosine_lr,
     multi_step_weights,
 )
-from meta_core.artifact import save_artifact
+from meta_core.artifact import load_artifact, save_artifact
 from meta_core.config import Config
 from meta_core.evaluate import adaptation_curve
 from meta_core.networks import ArchSpec, build_network
@@ -70,6 +71,7 @@ class RunState:
     best_val: float = float("inf")
     best_iteration: int = -1
     elapsed: float = 0.0
+    warm_start: dict[str, Any] | None = None  # the artifact ``train.init_from`` started from
 
 
 def train(cfg: Config, out: Path | str, *, resume: bool = False, progress: bool = True) -> Path:
@@ -93,6 +95,8 @@ def train(cfg: Config, out: Path | str, *, resume: bool = False, progress: bool 
         tc.val_tasks, torch.Generator().manual_seed(tc.seed + 1), split="val"
     ).to(device)
     state = RunState()
+    if tc.init_from:
+        state.warm_start = warm_start(learner, spec, tc.init_from)
     best: dict[str, Tensor] = {}
     out.mkdir(parents=True, exist_ok=True)
     metrics_path = out / "metrics.jsonl"
@@ -228,6 +232,35 @@ def train(cfg: Config, out: Path | str, *, resume: bool = False, progress: bool 
     return out
 
 
+def warm_start(learner: MetaLearner, spec: ArchSpec, source: str) -> dict[str, Any]:
+    """Copy an artifact's meta-parameters into ``learner``; return its identity for the
+    manifest. The architecture and every tensor's name and shape must match."""
+    art = load_artifact(source)
+    theirs = art.manifest["architecture"]
+    if theirs != dict(spec):
+        raise ValueError(
+            f"init_from {source}: architecture {theirs} differs from this run's {spec}"
+        )
+    for mine, given, what in (
+        (learner.params, art.params, "weights"),
+        (learner.lrs, art.lrs, "lrs"),
+    ):
+        if {k: tuple(v.shape) for k, v in mine.items()} != {
+            k: tuple(v.shape) for k, v in given.items()
+        }:
+            raise ValueError(f"init_from {source}: its {what} do not match this run's algorithm")
+        with torch.no_grad():
+            for k, v in mine.items():
+                v.copy_(given[k])
+    log.info("warm start from %s %s (%s)", art.name, art.version, art.manifest["content_hash"])
+    return {
+        "path": str(source),
+        "name": art.name,
+        "version": art.version,
+        "content_hash": art.manifest["content_hash"],
+    }
+
+
 class _DeferredInterrupt:
     """The first Ctrl-C stops training at the end of the current iteration, which is then
     checkpointed, so nothing is lost; a second one stops at once, and the last periodic
@@ -310,6 +343,7 @@ def write_artifact(
             "best_iteration": state.best_iteration,
             "best_val_loss": state.best_val,
             "seconds": round(state.elapsed, 1),
+            "warm_start": state.warm_start,
             "device": str(device),
             "strategy": strategy,
             "threads": torch.get_num_threads(),
@@ -344,6 +378,7 @@ def _save_checkpoint(
         "best_val": state.best_val,
         "best_iteration": state.best_iteration,
         "elapsed": state.elapsed,
+        "warm_start": state.warm_start,
         "param_groups": opt_state["param_groups"],
         "config": cfg.to_dict(),
     }
@@ -380,7 +415,13 @@ def _load_checkpoint(
     opt.load_state_dict({"state": slots, "param_groups": meta["param_groups"]})
     gen.set_state(tensors["rng"])
     best = {k[5:]: v.to(device) for k, v in tensors.items() if k.startswith("best.")}
-    state = RunState(meta["iteration"], meta["best_val"], meta["best_iteration"], meta["elapsed"])
+    state = RunState(
+        meta["iteration"],
+        meta["best_val"],
+        meta["best_iteration"],
+        meta["elapsed"],
+        meta.get("warm_start"),
+    )
     return state, best
 
 
