@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
-from meta_core.algorithms import metric
+from meta_core.algorithms import choose_strategy, metric
 from meta_core.artifact import load_artifact, update_evaluation
 from meta_core.config import EvalConfig
 from meta_core.inner_loop import LOSSES, LearningRate, Params, adapt_trajectory
@@ -74,18 +74,32 @@ def adaptation_curve(
     adapt_names: list[str] | None = None,
     chunk: int = 100,
     chunk_examples: int = 8000,
+    strategy: str = "auto",
 ) -> tuple[Tensor, Tensor]:
     """Per-task query loss and metric after 0..steps inner steps: two ``[T, steps + 1]``.
 
     Tasks go through in chunks of at most ``chunk`` tasks and about ``chunk_examples`` support
     + query examples, so memory stays bounded whatever the number of ways (100 tasks of 5-way
-    1-shot, 25 of 20-way)."""
-    per_task = batch.support_x.shape[1] + batch.query_x.shape[1]
-    chunk = max(1, min(chunk, chunk_examples // per_task))
+    1-shot, 25 of 20-way). ``strategy`` is as in training: ``auto`` runs a chunk's tasks one by
+    one for a convolutional network on the CPU (vmap's grouped convolutions are several times
+    slower there) and under ``vmap`` elsewhere."""
     params = {k: v.detach() for k, v in params.items()}
     if not isinstance(lr, float | int):
         lr = {k: v.detach() for k, v in lr.items()}
-    fn = vmap(partial(_task_curve, model, kind, steps, lr, adapt_names), in_dims=(None, 0, 0, 0, 0))
+    device = next(iter(params.values())).device
+    conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
+    strategy = choose_strategy(strategy, "conv4" if conv else "mlp", device)
+    curve = partial(_task_curve, model, kind, steps, lr, adapt_names)
+    if strategy == "vmap":
+        fn = vmap(curve, in_dims=(None, 0, 0, 0, 0))
+    else:
+
+        def fn(p: Params, *tensors: Tensor) -> tuple[Tensor, Tensor]:
+            pairs = [curve(p, *(t[i] for t in tensors)) for i in range(len(tensors[0]))]
+            return torch.stack([a for a, _ in pairs]), torch.stack([b for _, b in pairs])
+
+    per_task = batch.support_x.shape[1] + batch.query_x.shape[1]
+    chunk = max(1, min(chunk, chunk_examples // per_task))
     losses, metrics = [], []
     with torch.no_grad():
         for i in range(0, len(batch), chunk):

@@ -206,7 +206,11 @@ BAD = [
     ({"inner_steps": -1}, 422, "inner_steps must be between 0 and 100, got -1"),
     ({"inner_lr": 0}, 422, "inner_lr must be in (0, 10.0], got 0.0"),
     ({"inner_lr": 11}, 422, "inner_lr must be in (0, 10.0], got 11.0"),
-    ({"model": "resnet"}, 422, "unknown model 'resnet'; available: ['omniglot-5w1s', 'sinusoid']"),
+    (
+        {"model": "resnet"},
+        422,
+        "unknown model 'resnet'; available: ['omniglot-20w1s', 'omniglot-5w1s', 'sinusoid']",
+    ),
     (
         {"query": {"x": [0.0] * 501, "y": [0.0] * 501}},
         422,

@@ -86,6 +86,29 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path: Path, monkeypatch)
     assert iterations == sorted(set(iterations))
 
 
+def test_warm_start_from_an_artifact(tmp_path: Path):
+    first = train(load_config("sinusoid", TINY), tmp_path / "first", progress=False)
+    # No iterations: the artifact is exactly the one it started from.
+    again = load_config("sinusoid", TINY + ["train.iterations=0", f"train.init_from={first}"])
+    same = train(again, tmp_path / "same", progress=False)
+    a, b = weights(first), weights(same)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    manifest = json.loads((same / "manifest.json").read_text())
+    source = json.loads((first / "manifest.json").read_text())
+    assert manifest["training"]["warm_start"]["content_hash"] == source["content_hash"]
+    # More iterations move on from there.
+    more = load_config("sinusoid", TINY + [f"train.init_from={first}"])
+    moved = weights(train(more, tmp_path / "more", progress=False))
+    assert not torch.equal(moved["net.body.0.weight"], a["net.body.0.weight"])
+
+    wider = load_config("sinusoid", TINY + ["model.hidden=[8, 8]", f"train.init_from={first}"])
+    with pytest.raises(ValueError, match="architecture .* differs from this run's"):
+        train(wider, tmp_path / "wider", progress=False)
+    lslr = load_config("sinusoid", TINY + ["algorithm.lslr=true", f"train.init_from={first}"])
+    with pytest.raises(ValueError, match="its lrs do not match this run's algorithm"):
+        train(lslr, tmp_path / "lslr", progress=False)
+
+
 def test_overrides_are_typed_and_unknown_fields_refused():
     cfg = load_config("sinusoid", ["train.iterations=7", "algorithm.name=anil", "train.outer_lr=1"])
     assert cfg.train.iterations == 7 and cfg.algorithm.name == "anil"
