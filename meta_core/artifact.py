@@ -189,6 +189,7 @@ class Artifact:
                 lr=self.learning_rate(lr),
                 adapt_names=self.adapt_names,
                 first_order=True,
+                eager=True,
             )
         return {k: v.detach() for k, v in fast.items()}
 

@@ -35,6 +35,7 @@ def _task_curve(
     steps: int,
     lr: LearningRate,
     adapt_names: list[str] | None,
+    eager: bool,
     params: Params,
     sx: Tensor,
     sy: Tensor,
@@ -58,6 +59,7 @@ def _task_curve(
         lr=lr,
         adapt_names=adapt_names,
         first_order=True,
+        eager=eager,
     ):
         scores.append(score(fast))
     return torch.stack([s[0] for s in scores]), torch.stack([s[1] for s in scores])
@@ -89,7 +91,7 @@ def adaptation_curve(
     device = next(iter(params.values())).device
     conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
     strategy = choose_strategy(strategy, "conv4" if conv else "mlp", device)
-    curve = partial(_task_curve, model, kind, steps, lr, adapt_names)
+    curve = partial(_task_curve, model, kind, steps, lr, adapt_names, strategy == "loop")
     if strategy == "vmap":
         fn = vmap(curve, in_dims=(None, 0, 0, 0, 0))
     else:

@@ -5,7 +5,7 @@ import torch
 
 from meta_core.algorithms import MetaLearner, multi_step_weights
 from meta_core.config import AlgorithmConfig
-from meta_core.inner_loop import adapt, mse_loss
+from meta_core.inner_loop import adapt, forward, mse_loss
 from meta_core.networks import build_network
 from meta_core.tasks import Sinusoid, TaskBatch
 
@@ -210,3 +210,42 @@ def test_compiled_meta_loss_gives_the_same_meta_gradient():
     compiled = grads_of(torch.compile(learner.meta_loss)(batch)[0], learner)
     for a, b in zip(eager, compiled, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "algo",
+    [
+        AlgorithmConfig(inner_steps=3, inner_lr=0.05),
+        AlgorithmConfig(name="anil", inner_steps=2, inner_lr=0.05),
+        AlgorithmConfig(lslr=True, inner_steps=3, inner_lr=0.05),
+        AlgorithmConfig(name="metasgd", inner_steps=2, inner_lr=0.05),
+    ],
+)
+def test_eager_first_order_steps_equal_the_transform(algo):
+    learner, batch = make(algo)
+    model, params = learner.model, learner.params
+    x, y, qx, qy = (t[0] for t in (batch.support_x, batch.support_y, batch.query_x, batch.query_y))
+    kw = {
+        "loss_fn": mse_loss,
+        "steps": algo.inner_steps,
+        "lr": learner.inner_lr(),
+        "adapt_names": learner.adapt_names,
+        "first_order": True,
+    }
+    func = adapt(model, params, x, y, **kw)
+    with torch.no_grad():  # as the service calls it
+        served = adapt(model, params, x, y, eager=True, **kw)
+    eager = adapt(model, params, x, y, eager=True, **kw)
+    assert func.keys() == served.keys() == eager.keys()
+    for k in func:
+        torch.testing.assert_close(func[k], served[k], rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(func[k], eager[k], rtol=1e-12, atol=1e-14)
+    # The first-order meta-gradient through the eager steps is the transform's too.
+    ours = grads_of(mse_loss(forward(model, eager, qx), qy), learner)
+    ref = grads_of(mse_loss(forward(model, func, qx), qy), learner)
+    for a, b in zip(ours, ref, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    with pytest.raises(ValueError, match="first-order only"):
+        adapt(model, params, x, y, **(kw | {"first_order": False}), eager=True)
