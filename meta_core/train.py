@@ -95,7 +95,7 @@ def train(cfg: Config, out: Path | str, *, resume: bool = False, progress: bool 
         tc.val_tasks, torch.Generator().manual_seed(tc.seed + 1), split="val"
     ).to(device)
     state = RunState()
-    if tc.init_from:
+    if tc.init_from and not resume:  # a resumed run's checkpoint already holds its start
         state.warm_start = warm_start(learner, spec, tc.init_from)
     best: dict[str, Tensor] = {}
     out.mkdir(parents=True, exist_ok=True)
