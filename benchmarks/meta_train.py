@@ -27,14 +27,15 @@ import time
 from collections.abc import Callable
 
 import torch
+from pydantic import TypeAdapter
 from torch.func import functional_call
 from torch.utils.flop_counter import FlopCounterMode
 
 from meta_core.algorithms import MetaLearner
-from meta_core.config import AlgorithmConfig
+from meta_core.config import AlgorithmConfig, FamilyConfig
 from meta_core.inner_loop import LOSSES
 from meta_core.networks import build_network
-from meta_core.tasks import FAMILIES, TaskBatch
+from meta_core.tasks import TaskBatch, build_family
 
 WORKLOADS = {
     "w1": {
@@ -72,6 +73,9 @@ WORKLOADS["w2-omniglot-20w"] = WORKLOADS["w2"] | {
     "lr": 0.1,
     "steps": 5,
 }
+
+
+FAMILY: TypeAdapter[FamilyConfig] = TypeAdapter(FamilyConfig)
 
 
 def reference_step(
@@ -190,9 +194,7 @@ def main() -> None:
     flops: dict[bool, int] = {}
     for name in workloads:
         w = WORKLOADS[name]
-        family = FAMILIES[w["family"]["name"]](w["family"])
-        if hasattr(family, "to"):
-            family.to(device)
+        family = build_family(FAMILY.validate_python(w["family"])).to(device)
         gen = torch.Generator().manual_seed(0)
         for first_order in orders:
             for strategy in args.strategies.split(","):

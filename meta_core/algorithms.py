@@ -15,19 +15,13 @@ from functools import partial
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, vmap
+from torch.func import vmap
 
 from meta_core.config import AlgorithmConfig
-from meta_core.inner_loop import LOSSES, LearningRate, Params, adapt_trajectory
+from meta_core.inner_loop import InnerLoop, LearningRate, Params, TaskKind
 from meta_core.networks import head_names
+from meta_core.scoring import adapt_and_score
 from meta_core.tasks.base import TaskBatch
-
-
-def metric(kind: str, out: Tensor, y: Tensor) -> Tensor:
-    """Accuracy for classification, mean squared error for regression."""
-    if kind == "classification":
-        return (out.argmax(-1) == y).float().mean()
-    return torch.mean((out - y) ** 2)
 
 
 def task_loss(
@@ -40,7 +34,7 @@ def task_loss(
     qy: Tensor,
     step_weights: Tensor | None,
     *,
-    kind: str,
+    kind: TaskKind,
     steps: int,
     lr: float,
     adapt_names: Sequence[str] | None,
@@ -51,26 +45,13 @@ def task_loss(
     With ``step_weights`` (MAML++ multi-step loss) the loss is the weighted sum of the query
     losses after every inner step; otherwise it is the loss after the last step.
     """
-    loss_fn = LOSSES[kind]
-    rate: LearningRate = lrs if lrs else lr
-    fast: Params = params
-    losses = []
-    for fast in adapt_trajectory(
-        model,
-        params,
-        sx,
-        sy,
-        loss_fn=loss_fn,
-        steps=steps,
-        lr=rate,
-        adapt_names=adapt_names,
-        first_order=first_order,
-    ):
-        if step_weights is not None:
-            losses.append(loss_fn(functional_call(model, fast, (qx,)), qy))
-    out = functional_call(model, fast, (qx,))
-    loss = loss_fn(out, qy) if step_weights is None else (torch.stack(losses) * step_weights).sum()
-    return loss, metric(kind, out.detach(), qy)
+    loop = InnerLoop(
+        model, kind, steps, lrs if lrs else lr, adapt_names=adapt_names, first_order=first_order
+    )
+    at = range(1, steps + 1) if step_weights is not None else [steps]
+    _, [(losses, metrics)] = adapt_and_score(loop, params, (sx, sy), [(qx, qy)], at=list(at))
+    loss = losses[-1] if step_weights is None else (losses * step_weights).sum()
+    return loss, metrics[-1]
 
 
 def multi_step_weights(steps: int, iteration: int, anneal_iterations: int) -> Tensor:
@@ -96,11 +77,11 @@ class MetaLearner:
     model: nn.Module
     params: Params
     lrs: Params
-    kind: str
+    kind: TaskKind
     algo: AlgorithmConfig
 
     @classmethod
-    def create(cls, model: nn.Module, kind: str, algo: AlgorithmConfig) -> MetaLearner:
+    def create(cls, model: nn.Module, kind: TaskKind, algo: AlgorithmConfig) -> MetaLearner:
         params = {k: v.detach().clone().requires_grad_() for k, v in model.named_parameters()}
         names = adapted_names(params, algo.name)
         lrs: Params = {}
@@ -166,7 +147,7 @@ def adapted_names(params: Params, algorithm: str) -> list[str] | None:
 
 
 def choose_strategy(requested: str, arch_type: str, device: torch.device) -> str:
-    """``auto``: per-task loop for Conv4 on the CPU, where vmap's grouped convolutions measured
+    """``auto``: per-task loop for Conv4 on the CPU, where vmap's grouped convolutions are
     slower (README, W2); vmap everywhere else."""
     if requested != "auto":
         return requested

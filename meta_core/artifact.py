@@ -1,10 +1,13 @@
 """The artifact: the one contract between meta-training and the service.
 
 A directory with ``weights.safetensors`` (network tensors under ``net.``, learned inner learning
-rates under ``lr.``) and ``manifest.json``. The manifest's ``content_hash`` covers the weights'
-bytes and every other manifest field, so any edit or corruption is detected. Loading validates
-every field, rebuilds the network from its spec and checks each tensor's name, shape and dtype
-against it. Nothing is ever unpickled.
+rates under ``lr.``) and ``manifest.json``, read into the typed :class:`Manifest`. The manifest's
+``content_hash`` covers the weights' bytes and every other manifest field, so any edit or
+corruption is detected. Loading validates every field, rebuilds the network from its spec and
+checks each tensor's name, shape and dtype against it. Nothing is ever unpickled.
+
+Encoding (:func:`save_artifact`, :func:`manifest_for_run`) and decoding (:func:`load_artifact`)
+live here side by side.
 """
 
 from __future__ import annotations
@@ -18,43 +21,101 @@ from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _pkg_version
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from safetensors import SafetensorError
 from safetensors.torch import load, save
 from torch import Tensor, nn
 
-from meta_core.inner_loop import LOSSES, LearningRate, Params, adapt, forward
-from meta_core.networks import build_network, head_names, input_shape
+from meta_core.config import Config
+from meta_core.inner_loop import InnerLoop, LearningRate, Params, TaskKind, forward
+from meta_core.networks import ArchSpec, build_network, first_error, head_names
+from meta_core.preprocessing import ImagePreprocessing
 
 SCHEMA_VERSION = 1
 WEIGHTS = "weights.safetensors"
 MANIFEST = "manifest.json"
-TASK_KINDS = ("regression", "classification")
-LEARNED_LR = ("none", "lslr", "metasgd")
-ADAPT = ("all", "head")
-
-_REQUIRED: dict[str, type | tuple[type, ...]] = {
-    "schema_version": int,
-    "name": str,
-    "version": str,
-    "created_at": str,
-    "architecture": dict,
-    "task_kind": str,
-    "input_shape": list,
-    "n_outputs": int,
-    "inner_loop": dict,
-    "preprocessing": (dict, type(None)),
-    "training": dict,
-    "evaluation": dict,
-    "framework": dict,
-    "content_hash": str,
-}
+LearnedLR = Literal["none", "lslr", "metasgd"]
 
 
 class ArtifactError(ValueError):
     """The artifact is missing, corrupted, or does not match its own manifest."""
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InnerLoopSpec(_Record):
+    """The inner loop the meta-initialization was trained for (the service's defaults)."""
+
+    steps: int = Field(ge=0)
+    lr: float = Field(gt=0)
+    learned_lr: LearnedLR = "none"
+    adapt: Literal["all", "head"] = "all"
+    first_order_training: bool = False
+
+    @field_validator("lr")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError("must be finite")
+        return value
+
+
+class WarmStart(_Record):
+    """The artifact a run started from (``train.init_from``)."""
+
+    path: str
+    name: str
+    version: str
+    content_hash: str
+
+
+class TrainingRecord(_Record):
+    """How the meta-parameters were made: the whole config and the run's outcome."""
+
+    config: Config
+    family: dict[str, Any] = Field(default_factory=dict)
+    iterations_done: int = 0
+    best_iteration: int = -1
+    best_val_loss: float | None = None
+    seconds: float = 0.0
+    warm_start: WarmStart | None = None
+    device: str = "cpu"
+    strategy: str = "vmap"
+    threads: int = 1
+
+
+class Framework(_Record):
+    torch: str
+    safetensors: str
+    meta_core: str
+
+
+class Manifest(_Record):
+    """Every field of ``manifest.json``; a loader fails loudly on a missing or wrong one."""
+
+    schema_version: Literal[1]
+    name: str = Field(min_length=1, max_length=200)
+    version: str = Field(min_length=1, max_length=50)
+    created_at: str
+    architecture: ArchSpec
+    task_kind: TaskKind
+    input_shape: list[int]
+    n_outputs: int = Field(ge=1)
+    inner_loop: InnerLoopSpec
+    preprocessing: ImagePreprocessing | None
+    training: TrainingRecord
+    evaluation: dict[str, Any]
+    framework: Framework
+    content_hash: str
+
+    @property
+    def n_classes(self) -> int | None:
+        return self.n_outputs if self.task_kind == "classification" else None
 
 
 def content_hash(weights: bytes, manifest: Mapping[str, Any]) -> str:
@@ -70,13 +131,13 @@ def save_artifact(
     *,
     name: str,
     version: str,
-    architecture: dict[str, Any],
-    task_kind: str,
+    architecture: ArchSpec,
+    task_kind: TaskKind,
     params: Mapping[str, Tensor],
     lrs: Mapping[str, Tensor],
-    inner_loop: dict[str, Any],
-    preprocessing: dict[str, Any] | None,
-    training: dict[str, Any],
+    inner_loop: InnerLoopSpec,
+    preprocessing: ImagePreprocessing | None,
+    training: TrainingRecord,
     evaluation: dict[str, Any] | None = None,
 ) -> Path:
     """Write an artifact (weights, then manifest, each atomically) and return its directory."""
@@ -85,29 +146,43 @@ def save_artifact(
     tensors = {f"net.{k}": v.detach().float().cpu().contiguous() for k, v in params.items()}
     tensors |= {f"lr.{k}": v.detach().float().cpu().contiguous() for k, v in lrs.items()}
     weights = save(tensors)
-    manifest = {
-        "schema_version": SCHEMA_VERSION,
-        "name": name,
-        "version": version,
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "architecture": architecture,
-        "task_kind": task_kind,
-        "input_shape": input_shape(architecture),
-        "n_outputs": int(architecture["out_features"]),
-        "inner_loop": inner_loop,
-        "preprocessing": preprocessing,
-        "training": training,
-        "evaluation": evaluation or {},
-        "framework": {
-            "torch": torch.__version__,
-            "safetensors": _version("safetensors"),
-            "meta_core": _version("maml-service"),
-        },
-    }
+    manifest = Manifest(
+        schema_version=SCHEMA_VERSION,
+        name=name,
+        version=version,
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        architecture=architecture,
+        task_kind=task_kind,
+        input_shape=architecture.input_shape,
+        n_outputs=architecture.out_features,
+        inner_loop=inner_loop,
+        preprocessing=preprocessing,
+        training=training,
+        evaluation=evaluation or {},
+        framework=Framework(
+            torch=torch.__version__,
+            safetensors=_version("safetensors"),
+            meta_core=_version("maml-service"),
+        ),
+        content_hash="",
+    ).model_dump(mode="json")
     manifest["content_hash"] = content_hash(weights, manifest)
     _write_atomic(directory / WEIGHTS, weights)
     _write_atomic(directory / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
     return directory
+
+
+def inner_loop_spec(cfg: Config) -> InnerLoopSpec:
+    """The manifest's ``inner_loop`` for a training config."""
+    algo = cfg.algorithm
+    learned: LearnedLR = "metasgd" if algo.name == "metasgd" else "lslr" if algo.lslr else "none"
+    return InnerLoopSpec(
+        steps=algo.inner_steps,
+        lr=algo.inner_lr,
+        learned_lr=learned,
+        adapt="head" if algo.name == "anil" else "all",
+        first_order_training=algo.first_order,
+    )
 
 
 def update_evaluation(directory: Path | str, evaluation: dict[str, Any]) -> None:
@@ -131,66 +206,59 @@ class Artifact:
     """A loaded, validated meta-model, ready to adapt to a task and predict."""
 
     path: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
     model: nn.Module
     params: Params
     lrs: Params
 
     @property
     def name(self) -> str:
-        return self.manifest["name"]
+        return self.manifest.name
 
     @property
     def version(self) -> str:
-        return self.manifest["version"]
+        return self.manifest.version
 
     @property
-    def task_kind(self) -> str:
-        return self.manifest["task_kind"]
+    def task_kind(self) -> TaskKind:
+        return self.manifest.task_kind
 
     @property
     def input_shape(self) -> list[int]:
-        return list(self.manifest["input_shape"])
+        return list(self.manifest.input_shape)
 
     @property
     def n_outputs(self) -> int:
-        return int(self.manifest["n_outputs"])
-
-    @property
-    def inner_steps(self) -> int:
-        return int(self.manifest["inner_loop"]["steps"])
-
-    @property
-    def inner_lr(self) -> float:
-        return float(self.manifest["inner_loop"]["lr"])
+        return self.manifest.n_outputs
 
     @property
     def adapt_names(self) -> list[str] | None:
-        return head_names(self.params) if self.manifest["inner_loop"]["adapt"] == "head" else None
+        return head_names(self.params) if self.manifest.inner_loop.adapt == "head" else None
 
     def learning_rate(self, lr: float | None = None) -> LearningRate:
         """The inner lr to use: an explicit one, else the learned rates, else the default."""
         if lr is not None:
             return float(lr)
-        return self.lrs if self.lrs else self.inner_lr
+        return self.lrs if self.lrs else self.manifest.inner_loop.lr
+
+    def inner_loop(self, *, steps: int | None = None, lr: float | None = None) -> InnerLoop:
+        """The serving inner loop: first order, eager gradients, the manifest's defaults."""
+        return InnerLoop(
+            self.model,
+            self.task_kind,
+            self.manifest.inner_loop.steps if steps is None else steps,
+            self.learning_rate(lr),
+            adapt_names=self.adapt_names,
+            first_order=True,
+            eager=True,
+        )
 
     def adapt(
         self, x: Tensor, y: Tensor, *, steps: int | None = None, lr: float | None = None
     ) -> Params:
         """Adapted parameters for one task's support set (no meta-gradient is kept)."""
         with torch.no_grad():
-            fast = adapt(
-                self.model,
-                self.params,
-                x,
-                y,
-                loss_fn=LOSSES[self.task_kind],
-                steps=self.inner_steps if steps is None else steps,
-                lr=self.learning_rate(lr),
-                adapt_names=self.adapt_names,
-                first_order=True,
-                eager=True,
-            )
+            fast = self.inner_loop(steps=steps, lr=lr).adapt(self.params, x, y)
         return {k: v.detach() for k, v in fast.items()}
 
     def predict(self, params: Mapping[str, Tensor], x: Tensor) -> Tensor:
@@ -199,18 +267,45 @@ class Artifact:
             return forward(self.model, params, x)
 
 
+def read_manifest(directory: Path | str) -> tuple[Manifest, dict[str, Any], bytes]:
+    """The typed manifest, its raw JSON (what the hash covers) and the weights' bytes."""
+    directory = Path(directory)
+    try:
+        raw = json.loads((directory / MANIFEST).read_text())
+        weights = (directory / WEIGHTS).read_bytes()
+    except FileNotFoundError as exc:
+        raise ArtifactError(f"{directory}: missing {Path(str(exc.filename)).name}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{directory}: {MANIFEST} is not valid JSON ({exc})") from None
+    if not isinstance(raw, dict):
+        raise ArtifactError(f"{directory}: manifest must be a JSON object")
+    missing = [f for f in Manifest.model_fields if f not in raw]
+    if missing:
+        raise ArtifactError(f"{directory}: manifest lacks required field {missing[0]!r}")
+    if raw["schema_version"] != SCHEMA_VERSION:
+        raise ArtifactError(
+            f"{directory}: schema_version {raw['schema_version']} is not supported "
+            f"(this meta_core reads {SCHEMA_VERSION})"
+        )
+    try:
+        manifest = Manifest.model_validate(raw)
+    except ValidationError as exc:
+        raise ArtifactError(f"{directory}: manifest field {first_error(exc)}") from None
+    arch = manifest.architecture
+    if manifest.input_shape != arch.input_shape or manifest.n_outputs != arch.out_features:
+        raise ArtifactError(
+            f"{directory}: input_shape/n_outputs {manifest.input_shape}/"
+            f"{manifest.n_outputs} disagree with the architecture "
+            f"{arch.input_shape}/{arch.out_features}"
+        )
+    return manifest, raw, weights
+
+
 def load_artifact(directory: Path | str, device: torch.device | str = "cpu") -> Artifact:
     """Load and validate an artifact; raise :class:`ArtifactError` saying what is wrong."""
     directory = Path(directory)
-    try:
-        manifest = json.loads((directory / MANIFEST).read_text())
-        weights = (directory / WEIGHTS).read_bytes()
-    except FileNotFoundError as exc:
-        raise ArtifactError(f"{directory}: missing {Path(exc.filename).name}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ArtifactError(f"{directory}: {MANIFEST} is not valid JSON ({exc})") from None
-    _validate_manifest(directory, manifest)
-    if content_hash(weights, manifest) != manifest["content_hash"]:
+    manifest, raw, weights = read_manifest(directory)
+    if content_hash(weights, raw) != manifest.content_hash:
         raise ArtifactError(
             f"{directory}: content hash mismatch: the weights or the manifest "
             "were changed or corrupted after the artifact was written"
@@ -219,12 +314,9 @@ def load_artifact(directory: Path | str, device: torch.device | str = "cpu") -> 
         tensors = load(weights)
     except (SafetensorError, ValueError, RuntimeError) as exc:
         raise ArtifactError(f"{directory}: {WEIGHTS} is unreadable ({exc})") from None
-    try:
-        model = build_network(manifest["architecture"])
-    except (ValueError, TypeError) as exc:
-        raise ArtifactError(f"{directory}: bad architecture: {exc}") from None
+    model = build_network(manifest.architecture)
     model.to(device).eval()
-    expected = {k: v for k, v in model.named_parameters()}
+    expected = dict(model.named_parameters())
     params = {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}
     lrs = {k[3:]: v for k, v in tensors.items() if k.startswith("lr.")}
     stray = set(tensors) - {f"net.{k}" for k in params} - {f"lr.{k}" for k in lrs}
@@ -242,7 +334,7 @@ def load_artifact(directory: Path | str, device: torch.device | str = "cpu") -> 
             )
         if not torch.isfinite(v).all():
             raise ArtifactError(f"{directory}: tensor net.{k} holds NaN or Inf")
-    _validate_lrs(directory, manifest["inner_loop"], params, lrs)
+    _validate_lrs(directory, manifest.inner_loop, params, lrs)
     for p in model.parameters():
         p.requires_grad_(False)
     params = {k: v.to(device) for k, v in params.items()}
@@ -250,46 +342,9 @@ def load_artifact(directory: Path | str, device: torch.device | str = "cpu") -> 
     return Artifact(directory, manifest, model, params, lrs)
 
 
-def _validate_manifest(directory: Path, m: Any) -> None:
-    if not isinstance(m, dict):
-        raise ArtifactError(f"{directory}: manifest must be a JSON object")
-    for key, kind in _REQUIRED.items():
-        if key not in m:
-            raise ArtifactError(f"{directory}: manifest lacks required field {key!r}")
-        if not isinstance(m[key], kind) or (kind is int and isinstance(m[key], bool)):
-            raise ArtifactError(f"{directory}: manifest field {key!r} has the wrong type")
-    if m["schema_version"] != SCHEMA_VERSION:
-        raise ArtifactError(
-            f"{directory}: schema_version {m['schema_version']} is not supported "
-            f"(this meta_core reads {SCHEMA_VERSION})"
-        )
-    if m["task_kind"] not in TASK_KINDS:
-        raise ArtifactError(f"{directory}: task_kind must be one of {TASK_KINDS}")
-    arch = m["architecture"]
-    try:
-        shape, outputs = input_shape(arch), int(arch["out_features"])
-    except (KeyError, TypeError, ValueError):
-        raise ArtifactError(f"{directory}: architecture spec is incomplete: {arch}") from None
-    if m["input_shape"] != shape or m["n_outputs"] != outputs:
-        raise ArtifactError(
-            f"{directory}: input_shape/n_outputs {m['input_shape']}/"
-            f"{m['n_outputs']} disagree with the architecture {shape}/{outputs}"
-        )
-    inner = m["inner_loop"]
-    steps, lr = inner.get("steps"), inner.get("lr")
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
-        raise ArtifactError(f"{directory}: inner_loop.steps must be a non-negative integer")
-    if not isinstance(lr, int | float) or isinstance(lr, bool) or not math.isfinite(lr) or lr <= 0:
-        raise ArtifactError(f"{directory}: inner_loop.lr must be a positive number")
-    if inner.get("learned_lr") not in LEARNED_LR:
-        raise ArtifactError(f"{directory}: inner_loop.learned_lr must be one of {LEARNED_LR}")
-    if inner.get("adapt") not in ADAPT:
-        raise ArtifactError(f"{directory}: inner_loop.adapt must be one of {ADAPT}")
-
-
-def _validate_lrs(directory: Path, inner: dict[str, Any], params: Params, lrs: Params) -> None:
-    names = list(head_names(params)) if inner["adapt"] == "head" else list(params)
-    if inner["learned_lr"] == "none":
+def _validate_lrs(directory: Path, inner: InnerLoopSpec, params: Params, lrs: Params) -> None:
+    names = list(head_names(params)) if inner.adapt == "head" else list(params)
+    if inner.learned_lr == "none":
         if lrs:
             raise ArtifactError(f"{directory}: learned_lr is 'none' but lr.* tensors are present")
         return

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
 
-from meta_core.config import EvalConfig, load_config, parse_override, typed_section
+from meta_core.config import eval_config, load_config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="FIELD=VALUE",
-        help="override an [eval] field, e.g. tasks=100",
+        help="override an [eval] field, e.g. tasks=100 or eval.tasks=100",
     )
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--no-plots", action="store_true")
@@ -53,14 +52,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"artifact written to {args.out}")
         return 0
 
+    from meta_core.artifact import read_manifest
     from meta_core.evaluate import evaluate_artifact
 
-    manifest = json.loads((args.artifact / "manifest.json").read_text())
-    values = dict(manifest["training"]["config"]["eval"])
-    for text in args.overrides:
-        keys, value = parse_override(text)
-        values[keys[-1]] = value
-    cfg = typed_section(EvalConfig, values, "eval")
+    manifest, _, _ = read_manifest(args.artifact)
+    cfg = eval_config(manifest.training.config.eval, args.overrides)
     report = evaluate_artifact(args.artifact, cfg, device=args.device, plots=not args.no_plots)
     for method, by_shots in report["results"].items():
         for shots, by_step in by_shots.items():

@@ -1,117 +1,163 @@
-"""Training configuration: small TOML presets read into typed dataclasses.
+"""Training configuration: small TOML presets read into typed pydantic models.
 
 Every field can be overridden on the command line with ``--set section.field=value`` (the value
-is read as TOML, falling back to a plain string), e.g. ``--set train.iterations=500``.
+is read as TOML, falling back to a plain string), e.g. ``--set train.iterations=500``. The
+``[family]`` and ``[model]`` tables are tagged unions: ``family.name`` and ``model.type`` pick
+the class that validates the rest of the table.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import tomllib
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
+
+from meta_core.networks import Conv4Spec, MLPSpec, Norm, first_error
 
 PRESET_DIR = Path(__file__).parent / "presets"
-ALGORITHMS = ("maml", "anil", "metasgd")
+Algorithm = Literal["maml", "anil", "metasgd"]
+Strategy = Literal["auto", "vmap", "loop"]
 
 
-@dataclass
-class AlgorithmConfig:
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AlgorithmConfig(Section):
     """Which meta-learner: MAML (second or first order), ANIL or Meta-SGD, with MAML++ options."""
 
-    name: str = "maml"
-    first_order: bool = False
-    inner_steps: int = 1
-    inner_lr: float = 0.01
-    lslr: bool = False  # MAML++: a learned lr per parameter tensor and inner step
-    multi_step_loss: bool = False  # MAML++: query loss after every step, annealed weights
-    msl_iterations: int = 10_000  # iterations over which the multi-step weights anneal
+    name: Algorithm = "maml"
+    first_order: StrictBool = False
+    inner_steps: int = Field(1, ge=1)
+    inner_lr: float = Field(0.01, gt=0)
+    lslr: StrictBool = False  # MAML++: a learned lr per parameter tensor and inner step
+    multi_step_loss: StrictBool = False  # MAML++: query loss after every step, annealed weights
+    msl_iterations: int = Field(10_000, ge=1)  # iterations over which those weights anneal
 
 
-@dataclass
-class TrainConfig:
-    iterations: int = 70_000
-    meta_batch: int = 25
-    outer_lr: float = 1e-3
-    cosine: bool = False  # MAML++: cosine annealing of the outer lr down to min_outer_lr
-    min_outer_lr: float = 1e-5
-    grad_clip: float = 10.0  # max global norm of the meta-gradient (0 = off)
-    val_every: int = 1000
-    val_tasks: int = 200
-    checkpoint_every: int = 1000
-    log_every: int = 100
+class TrainConfig(Section):
+    iterations: int = Field(70_000, ge=0)
+    meta_batch: int = Field(25, ge=1)
+    outer_lr: float = Field(1e-3, gt=0)
+    cosine: StrictBool = False  # MAML++: cosine annealing of the outer lr down to min_outer_lr
+    min_outer_lr: float = Field(1e-5, ge=0)
+    grad_clip: float = Field(10.0, ge=0)  # max global norm of the meta-gradient (0 = off)
+    val_every: int = Field(1000, ge=1)
+    val_tasks: int = Field(200, ge=1)
+    checkpoint_every: int = Field(1000, ge=1)
+    log_every: int = Field(100, ge=1)
     seed: int = 0
     # Warm start: begin from this artifact's meta-parameters (same architecture) instead of a
     # random initialization, with a fresh optimizer and schedule (a new cosine cycle).
     init_from: str = ""
-    device: str = "auto"  # auto | cpu | cuda
-    bf16: bool = False  # bf16 autocast on CUDA
-    strategy: str = "auto"  # auto | vmap | loop (how a meta-batch is executed)
-    compile: bool = False  # torch.compile the meta-loss (and so its backward): W1 ~3x faster
-    threads: int = 0  # torch CPU threads (0 = torch's default)
-    max_seconds: float = 0.0  # stop after this wall time (0 = no limit), keeping the best
+    device: str = "auto"  # auto | cpu | cuda[:N]
+    bf16: StrictBool = False  # bf16 autocast on CUDA
+    strategy: Strategy = "auto"  # how a meta-batch is executed
+    compile: StrictBool = False  # torch.compile the meta-loss (and so its backward)
+    threads: int = Field(0, ge=0)  # torch CPU threads (0 = torch's default)
+    max_seconds: float = Field(0.0, ge=0)  # stop after this wall time (0 = none), keeping the best
 
 
-@dataclass
-class EvalConfig:
-    tasks: int = 600
-    steps: list[int] = field(default_factory=lambda: [0, 1, 5, 10])
-    inner_lr: float = 0.0  # 0 = the artifact's own inner-loop lr
-    shots: list[int] = field(default_factory=list)  # empty = the trained shots
+class EvalConfig(Section):
+    tasks: int = Field(600, ge=1)
+    steps: list[int] = Field(default_factory=lambda: [0, 1, 5, 10])
+    inner_lr: float = Field(0.0, ge=0)  # 0 = the artifact's own inner-loop lr
+    shots: list[int] = Field(default_factory=list)  # empty = the trained shots
     seed: int = 20170717
-    chunk: int = 100  # at most this many tasks (and ~8,000 examples) evaluated together
-    baselines: list[str] = field(default_factory=lambda: ["pretrained", "random"])
-    baseline_iterations: int = 5000
+    chunk: int = Field(100, ge=1)  # at most this many tasks (and ~8,000 examples) at once
+    baselines: list[Literal["pretrained", "random"]] = Field(
+        default_factory=lambda: ["pretrained", "random"]
+    )
+    baseline_iterations: int = Field(5000, ge=0)
 
 
-@dataclass
-class Config:
+class SinusoidFamily(Section):
+    """W1: sinusoid regression; ``train_shots`` draws each meta-batch's K from a list."""
+
+    name: Literal["sinusoid"] = "sinusoid"
+    shots: int = Field(10, ge=1)
+    queries: int = Field(10, ge=1)
+    train_shots: list[int] = Field(default_factory=list)
+
+
+class OmniglotFamily(Section):
+    """N-way K-shot over Omniglot's fixed character split (data read from ``data_dir``)."""
+
+    name: Literal["omniglot"] = "omniglot"
+    ways: int = Field(ge=2)
+    shots: int = Field(ge=1)
+    queries: int = Field(15, ge=1)
+    data_dir: str = ""  # empty: OMNIGLOT_DIR, else ./data/omniglot
+    cache_dir: str = ""  # empty: META_CORE_CACHE, else ~/.cache/meta_core
+
+
+class RandomImagesFamily(Section):
+    """Random images in Omniglot's shape: for throughput benchmarks and tests only."""
+
+    name: Literal["random_images"] = "random_images"
+    ways: int = Field(ge=2)
+    shots: int = Field(ge=1)
+    queries: int = Field(15, ge=1)
+    image_size: int = Field(28, ge=16)
+    classes: int = Field(64, ge=2)
+
+
+FamilyConfig = Annotated[
+    SinusoidFamily | OmniglotFamily | RandomImagesFamily, Field(discriminator="name")
+]
+
+
+class MLPModel(Section):
+    type: Literal["mlp"] = "mlp"
+    hidden: list[int] = Field(default_factory=lambda: [40, 40])
+
+
+class Conv4Model(Section):
+    type: Literal["conv4"] = "conv4"
+    hidden: int = Field(64, ge=1)
+    norm: Norm = "layer"
+
+
+ModelConfig = Annotated[MLPModel | Conv4Model, Field(discriminator="type")]
+
+
+def architecture(
+    model: MLPModel | Conv4Model, input_shape: tuple[int, ...], n_outputs: int
+) -> MLPSpec | Conv4Spec:
+    """The full architecture spec: the preset's model table plus the task family's shapes."""
+    if isinstance(model, MLPModel):
+        return MLPSpec(in_features=input_shape[0], hidden=model.hidden, out_features=n_outputs)
+    return Conv4Spec(
+        in_channels=input_shape[0],
+        image_size=input_shape[1],
+        hidden=model.hidden,
+        out_features=n_outputs,
+        norm=model.norm,
+    )
+
+
+class Config(Section):
     name: str
-    family: dict[str, Any]
-    model: dict[str, Any]
+    family: FamilyConfig
+    model: ModelConfig
     version: str = "1.0.0"
     description: str = ""
-    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return self.model_dump(mode="json")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Config:
-        data = dict(data)
-        sections = {"algorithm": AlgorithmConfig, "train": TrainConfig, "eval": EvalConfig}
-        kwargs: dict[str, Any] = {}
-        for key, kind in sections.items():
-            kwargs[key] = typed_section(kind, data.pop(key, {}), key)
-        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown config fields {sorted(unknown)}")
-        cfg = cls(**data, **kwargs)
-        if cfg.algorithm.name not in ALGORITHMS:
-            raise ValueError(f"algorithm.name must be one of {ALGORITHMS}")
-        if cfg.train.strategy not in ("auto", "vmap", "loop"):
-            raise ValueError("train.strategy must be auto, vmap or loop")
-        return cfg
-
-
-def typed_section(kind: type, values: dict[str, Any], section: str) -> Any:
-    names = {f.name: f for f in dataclasses.fields(kind)}
-    unknown = set(values) - set(names)
-    if unknown:
-        raise ValueError(f"unknown fields in [{section}]: {sorted(unknown)}")
-    out = {}
-    for key, value in values.items():
-        default = getattr(kind(), key)
-        if isinstance(default, bool):
-            if not isinstance(value, bool):
-                raise ValueError(f"{section}.{key} must be true or false")
-        elif isinstance(default, float) and isinstance(value, int):
-            value = float(value)
-        out[key] = value
-    return kind(**out)
+        """A validated config, or a ``ValueError`` naming the first bad field."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise ValueError(f"bad configuration: {first_error(exc)}") from None
 
 
 def preset_path(name: str) -> Path:
@@ -137,13 +183,35 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
-def load_config(preset: str, overrides: list[str] | None = None) -> Config:
-    """A preset with command-line overrides applied."""
-    data = tomllib.loads(preset_path(preset).read_text())
-    for text in overrides or []:
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """``data`` with each ``section.field=value`` set (nested tables created as needed)."""
+    for text in overrides:
         keys, value = parse_override(text)
         node = data
         for k in keys[:-1]:
             node = node.setdefault(k, {})
         node[keys[-1]] = value
-    return Config.from_dict(data)
+    return data
+
+
+def load_config(preset: str, overrides: list[str] | None = None) -> Config:
+    """A preset with command-line overrides applied."""
+    data = tomllib.loads(preset_path(preset).read_text())
+    return Config.from_dict(apply_overrides(data, overrides or []))
+
+
+def eval_config(recorded: EvalConfig, overrides: list[str]) -> EvalConfig:
+    """The ``[eval]`` table a run recorded, with ``field=value`` or ``eval.field=value``
+    overrides; a key of another section is refused rather than dropped."""
+    data = recorded.model_dump()
+    for text in overrides:
+        keys, value = parse_override(text)
+        if keys[0] == "eval":
+            keys = keys[1:]
+        if len(keys) != 1:
+            raise ValueError(f"override {text!r}: eval takes [eval] fields, e.g. tasks=100")
+        data[keys[0]] = value
+    try:
+        return EvalConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ValueError(f"bad eval setting: eval.{first_error(exc)}") from None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -19,50 +20,25 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
-from meta_core.algorithms import choose_strategy, metric
+from meta_core.algorithms import choose_strategy
 from meta_core.artifact import load_artifact, update_evaluation
 from meta_core.config import EvalConfig
-from meta_core.inner_loop import LOSSES, LearningRate, Params, adapt_trajectory
-from meta_core.networks import build_network
-from meta_core.tasks import TaskBatch, TaskFamily, build_family
+from meta_core.inner_loop import LOSSES, InnerLoop, LearningRate, Params, TaskKind
+from meta_core.networks import ArchSpec, build_network
+from meta_core.scoring import adapt_and_score
+from meta_core.tasks import Sinusoid, TaskBatch, TaskFamily, build_family
 
 log = logging.getLogger(__name__)
 
 
 def _task_curve(
-    model: nn.Module,
-    kind: str,
-    steps: int,
-    lr: LearningRate,
-    adapt_names: list[str] | None,
-    eager: bool,
-    params: Params,
-    sx: Tensor,
-    sy: Tensor,
-    qx: Tensor,
-    qy: Tensor,
+    loop: InnerLoop, params: Params, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor
 ) -> tuple[Tensor, Tensor]:
-    loss_fn = LOSSES[kind]
-
-    def score(p: Params) -> tuple[Tensor, Tensor]:
-        out = functional_call(model, p, (qx,))
-        return loss_fn(out, qy), metric(kind, out, qy)
-
-    scores = [score(params)]
-    for fast in adapt_trajectory(
-        model,
-        params,
-        sx,
-        sy,
-        loss_fn=loss_fn,
-        steps=steps,
-        lr=lr,
-        adapt_names=adapt_names,
-        first_order=True,
-        eager=eager,
-    ):
-        scores.append(score(fast))
-    return torch.stack([s[0] for s in scores]), torch.stack([s[1] for s in scores])
+    """One task's query loss and metric after 0..steps inner steps."""
+    _, [(losses, metrics)] = adapt_and_score(
+        loop, params, (sx, sy), [(qx, qy)], at=list(range(loop.steps + 1))
+    )
+    return losses, metrics
 
 
 def adaptation_curve(
@@ -70,7 +46,7 @@ def adaptation_curve(
     params: Params,
     batch: TaskBatch,
     *,
-    kind: str,
+    kind: TaskKind,
     steps: int,
     lr: LearningRate,
     adapt_names: list[str] | None = None,
@@ -91,7 +67,10 @@ def adaptation_curve(
     device = next(iter(params.values())).device
     conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
     strategy = choose_strategy(strategy, "conv4" if conv else "mlp", device)
-    curve = partial(_task_curve, model, kind, steps, lr, adapt_names, strategy == "loop")
+    eager = strategy == "loop"
+    loop = InnerLoop(model, kind, steps, lr, adapt_names, first_order=True, eager=eager)
+    curve = partial(_task_curve, loop)
+    fn: Callable[..., tuple[Tensor, Tensor]]
     if strategy == "vmap":
         fn = vmap(curve, in_dims=(None, 0, 0, 0, 0))
     else:
@@ -126,10 +105,10 @@ def mean_ci95(values: Tensor) -> tuple[float, float]:
 
 def pretrain_jointly(
     model: nn.Module,
-    spec: dict[str, Any],
+    spec: ArchSpec,
     family: TaskFamily,
     *,
-    kind: str,
+    kind: TaskKind,
     iterations: int,
     meta_batch: int,
     lr: float,
@@ -155,7 +134,7 @@ def pretrain_jointly(
     return {k: v.detach() for k, v in params.items()}
 
 
-def fresh_params(spec: dict[str, Any], seed: int) -> Params:
+def fresh_params(spec: ArchSpec, seed: int) -> Params:
     """A random initialization of the architecture (PyTorch's default init) from ``seed``."""
     torch.manual_seed(seed)
     return {k: v.detach() for k, v in build_network(spec).named_parameters()}
@@ -168,31 +147,29 @@ def evaluate_artifact(
     directory = Path(directory)
     dev = torch.device(device)
     art = load_artifact(directory, dev)
-    training = art.manifest["training"]
-    family = build_family(training["config"]["family"])
-    if hasattr(family, "to"):
-        family.to(dev)
+    manifest = art.manifest
+    trained = manifest.training.config
+    family = build_family(trained.family).to(dev)
     kind = art.task_kind
     max_steps = max(cfg.steps)
     lr = float(cfg.inner_lr) if cfg.inner_lr > 0 else art.learning_rate()
     shots_list = cfg.shots or [family.shots]
-    base_lr = float(cfg.inner_lr) if cfg.inner_lr > 0 else art.inner_lr
+    base_lr = float(cfg.inner_lr) if cfg.inner_lr > 0 else manifest.inner_loop.lr
     methods: dict[str, tuple[Params, LearningRate, list[str] | None]] = {
         "maml": (art.params, lr, art.adapt_names)
     }
     if "random" in cfg.baselines:
-        methods["random"] = (fresh_params(art.manifest["architecture"], cfg.seed), base_lr, None)
+        methods["random"] = (fresh_params(manifest.architecture, cfg.seed), base_lr, None)
     if "pretrained" in cfg.baselines:
         log.info("training the pretrained baseline for %d iterations", cfg.baseline_iterations)
-        tcfg = training["config"]["train"]
         pretrained = pretrain_jointly(
             art.model,
-            art.manifest["architecture"],
+            manifest.architecture,
             family,
             kind=kind,
             iterations=cfg.baseline_iterations,
-            meta_batch=int(tcfg["meta_batch"]),
-            lr=float(tcfg["outer_lr"]),
+            meta_batch=trained.train.meta_batch,
+            lr=trained.train.outer_lr,
             seed=cfg.seed,
             device=dev,
         )
@@ -233,7 +210,7 @@ def evaluate_artifact(
             "seed": cfg.seed,
             "steps": cfg.steps,
             "inner_lr": base_lr,
-            "learned_lr": art.manifest["inner_loop"]["learned_lr"],
+            "learned_lr": manifest.inner_loop.learned_lr,
             "split": "test",
             "queries": "as the family's test split",
         },
@@ -251,6 +228,6 @@ def evaluate_artifact(
 
         plotting.training_curves(directory)
         plotting.steps_plot(directory, report)
-        if training["config"]["family"]["name"] == "sinusoid":
+        if isinstance(family, Sinusoid):
             plotting.sinusoid_figure(directory, art, methods, base_lr)
     return report

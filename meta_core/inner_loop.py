@@ -1,12 +1,12 @@
 """The inner loop, written once: gradient steps on a task's support set (Finn et al. 2017, eq. 1).
 
-Meta-training (vmapped over tasks or task by task), evaluation and the service all call
-:func:`adapt` / :func:`adapt_trajectory`. Parameters travel as a name -> tensor dict through
-``torch.func.functional_call``; the gradient is ``torch.func.grad``, so the same code runs inside
-``vmap`` and composes with ordinary autograd for the meta-gradient. Outside ``vmap``, first-order
-callers (the service, per-task evaluation) may ask for ``eager`` gradients instead: the same
-steps with ``torch.autograd.grad`` on detached leaves, which skips the transform's per-call
-overhead (2.6x faster for the sinusoid MLP's 10 steps on one thread).
+Meta-training (vmapped over tasks or task by task), evaluation and the service all build an
+:class:`InnerLoop` and call its ``trajectory`` or ``adapt``. Parameters travel as a name -> tensor
+dict through ``torch.func.functional_call``; the gradient is ``torch.func.grad``, so the same code
+runs inside ``vmap`` and composes with ordinary autograd for the meta-gradient. Outside ``vmap``,
+first-order callers (the service, per-task evaluation) may ask for ``eager`` gradients instead:
+the same steps with ``torch.autograd.grad`` on detached leaves, which skips the transform's
+per-call overhead.
 
 Learning rates are either one float, or a dict name -> tensor of shape ``[S, *b]`` where ``b``
 broadcasts against the parameter: step ``s`` uses row ``min(s, S - 1)``. That one form covers
@@ -17,6 +17,8 @@ per-step rates (LSLR: ``b`` all ones).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -25,11 +27,26 @@ from torch.func import functional_call, grad
 Params = dict[str, Tensor]
 LossFn = Callable[[Tensor, Tensor], Tensor]
 LearningRate = float | Mapping[str, Tensor]
+TaskKind = Literal["regression", "classification"]
 
 
 def forward(model: nn.Module, params: Mapping[str, Tensor], x: Tensor) -> Tensor:
     """Run ``model`` with ``params`` in place of its own (no copy, no state)."""
-    return functional_call(model, dict(params), (x,))
+    out: Tensor = functional_call(model, dict(params), (x,))
+    return out
+
+
+def mse_loss(pred: Tensor, y: Tensor) -> Tensor:
+    """Mean squared error; ``y`` has the prediction's shape."""
+    return torch.mean((pred - y) ** 2)
+
+
+def cross_entropy(logits: Tensor, y: Tensor) -> Tensor:
+    """Mean cross-entropy of integer labels ``y``."""
+    return nn.functional.cross_entropy(logits, y)
+
+
+LOSSES: dict[str, LossFn] = {"regression": mse_loss, "classification": cross_entropy}
 
 
 def step_lr(lr: LearningRate, name: str, step: int) -> float | Tensor:
@@ -40,44 +57,58 @@ def step_lr(lr: LearningRate, name: str, step: int) -> float | Tensor:
     return rates[min(step, rates.shape[0] - 1)]
 
 
-def adapt_trajectory(
-    model: nn.Module,
-    params: Mapping[str, Tensor],
-    x: Tensor,
-    y: Tensor,
-    *,
-    loss_fn: LossFn,
-    steps: int,
-    lr: LearningRate,
-    adapt_names: Sequence[str] | None = None,
-    first_order: bool = False,
-    eager: bool = False,
-) -> Iterator[Params]:
-    """Yield the parameters after each of ``steps`` SGD steps on the support set ``(x, y)``.
+@dataclass(frozen=True, eq=False)
+class InnerLoop:
+    """``steps`` SGD steps of the ``kind``'s loss on a support set.
 
     Only ``adapt_names`` change (all parameters when None; the head for ANIL). With
     ``first_order`` the inner gradients are detached, so the meta-gradient treats each step as
     the identity (first-order MAML); otherwise it flows through them (second order). ``eager``
     (first order only, not under ``vmap``) computes the same gradients with plain autograd.
     """
-    if eager and not first_order:
-        raise ValueError("eager inner gradients are first-order only")
-    names = tuple(params) if adapt_names is None else tuple(adapt_names)
-    fast = dict(params)
 
-    def support_loss(adapted: Params, frozen: Params) -> Tensor:
-        return loss_fn(functional_call(model, {**frozen, **adapted}, (x,)), y)
+    model: nn.Module
+    kind: TaskKind
+    steps: int
+    lr: LearningRate
+    adapt_names: Sequence[str] | None = None
+    first_order: bool = False
+    eager: bool = False
 
-    gradient = _eager_grad(support_loss) if eager else grad(support_loss)
-    for step in range(steps):
-        adapted = {k: fast[k] for k in names}
-        frozen = {k: v for k, v in fast.items() if k not in adapted}
-        grads = gradient(adapted, frozen)
-        for k in names:
-            g = grads[k].detach() if first_order else grads[k]
-            fast[k] = fast[k] - step_lr(lr, k, step) * g
-        yield fast
-        fast = dict(fast)
+    def __post_init__(self) -> None:
+        if self.eager and not self.first_order:
+            raise ValueError("eager inner gradients are first-order only")
+
+    @property
+    def loss_fn(self) -> LossFn:
+        return LOSSES[self.kind]
+
+    def trajectory(self, params: Mapping[str, Tensor], x: Tensor, y: Tensor) -> Iterator[Params]:
+        """Yield the parameters after each step on the support set ``(x, y)``."""
+        model, loss_fn = self.model, self.loss_fn
+        names = tuple(params) if self.adapt_names is None else tuple(self.adapt_names)
+        fast = dict(params)
+
+        def support_loss(adapted: Params, frozen: Params) -> Tensor:
+            return loss_fn(functional_call(model, {**frozen, **adapted}, (x,)), y)
+
+        gradient = _eager_grad(support_loss) if self.eager else grad(support_loss)
+        for step in range(self.steps):
+            adapted = {k: fast[k] for k in names}
+            frozen = {k: v for k, v in fast.items() if k not in adapted}
+            grads = gradient(adapted, frozen)
+            for k in names:
+                g = grads[k].detach() if self.first_order else grads[k]
+                fast[k] = fast[k] - step_lr(self.lr, k, step) * g
+            yield fast
+            fast = dict(fast)
+
+    def adapt(self, params: Mapping[str, Tensor], x: Tensor, y: Tensor) -> Params:
+        """The parameters after the last step (``params`` itself for zero steps)."""
+        fast = dict(params)
+        for fast in self.trajectory(params, x, y):  # noqa: B007 (the last step is the result)
+            pass
+        return fast
 
 
 def _eager_grad(
@@ -94,47 +125,3 @@ def _eager_grad(
         return dict(zip(leaves, grads, strict=True))
 
     return gradient
-
-
-def adapt(
-    model: nn.Module,
-    params: Mapping[str, Tensor],
-    x: Tensor,
-    y: Tensor,
-    *,
-    loss_fn: LossFn,
-    steps: int,
-    lr: LearningRate,
-    adapt_names: Sequence[str] | None = None,
-    first_order: bool = False,
-    eager: bool = False,
-) -> Params:
-    """The parameters after ``steps`` inner steps on ``(x, y)``; see :func:`adapt_trajectory`."""
-    fast = dict(params)
-    for fast in adapt_trajectory(  # noqa: B007 (the last step's parameters are the result)
-        model,
-        params,
-        x,
-        y,
-        loss_fn=loss_fn,
-        steps=steps,
-        lr=lr,
-        adapt_names=adapt_names,
-        first_order=first_order,
-        eager=eager,
-    ):
-        pass
-    return fast
-
-
-def mse_loss(pred: Tensor, y: Tensor) -> Tensor:
-    """Mean squared error; ``y`` has the prediction's shape."""
-    return torch.mean((pred - y) ** 2)
-
-
-def cross_entropy(logits: Tensor, y: Tensor) -> Tensor:
-    """Mean cross-entropy of integer labels ``y``."""
-    return nn.functional.cross_entropy(logits, y)
-
-
-LOSSES: dict[str, LossFn] = {"regression": mse_loss, "classification": cross_entropy}

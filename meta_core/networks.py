@@ -1,8 +1,8 @@
-"""The networks meta_core trains: an MLP and Conv4, built from a plain architecture spec.
+"""The networks meta_core trains: an MLP and Conv4, built from a typed architecture spec.
 
-The spec is a JSON-able dict stored in every artifact's manifest, so a loader rebuilds the exact
-module. Parameters of the final layer live under ``head.``; everything else under ``body.``,
-which is how ANIL tells the shared body from the adapted head.
+The spec is stored in every artifact's manifest, so a loader rebuilds the exact module.
+Parameters of the final layer live under ``head.``; everything else under ``body.``, which is
+how ANIL tells the shared body from the adapted head.
 
 Normalization in Conv4 is ``GroupNorm(1, C)`` (layer norm over C x H x W with a per-channel
 affine): its statistics are computed per example, so a row's prediction never depends on the
@@ -11,12 +11,66 @@ other rows sent with it, at training and at prediction time alike (no transducti
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from torch import nn
 
-ArchSpec = dict[str, Any]
+Norm = Literal["layer", "none"]
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MLPSpec(_Spec):
+    """in -> hidden... -> out, ReLU between layers."""
+
+    type: Literal["mlp"] = "mlp"
+    in_features: int = Field(ge=1)
+    hidden: list[int]
+    out_features: int = Field(ge=1)
+
+    @property
+    def input_shape(self) -> list[int]:
+        return [self.in_features]
+
+
+class Conv4Spec(_Spec):
+    """4 x [conv 3x3, norm, ReLU, max-pool 2], then linear."""
+
+    type: Literal["conv4"] = "conv4"
+    in_channels: int = Field(ge=1)
+    image_size: int = Field(ge=16)
+    hidden: int = Field(ge=1)
+    out_features: int = Field(ge=1)
+    norm: Norm = "layer"
+
+    @property
+    def input_shape(self) -> list[int]:
+        return [self.in_channels, self.image_size, self.image_size]
+
+
+ArchSpec = Annotated[MLPSpec | Conv4Spec, Field(discriminator="type")]
+_ARCH: TypeAdapter[MLPSpec | Conv4Spec] = TypeAdapter(ArchSpec)
+
+
+def parse_architecture(data: Any) -> MLPSpec | Conv4Spec:
+    """A spec from its JSON form, or a ``ValueError`` naming the first problem."""
+    if isinstance(data, MLPSpec | Conv4Spec):
+        return data
+    try:
+        return _ARCH.validate_python(data)
+    except ValidationError as exc:
+        raise ValueError(f"bad architecture: {first_error(exc)}") from None
+
+
+def first_error(exc: ValidationError) -> str:
+    """``field.path: message`` of a validation error's first problem."""
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"])
+    return f"{where}: {err['msg']}" if where else str(err["msg"])
 
 
 class MLP(nn.Module):
@@ -33,14 +87,14 @@ class MLP(nn.Module):
         self.head = nn.Linear(width, out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(x))
+        return self.head(self.body(x))  # type: ignore[no-any-return]
 
 
 class Conv4(nn.Module):
     """4 x [conv 3x3 (padding 1), GroupNorm(1, C), ReLU, max-pool 2], then a linear head."""
 
     def __init__(
-        self, in_channels: int, image_size: int, hidden: int, out_features: int, norm: str
+        self, in_channels: int, image_size: int, hidden: int, out_features: int, norm: Norm
     ) -> None:
         super().__init__()
         blocks: list[nn.Module] = []
@@ -49,8 +103,6 @@ class Conv4(nn.Module):
             blocks += [nn.Conv2d(channels, hidden, 3, padding=1)]
             if norm == "layer":
                 blocks += [nn.GroupNorm(1, hidden)]
-            elif norm != "none":
-                raise ValueError(f"unknown norm {norm!r}: use 'layer' or 'none'")
             blocks += [nn.ReLU(), nn.MaxPool2d(2)]
             channels, size = hidden, size // 2
         blocks.append(nn.Flatten())
@@ -58,45 +110,15 @@ class Conv4(nn.Module):
         self.head = nn.Linear(hidden * size * size, out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(x))
+        return self.head(self.body(x))  # type: ignore[no-any-return]
 
 
-_FIELDS = {
-    "mlp": ("in_features", "hidden", "out_features"),
-    "conv4": ("in_channels", "image_size", "hidden", "out_features", "norm"),
-}
-
-
-def build_network(spec: ArchSpec) -> nn.Module:
+def build_network(spec: MLPSpec | Conv4Spec | dict[str, Any]) -> nn.Module:
     """Build the module an architecture spec describes; refuse unknown or missing fields."""
-    kind = spec.get("type")
-    if kind not in _FIELDS:
-        raise ValueError(f"unknown architecture type {kind!r}: use 'mlp' or 'conv4'")
-    fields = _FIELDS[kind]
-    missing = [f for f in fields if f not in spec]
-    if missing:
-        raise ValueError(f"architecture {kind!r} needs field {missing[0]!r}")
-    unknown = sorted(set(spec) - set(fields) - {"type"})
-    if unknown:
-        raise ValueError(f"architecture {kind!r} has unknown fields {unknown}")
-    if kind == "mlp":
-        return MLP(
-            int(spec["in_features"]), [int(h) for h in spec["hidden"]], int(spec["out_features"])
-        )
-    return Conv4(
-        int(spec["in_channels"]),
-        int(spec["image_size"]),
-        int(spec["hidden"]),
-        int(spec["out_features"]),
-        str(spec["norm"]),
-    )
-
-
-def input_shape(spec: ArchSpec) -> list[int]:
-    """The shape of one input row the network expects."""
-    if spec["type"] == "mlp":
-        return [int(spec["in_features"])]
-    return [int(spec["in_channels"]), int(spec["image_size"]), int(spec["image_size"])]
+    spec = parse_architecture(spec)
+    if isinstance(spec, MLPSpec):
+        return MLP(spec.in_features, list(spec.hidden), spec.out_features)
+    return Conv4(spec.in_channels, spec.image_size, spec.hidden, spec.out_features, spec.norm)
 
 
 def head_names(params: dict[str, torch.Tensor]) -> list[str]:

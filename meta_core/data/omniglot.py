@@ -1,10 +1,10 @@
 """Omniglot (Lake et al. 2015) read from the official zips or an extracted folder, never downloaded.
 
+This module reads files; the task family over them is :mod:`meta_core.tasks.omniglot`.
 Preprocessing as in the MAML paper (W2): grayscale, resized to 28x28 (Lanczos), inverted so
-strokes are 1 and background 0, scaled to [0, 1]. Each character rotated by 0/90/180/270 degrees
-is a class of its own. The character split (train / val / test) is a fixed file in the
-repository; rotations of one character always stay in its split. The decoded images are cached
-after the first read as one uint8 safetensors file.
+strokes are 1 and background 0, scaled to [0, 1]. The character split (train / val / test) is a
+fixed file in the repository. The decoded images are cached after the first read as one uint8
+safetensors file.
 """
 
 from __future__ import annotations
@@ -21,8 +21,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from meta_core.preprocessing import image_to_uint8
-from meta_core.tasks.nway import NWayKShot
+from meta_core.preprocessing import ImagePreprocessing, image_to_uint8
 
 log = logging.getLogger(__name__)
 
@@ -30,19 +29,20 @@ SETS = ("images_background", "images_evaluation")
 IMAGE_SIZE = 28
 DRAWINGS = 20
 SPLIT_DIR = Path(__file__).parent / "splits"
-PREPROCESSING = {
-    "type": "image",
-    "grayscale": True,
-    "size": [IMAGE_SIZE, IMAGE_SIZE],
-    "resample": "lanczos",
-    "invert": True,
-    "scale": 1.0 / 255.0,
-    "layout": "NCHW",
+PREPROCESSING = ImagePreprocessing(
+    size=(IMAGE_SIZE, IMAGE_SIZE), resample="lanczos", invert=True, scale=1.0 / 255.0
+)
+# The official release: github.com/brendenlake/omniglot, folder python/ (md5 as torchvision
+# checks them). README.md lists the sizes and sha256 of the copies this project is tested with.
+OFFICIAL_MD5 = {
+    "images_background.zip": "68d2efa1b9178cc56df9314c21c6e718",
+    "images_evaluation.zip": "6b91aef0f799c5bb55b94e3f2daec811",
 }
 
 
 def default_data_dir() -> Path:
-    return Path(os.environ.get("OMNIGLOT_DIR", "../shared/data/omniglot"))
+    """``OMNIGLOT_DIR``, else the project-local (git-ignored) ``data/omniglot``."""
+    return Path(os.environ.get("OMNIGLOT_DIR", "data/omniglot"))
 
 
 def default_cache_dir() -> Path:
@@ -69,7 +69,11 @@ def read_set(root: Path, name: str) -> dict[str, list[tuple[str, bytes]]]:
             char = path.parent.relative_to(root).as_posix()
             chars.setdefault(char, []).append((path.name, path.read_bytes()))
     else:
-        raise FileNotFoundError(f"no {name}.zip or {name}/ under {root} (set OMNIGLOT_DIR)")
+        raise FileNotFoundError(
+            f"Omniglot not found: no {name}.zip or {name}/ under {root}. Put the two official "
+            f"zips, {' and '.join(OFFICIAL_MD5)} (github.com/brendenlake/omniglot, python/), "
+            "there or set OMNIGLOT_DIR to their folder; nothing is downloaded"
+        )
     return chars
 
 
@@ -108,33 +112,3 @@ def load_images(
 def read_split(split: str) -> list[str]:
     """Character ids of one split, from the fixed file in the repository."""
     return (SPLIT_DIR / f"omniglot_{split}.txt").read_text().split()
-
-
-def with_rotations(images: torch.Tensor) -> torch.Tensor:
-    """``[C, D, H, W]`` -> ``[4C, D, 1, H, W]``: each rotation by k x 90 degrees is a new class."""
-    rotated = torch.stack([torch.rot90(images, k, dims=(-2, -1)) for k in range(4)], dim=1)
-    return rotated.flatten(0, 1).unsqueeze(2)
-
-
-def omniglot_family(
-    ways: int,
-    shots: int,
-    queries: int = 15,
-    data_dir: Path | None = None,
-    cache_dir: Path | None = None,
-) -> NWayKShot:
-    """The N-way K-shot family over Omniglot's fixed split (uint8 pools, scaled on sampling)."""
-    images, ids = load_images(data_dir, cache_dir)
-    index = {c: i for i, c in enumerate(ids)}
-    pools = {}
-    for split in ("train", "val", "test"):
-        rows = torch.tensor([index[c] for c in read_split(split)])
-        pools[split] = with_rotations(images[rows])
-    return NWayKShot(
-        pools,
-        ways=ways,
-        shots=shots,
-        queries=queries,
-        name="omniglot",
-        scale=PREPROCESSING["scale"],
-    )

@@ -1,19 +1,23 @@
 """The interface every task family implements: sample a meta-batch of tasks as stacked tensors.
 
-Adding a family is one small module with a class that has these attributes and ``sample``,
-plus one line in :data:`meta_core.tasks.FAMILIES`.
+Adding a family is one small module with a class that has these attributes and methods, a
+config class in :mod:`meta_core.config`, and one line in :data:`meta_core.tasks.FAMILIES`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 from torch import Tensor
 
+from meta_core.inner_loop import TaskKind
+from meta_core.preprocessing import ImagePreprocessing
+
 Split = Literal["train", "val", "test"]
-TaskKind = Literal["regression", "classification"]
+
+__all__ = ["Split", "TaskBatch", "TaskFamily", "TaskKind"]
 
 
 @dataclass(frozen=True)
@@ -40,10 +44,20 @@ class TaskBatch:
 class TaskFamily(Protocol):
     """A distribution over tasks. ``shots`` is per class for classification."""
 
+    name: str
     kind: TaskKind
-    input_shape: tuple[int, ...]
-    n_outputs: int
     shots: int
+
+    @property
+    def input_shape(self) -> tuple[int, ...]: ...
+
+    @property
+    def n_outputs(self) -> int: ...
+
+    @property
+    def preprocessing(self) -> ImagePreprocessing | None:
+        """How the service turns an uploaded file into an input row (None: numbers only)."""
+        ...
 
     def sample(
         self,
@@ -56,6 +70,10 @@ class TaskFamily(Protocol):
         """Draw ``n_tasks`` tasks from ``split`` with ``generator`` (on the CPU)."""
         ...
 
-    def describe(self) -> dict:
-        """A JSON-able description stored in the artifact's training config."""
+    def to(self, device: torch.device | str) -> TaskFamily:
+        """Keep whatever the family samples from on ``device``."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-able description stored in the artifact's training record."""
         ...

@@ -9,10 +9,13 @@ Sampling is vectorized: a whole meta-batch is a few ``argsort`` and one gather.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from meta_core.inner_loop import TaskKind
+from meta_core.preprocessing import ImagePreprocessing
 from meta_core.tasks.base import Split, TaskBatch
 
 
@@ -38,7 +41,8 @@ class NWayKShot:
     queries: int = 15
     name: str = "nway"
     scale: float = 1.0
-    kind: str = "classification"
+    preprocessing: ImagePreprocessing | None = None
+    kind: TaskKind = "classification"
     input_shape: tuple[int, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -87,7 +91,7 @@ class NWayKShot:
         self.pools = {s: p.to(device) for s, p in self.pools.items()}
         return self
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         return {
             "family": self.name,
             "ways": self.ways,

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
+from meta_core.inner_loop import TaskKind
+from meta_core.preprocessing import ImagePreprocessing
 from meta_core.tasks.base import Split, TaskBatch
 
 AMPLITUDE = (0.1, 5.0)
@@ -26,9 +29,11 @@ class Sinusoid:
     shots: int = 10
     queries: int = 10
     train_shots: tuple[int, ...] = ()
-    kind: str = "regression"
+    name: str = "sinusoid"
+    kind: TaskKind = "regression"
     input_shape: tuple[int, ...] = (1,)
     n_outputs: int = 1
+    preprocessing: ImagePreprocessing | None = None
 
     def sample(
         self,
@@ -40,7 +45,7 @@ class Sinusoid:
     ) -> TaskBatch:
         k = self.shots if shots is None else shots
         if shots is None and split == "train" and self.train_shots:
-            pick = torch.randint(len(self.train_shots), (1,), generator=generator).item()
+            pick = int(torch.randint(len(self.train_shots), (1,), generator=generator).item())
             k = self.train_shots[pick]
         amp, phase = self.sample_functions(n_tasks, generator)
         sx = _uniform(generator, (n_tasks, k, 1), *X_RANGE)
@@ -61,7 +66,11 @@ class Sinusoid:
     def target(x: torch.Tensor, amp: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
         return amp * torch.sin(x - phase)
 
-    def describe(self) -> dict:
+    def to(self, device: torch.device | str) -> Sinusoid:
+        """Tasks are drawn on the CPU; a batch moves with ``TaskBatch.to``."""
+        return self
+
+    def describe(self) -> dict[str, Any]:
         return {
             "family": "sinusoid",
             "shots": self.shots,

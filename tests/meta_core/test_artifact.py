@@ -7,10 +7,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from meta_core.artifact import ArtifactError, load_artifact, save_artifact
-from meta_core.networks import build_network
+from meta_core.artifact import (
+    ArtifactError,
+    InnerLoopSpec,
+    TrainingRecord,
+    load_artifact,
+    save_artifact,
+)
+from meta_core.config import load_config
+from meta_core.networks import MLPSpec, build_network
 
-SPEC = {"type": "mlp", "in_features": 1, "hidden": [8, 8], "out_features": 1}
+SPEC = MLPSpec(in_features=1, hidden=[8, 8], out_features=1)
+TRAINING = TrainingRecord(config=load_config("sinusoid"))
 
 
 @pytest.fixture
@@ -26,9 +34,9 @@ def artifact(tmp_path: Path) -> Path:
         task_kind="regression",
         params=params,
         lrs=lrs,
-        inner_loop={"steps": 2, "lr": 0.01, "learned_lr": "lslr", "adapt": "all"},
+        inner_loop=InnerLoopSpec(steps=2, lr=0.01, learned_lr="lslr"),
         preprocessing=None,
-        training={"config": {}},
+        training=TRAINING,
     )
 
 
@@ -50,9 +58,9 @@ def test_round_trip_is_identical(artifact: Path):
         task_kind="regression",
         params=art.params,
         lrs=art.lrs,
-        inner_loop=art.manifest["inner_loop"],
+        inner_loop=art.manifest.inner_loop,
         preprocessing=None,
-        training={"config": {}},
+        training=TRAINING,
     )
     reloaded = load_artifact(again)
     assert set(reloaded.params) == {k for k, _ in net.named_parameters()}
@@ -63,8 +71,9 @@ def test_round_trip_is_identical(artifact: Path):
     assert (artifact / "weights.safetensors").read_bytes() == (
         again / "weights.safetensors"
     ).read_bytes()
-    assert reloaded.manifest["input_shape"] == [1] and reloaded.n_outputs == 1
-    assert reloaded.inner_steps == 2 and reloaded.version == "1.2.3"
+    assert reloaded.manifest.input_shape == [1] and reloaded.n_outputs == 1
+    assert reloaded.manifest.inner_loop.steps == 2 and reloaded.version == "1.2.3"
+    assert reloaded.manifest.training.config.family.name == "sinusoid"
 
 
 def test_flipped_weight_byte_is_refused(artifact: Path):
@@ -85,11 +94,18 @@ def test_edited_manifest_is_refused(artifact: Path):
     ("change", "message"),
     [
         ({"schema_version": 7}, "schema_version 7 is not supported"),
-        ({"task_kind": "ranking"}, "task_kind must be one of"),
+        (
+            {"task_kind": "ranking"},
+            "manifest field task_kind: Input should be 'regression' or 'classification'",
+        ),
         ({"n_outputs": 3}, "disagree with the architecture"),
         (
             {"inner_loop": {"steps": -1, "lr": 0.01, "learned_lr": "none", "adapt": "all"}},
-            "inner_loop.steps must be a non-negative integer",
+            "manifest field inner_loop.steps: Input should be greater than or equal to 0",
+        ),
+        (
+            {"inner_loop": {"steps": 1, "lr": float("inf"), "adapt": "all"}},
+            "manifest field inner_loop.lr: Value error, must be finite",
         ),
     ],
 )
@@ -111,7 +127,7 @@ def test_missing_field_and_missing_file_are_refused(artifact: Path):
 
 
 def test_weights_that_do_not_match_the_architecture_are_refused(tmp_path: Path):
-    other = build_network(SPEC | {"hidden": [8, 9]})
+    other = build_network(SPEC.model_copy(update={"hidden": [8, 9]}))
     with pytest.raises(
         ArtifactError,
         match=r"tensor net.body.2.bias is torch.float32 \[9\], "
@@ -126,8 +142,8 @@ def test_weights_that_do_not_match_the_architecture_are_refused(tmp_path: Path):
                 task_kind="regression",
                 params=dict(other.named_parameters()),
                 lrs={},
-                inner_loop={"steps": 1, "lr": 0.01, "learned_lr": "none", "adapt": "all"},
+                inner_loop=InnerLoopSpec(steps=1, lr=0.01),
                 preprocessing=None,
-                training={},
+                training=TRAINING,
             )
         )

@@ -5,7 +5,7 @@ import torch
 
 from meta_core.algorithms import MetaLearner, multi_step_weights
 from meta_core.config import AlgorithmConfig
-from meta_core.inner_loop import adapt, forward, mse_loss
+from meta_core.inner_loop import InnerLoop, forward, mse_loss
 from meta_core.networks import build_network
 from meta_core.tasks import Sinusoid, TaskBatch
 
@@ -102,14 +102,8 @@ def test_first_order_equals_gradient_with_inner_gradients_detached():
     # FOMAML: the meta-gradient is the query gradient at the adapted parameters.
     expected = [torch.zeros_like(p) for p in learner.params.values()]
     for i in range(len(batch)):
-        fast = adapt(
-            learner.model,
-            learner.params,
-            batch.support_x[i],
-            batch.support_y[i],
-            loss_fn=mse_loss,
-            steps=2,
-            lr=0.1,
+        fast = InnerLoop(learner.model, "regression", 2, 0.1).adapt(
+            learner.params, batch.support_x[i], batch.support_y[i]
         )
         leaves = {k: v.detach().requires_grad_() for k, v in fast.items()}
         q = mse_loss(reference_forward(leaves, batch.query_x[i]), batch.query_y[i])
@@ -121,16 +115,8 @@ def test_first_order_equals_gradient_with_inner_gradients_detached():
 
 def test_anil_adapts_only_the_head_and_matches_reference():
     learner, batch = make(AlgorithmConfig(name="anil", inner_steps=2, inner_lr=0.1))
-    fast = adapt(
-        learner.model,
-        learner.params,
-        batch.support_x[0],
-        batch.support_y[0],
-        loss_fn=mse_loss,
-        steps=2,
-        lr=0.1,
-        adapt_names=learner.adapt_names,
-    )
+    loop = InnerLoop(learner.model, "regression", 2, 0.1, adapt_names=learner.adapt_names)
+    fast = loop.adapt(learner.params, batch.support_x[0], batch.support_y[0])
     for k, v in learner.params.items():
         if k.startswith("body."):
             assert torch.equal(fast[k], v)
@@ -225,17 +211,12 @@ def test_eager_first_order_steps_equal_the_transform(algo):
     learner, batch = make(algo)
     model, params = learner.model, learner.params
     x, y, qx, qy = (t[0] for t in (batch.support_x, batch.support_y, batch.query_x, batch.query_y))
-    kw = {
-        "loss_fn": mse_loss,
-        "steps": algo.inner_steps,
-        "lr": learner.inner_lr(),
-        "adapt_names": learner.adapt_names,
-        "first_order": True,
-    }
-    func = adapt(model, params, x, y, **kw)
+    kw = {"adapt_names": learner.adapt_names, "first_order": True}
+    steps, lr = algo.inner_steps, learner.inner_lr()
+    func = InnerLoop(model, "regression", steps, lr, **kw).adapt(params, x, y)
     with torch.no_grad():  # as the service calls it
-        served = adapt(model, params, x, y, eager=True, **kw)
-    eager = adapt(model, params, x, y, eager=True, **kw)
+        served = InnerLoop(model, "regression", steps, lr, eager=True, **kw).adapt(params, x, y)
+    eager = InnerLoop(model, "regression", steps, lr, eager=True, **kw).adapt(params, x, y)
     assert func.keys() == served.keys() == eager.keys()
     for k in func:
         torch.testing.assert_close(func[k], served[k], rtol=1e-12, atol=1e-14)
@@ -248,4 +229,4 @@ def test_eager_first_order_steps_equal_the_transform(algo):
         if a is not None:
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
     with pytest.raises(ValueError, match="first-order only"):
-        adapt(model, params, x, y, **(kw | {"first_order": False}), eager=True)
+        InnerLoop(model, "regression", steps, lr, first_order=False, eager=True)

@@ -2,7 +2,8 @@
 
 import torch
 
-from meta_core.data.omniglot import load_images, omniglot_family, read_split, with_rotations
+from meta_core.data.omniglot import load_images, read_split
+from meta_core.tasks.omniglot import omniglot_family, with_rotations
 
 
 def test_split_files_are_fixed_disjoint_and_complete():

@@ -26,20 +26,22 @@ def test_shipped_sinusoid_meets_the_k10_bar():
     [("omniglot-5w1s", 5, 40, 0.97), ("omniglot-20w1s", 20, 15, 0.90)],
 )
 def test_shipped_omniglot_classifies_held_out_characters(name, ways, tasks, bar):
-    from meta_core.data.omniglot import omniglot_family
+    from meta_core.tasks.omniglot import omniglot_family
 
     art = load_artifact(MODELS / name)
-    assert art.manifest["n_outputs"] == ways
+    assert art.manifest.n_outputs == ways
     family = omniglot_family(ways=ways, shots=1, queries=15)
     batch = family.sample(tasks, torch.Generator().manual_seed(7), split="test")
+    steps = art.manifest.inner_loop.steps
     _, accuracy = adaptation_curve(
-        art.model, art.params, batch, kind="classification", steps=art.inner_steps, lr=art.inner_lr
+        art.model, art.params, batch, kind="classification", steps=steps, lr=art.learning_rate()
     )
     assert accuracy[:, 0].mean().item() < 1.5 / ways  # chance before adaptation
-    assert accuracy[:, art.inner_steps].mean().item() >= bar
+    assert accuracy[:, steps].mean().item() >= bar
 
 
 def test_evaluation_does_not_depend_on_chunking_or_strategy():
+    from meta_core.config import RandomImagesFamily
     from meta_core.tasks import build_family
 
     art = load_artifact(MODELS / "sinusoid")
@@ -50,7 +52,7 @@ def test_evaluation_does_not_depend_on_chunking_or_strategy():
     assert torch.allclose(whole[0], pieces[0], rtol=1e-5, atol=1e-6)
 
     art = load_artifact(MODELS / "omniglot-5w1s")
-    family = build_family({"name": "random_images", "ways": 5, "shots": 1, "queries": 3})
+    family = build_family(RandomImagesFamily(ways=5, shots=1, queries=3))
     batch = family.sample(6, torch.Generator().manual_seed(4))
     args = (art.model, art.params, batch)
     kw = {"kind": "classification", "steps": 2, "lr": 0.4}
