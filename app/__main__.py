@@ -5,15 +5,12 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from datetime import UTC, datetime
-
-from sqlalchemy import select
 
 from app import crud
 from app.core.config import get_settings
-from app.core.db import make_engine, make_sessionmaker
+from app.core.db import Database
+from app.core.errors import NotFound
 from app.core.security import hash_key, new_key
-from app.models import Client
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,27 +45,31 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0
 
-    sessions = make_sessionmaker(make_engine(settings.database_url))
-    with sessions() as session:
+    db = Database(settings.database_url)
+    try:
         if args.action == "create":
             key = new_key()
-            client = crud.create_client(
-                session, name=args.name, key_hash=hash_key(key), key_prefix=key[:10]
-            )
+            with db.session() as session:
+                client = crud.create_client(
+                    session, name=args.name, key_hash=hash_key(key), key_prefix=key[:10]
+                )
+            # Printed once the row is committed: a key that is shown always works.
             print(f"created client {client.id} ({client.name}); its API key, shown once:")
             print(key)
         elif args.action == "list":
-            for c in session.scalars(select(Client).order_by(Client.id)):
-                state = f"revoked {c.revoked_at:%Y-%m-%d}" if c.revoked_at else "active"
-                print(f"{c.id}\t{c.name}\t{c.key_prefix}...\t{state}")
+            with db.session() as session:
+                for c in crud.list_clients(session):
+                    state = f"revoked {c.revoked_at:%Y-%m-%d}" if c.revoked_at else "active"
+                    print(f"{c.id}\t{c.name}\t{c.key_prefix}...\t{state}")
         else:
-            client = session.get(Client, args.client_id)
-            if client is None:
-                print(f"no client {args.client_id}", file=sys.stderr)
-                return 1
-            client.revoked_at = datetime.now(UTC)
-            session.commit()
+            with db.session() as session:
+                client = crud.revoke_client(session, client_id=args.client_id)
             print(f"revoked client {client.id} ({client.name})")
+    except NotFound as exc:
+        print(exc.detail, file=sys.stderr)
+        return 1
+    finally:
+        db.dispose()
     return 0
 
 

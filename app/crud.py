@@ -1,40 +1,43 @@
-"""Database reads and writes, each scoped to the calling client."""
+"""Database reads and writes, each scoped to the calling client. Nothing here commits: the
+caller's session scope (:meth:`app.core.db.Database.session`) does, once, at its end."""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import delete, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from app.core.errors import NotFound
-from app.models import Client, Task
+from app.tables import ClientRow, TaskRow
 
 
 def create_task(
     session: Session,
     *,
     client_id: int,
-    model_name: str,
-    model_version: str,
+    meta_model_name: str,
+    meta_model_version: str,
     name: str | None,
     support_size: int,
     inner_steps: int,
     inner_lr: float | None,
     adapt_ms: float,
-    labels: list | None,
-    metrics: dict,
+    labels: list[int | str] | None,
+    metrics: dict[str, float],
     weights: bytes,
     weights_sha256: str,
-) -> Task:
-    """Insert a task and its weights in one transaction: all of it or nothing."""
-    task = Task(
+) -> TaskRow:
+    """Add a task and its weights to the session's transaction: all of it or nothing."""
+    task = TaskRow(
         id=str(uuid.uuid4()),
         client_id=client_id,
         name=name,
-        model_name=model_name,
-        model_version=model_version,
+        meta_model_name=meta_model_name,
+        meta_model_version=meta_model_version,
         created_at=datetime.now(UTC),
         support_size=support_size,
         inner_steps=inner_steps,
@@ -46,13 +49,19 @@ def create_task(
         weights_sha256=weights_sha256,
     )
     session.add(task)
-    session.commit()
+    session.flush()
     return task
 
 
-def get_task(session: Session, *, client_id: int, task_id: str) -> Task:
-    """The client's task, or 404 (another client's task is indistinguishable from none)."""
-    task = session.scalar(select(Task).where(Task.id == task_id, Task.client_id == client_id))
+def get_task(
+    session: Session, *, client_id: int, task_id: str, with_weights: bool = False
+) -> TaskRow:
+    """The client's task, or 404 (another client's task is indistinguishable from none). The
+    weights are read only when asked for."""
+    query = select(TaskRow).where(TaskRow.id == task_id, TaskRow.client_id == client_id)
+    if not with_weights:
+        query = query.options(defer(TaskRow.weights))
+    task = session.scalar(query)
     if task is None:
         raise NotFound(f"no task {task_id!r}")
     return task
@@ -60,40 +69,60 @@ def get_task(session: Session, *, client_id: int, task_id: str) -> Task:
 
 def task_exists(session: Session, *, client_id: int, task_id: str) -> bool:
     """A cheap check (no weights read) that the client's task is still there."""
-    return (
-        session.scalar(select(Task.id).where(Task.id == task_id, Task.client_id == client_id))
-        is not None
-    )
+    query = select(TaskRow.id).where(TaskRow.id == task_id, TaskRow.client_id == client_id)
+    return session.scalar(query) is not None
 
 
 def list_tasks(
     session: Session, *, client_id: int, limit: int, offset: int
-) -> tuple[list[Task], int]:
-    total = (
-        session.scalar(select(func.count()).select_from(Task).where(Task.client_id == client_id))
-        or 0
+) -> tuple[Sequence[TaskRow], int]:
+    """A page of the client's tasks, newest first (weights not read), and their total."""
+    total = session.scalar(
+        select(func.count()).select_from(TaskRow).where(TaskRow.client_id == client_id)
     )
     rows = session.scalars(
-        select(Task)
-        .where(Task.client_id == client_id)
-        .order_by(Task.created_at.desc(), Task.id.desc())
+        select(TaskRow)
+        .options(defer(TaskRow.weights))
+        .where(TaskRow.client_id == client_id)
+        .order_by(TaskRow.created_at.desc(), TaskRow.id.desc())
         .limit(limit)
         .offset(offset)
     ).all()
-    return list(rows), total
+    return rows, total or 0
 
 
 def delete_task(session: Session, *, client_id: int, task_id: str) -> None:
-    result = session.execute(delete(Task).where(Task.id == task_id, Task.client_id == client_id))
+    result: Any = session.execute(
+        delete(TaskRow).where(TaskRow.id == task_id, TaskRow.client_id == client_id)
+    )
     if result.rowcount == 0:
         raise NotFound(f"no task {task_id!r}")
-    session.commit()
 
 
-def create_client(session: Session, *, name: str, key_hash: str, key_prefix: str) -> Client:
-    client = Client(
+def create_client(session: Session, *, name: str, key_hash: str, key_prefix: str) -> ClientRow:
+    client = ClientRow(
         name=name, key_hash=key_hash, key_prefix=key_prefix, created_at=datetime.now(UTC)
     )
     session.add(client)
-    session.commit()
+    session.flush()
     return client
+
+
+def list_clients(session: Session) -> Sequence[ClientRow]:
+    return session.scalars(select(ClientRow).order_by(ClientRow.id)).all()
+
+
+def revoke_client(session: Session, *, client_id: int) -> ClientRow:
+    """Mark the client's key revoked (404 if there is no such client)."""
+    client = session.get(ClientRow, client_id)
+    if client is None:
+        raise NotFound(f"no client {client_id}")
+    client.revoked_at = datetime.now(UTC)
+    return client
+
+
+def active_client_id(session: Session, *, key_hash: str) -> int | None:
+    """The id of the unrevoked client with this key hash, if any."""
+    return session.scalar(
+        select(ClientRow.id).where(ClientRow.key_hash == key_hash, ClientRow.revoked_at.is_(None))
+    )

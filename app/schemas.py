@@ -7,6 +7,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.tables import TaskRow
+from meta_core.artifact import Artifact, InnerLoopSpec
+from meta_core.preprocessing import ImagePreprocessing
+
 
 class Examples(BaseModel):
     x: list[Any] = Field(description="rows of inputs, each of the model's input shape")
@@ -25,6 +29,8 @@ class TaskCreate(BaseModel):
 
 
 class TaskOut(BaseModel):
+    """A stored task as the API shows it (``model`` is the meta-model's name)."""
+
     id: str
     model: str
     model_version: str
@@ -36,6 +42,22 @@ class TaskOut(BaseModel):
     inner_lr: float | None
     adapt_ms: float
     metrics: dict[str, float]
+
+    @classmethod
+    def of(cls, row: TaskRow) -> TaskOut:
+        return cls(
+            id=row.id,
+            model=row.meta_model_name,
+            model_version=row.meta_model_version,
+            name=row.name,
+            created_at=row.created_at,
+            support_size=row.support_size,
+            labels=row.labels,
+            inner_steps=row.inner_steps,
+            inner_lr=row.inner_lr,
+            adapt_ms=row.adapt_ms,
+            metrics=row.metrics,
+        )
 
 
 class TaskPage(BaseModel):
@@ -65,13 +87,30 @@ class PredictOut(BaseModel):
     )
 
 
-class ModelOut(BaseModel):
+class MetaModelOut(BaseModel):
+    """A meta-model (an artifact) as the API shows it."""
+
     name: str
     version: str
     task_kind: str
     input_shape: list[int]
     n_outputs: int
     n_classes: int | None
-    inner_loop: dict[str, Any]
-    preprocessing: dict[str, Any] | None
+    inner_loop: InnerLoopSpec
+    preprocessing: ImagePreprocessing | None
     evaluation: dict[str, Any]
+
+    @classmethod
+    def of(cls, meta_model: Artifact) -> MetaModelOut:
+        m = meta_model.manifest
+        return cls(
+            name=m.name,
+            version=m.version,
+            task_kind=m.task_kind,
+            input_shape=m.input_shape,
+            n_outputs=m.n_outputs,
+            n_classes=m.n_classes,
+            inner_loop=m.inner_loop,
+            preprocessing=m.preprocessing,
+            evaluation=m.evaluation,
+        )

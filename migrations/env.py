@@ -6,7 +6,7 @@ from alembic import context
 
 from app.core.config import get_settings
 from app.core.db import make_engine
-from app.models import Base
+from app.tables import Base
 
 config = context.config
 if config.config_file_name is not None and not config.attributes.get("database_url"):

@@ -1,4 +1,10 @@
-"""Dependencies, defined once: the database session, the registry, the calling client."""
+"""Dependencies, defined once as ``Annotated`` aliases: whatever a route touches arrives through
+one of these, so its signature says what it uses. They are the only code that reads
+``app.state``; tests replace any of them with ``app.dependency_overrides``.
+
+The simple ones are ``async def`` on purpose: FastAPI runs a plain ``def`` dependency on a
+worker thread, a needless hop on the predict path.
+"""
 
 from __future__ import annotations
 
@@ -7,33 +13,78 @@ from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from app import crud
+from app.core.config import Settings
+from app.core.db import Database
 from app.core.errors import Unauthorized
+from app.core.metrics import Metrics
 from app.core.security import hash_key
-from app.models import Client
-from app.services.registry import ModelRegistry
+from app.services import tasks as task_service
+from app.services.cache import AdaptedModel, LRUCache
+from app.services.pool import AdaptationPool
+from app.services.registry import MetaModelRegistry
+from app.tables import TaskRow
 
 
-def get_session(request: Request) -> Iterator[Session]:
-    with request.app.state.sessionmaker() as session:
+async def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+async def get_database(request: Request) -> Database:
+    db: Database = request.app.state.db
+    return db
+
+
+async def get_registry(request: Request) -> MetaModelRegistry:
+    registry: MetaModelRegistry = request.app.state.registry
+    return registry
+
+
+async def get_cache(request: Request) -> LRUCache:
+    cache: LRUCache = request.app.state.cache
+    return cache
+
+
+async def get_pool(request: Request) -> AdaptationPool:
+    pool: AdaptationPool = request.app.state.pool
+    return pool
+
+
+async def get_metrics(request: Request) -> Metrics:
+    metrics: Metrics = request.app.state.metrics
+    return metrics
+
+
+async def get_auth_cache(request: Request) -> dict[str, tuple[int, float]]:
+    auth: dict[str, tuple[int, float]] = request.app.state.auth_cache
+    return auth
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+DatabaseDep = Annotated[Database, Depends(get_database)]
+RegistryDep = Annotated[MetaModelRegistry, Depends(get_registry)]
+CacheDep = Annotated[LRUCache, Depends(get_cache)]
+PoolDep = Annotated[AdaptationPool, Depends(get_pool)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+AuthCacheDep = Annotated[dict[str, tuple[int, float]], Depends(get_auth_cache)]
+
+
+def get_session(db: DatabaseDep) -> Iterator[Session]:
+    """The request's transaction, committed before the response is sent (scope "function")."""
+    with db.session() as session:
         yield session
 
 
-def get_registry(request: Request) -> ModelRegistry:
-    return request.app.state.registry
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
-def _lookup_client(request: Request, key_hash: str) -> int | None:
-    with request.app.state.sessionmaker() as session:
-        return session.scalar(
-            select(Client.id).where(Client.key_hash == key_hash, Client.revoked_at.is_(None))
-        )
-
-
-async def current_client(request: Request) -> int:
+async def current_client(
+    request: Request, db: DatabaseDep, settings: SettingsDep, auth_cache: AuthCacheDep
+) -> int:
     """The calling client's id, from ``Authorization: Bearer <key>`` (401 otherwise). Checked
     keys are trusted for AUTH_CACHE_SECONDS, so the predict path needs no database read."""
     header = request.headers.get("authorization", "")
@@ -41,19 +92,46 @@ async def current_client(request: Request) -> int:
     if scheme.lower() != "bearer" or not key.strip():
         raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
     key_hash = hash_key(key.strip())
-    cache: dict[str, tuple[int, float]] = request.app.state.auth_cache
-    hit = cache.get(key_hash)
+    hit = auth_cache.get(key_hash)
     now = time.monotonic()
     if hit is not None and hit[1] > now:
         return hit[0]
-    client_id = await run_in_threadpool(_lookup_client, request, key_hash)
+
+    def lookup() -> int | None:
+        with db.session() as session:
+            return crud.active_client_id(session, key_hash=key_hash)
+
+    client_id = await run_in_threadpool(lookup)
     if client_id is None:
-        cache.pop(key_hash, None)
+        auth_cache.pop(key_hash, None)
         raise Unauthorized("invalid or revoked API key")
-    cache[key_hash] = (client_id, now + request.app.state.settings.auth_cache_seconds)
+    auth_cache[key_hash] = (client_id, now + settings.auth_cache_seconds)
     return client_id
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
-RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
 CurrentClient = Annotated[int, Depends(current_client)]
+
+
+def owned_task(task_id: str, client_id: CurrentClient, session: SessionDep) -> TaskRow:
+    """The client's task ``task_id`` without its weights, or 404."""
+    return crud.get_task(session, client_id=client_id, task_id=task_id)
+
+
+OwnedTask = Annotated[TaskRow, Depends(owned_task)]
+
+
+async def adapted_model(
+    task_id: str,
+    client_id: CurrentClient,
+    cache: CacheDep,
+    db: DatabaseDep,
+    registry: RegistryDep,
+    metrics: MetricsDep,
+) -> AdaptedModel:
+    """The client's adapted model for ``task_id`` (from the cache, else the database), or 404."""
+    return await task_service.load_adapted(
+        task_id, client_id=client_id, cache=cache, db=db, registry=registry, metrics=metrics
+    )
+
+
+Adapted = Annotated[AdaptedModel, Depends(adapted_model)]

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
@@ -48,19 +50,42 @@ class PayloadTooLarge(AppError):
 class Overloaded(AppError):
     status, title = 503, "Service overloaded"
 
+    def __init__(self, detail: str, *, retry_after: int) -> None:
+        super().__init__(detail, headers={"Retry-After": str(retry_after)})
+
 
 class DatabaseUnavailable(AppError):
     status, title = 503, "Database unavailable"
 
+    def __init__(self, *, retry_after: int) -> None:
+        super().__init__(
+            "the database cannot be reached; retry later",
+            headers={"Retry-After": str(retry_after)},
+        )
+
+
+class StoredWeightsCorrupt(AppError):
+    """A stored task's weights fail their checksum or do not fit its meta-model: the server's
+    fault, logged, never the client's."""
+
+    status, title = 500, "Stored model corrupt"
+
 
 def problem(
-    status: int, title: str, detail: str, headers: dict[str, str] | None = None, **extra: object
+    status: int, title: str, detail: str, headers: dict[str, str] | None = None, **extra: Any
 ) -> JSONResponse:
     body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
     return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
 
 
-def _location(loc: tuple) -> str:
+def render(exc: AppError) -> JSONResponse:
+    """An application error as its problem+json response."""
+    if exc.status >= 500:
+        log.error("%s: %s", exc.title, exc.detail)
+    return problem(exc.status, exc.title, exc.detail, exc.headers)
+
+
+def _location(loc: Sequence[Any]) -> str:
     parts = [str(p) for p in loc if p not in ("body",)]
     return ".".join(parts) or "body"
 
@@ -68,7 +93,7 @@ def _location(loc: tuple) -> str:
 def install_handlers(app: FastAPI, retry_after: int) -> None:
     @app.exception_handler(AppError)
     async def _app_error(_: Request, exc: AppError) -> JSONResponse:
-        return problem(exc.status, exc.title, exc.detail, exc.headers)
+        return render(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -86,13 +111,7 @@ def install_handlers(app: FastAPI, retry_after: int) -> None:
             exc.status_code, str(exc.detail), str(exc.detail), getattr(exc, "headers", None)
         )
 
-    @app.exception_handler(OperationalError)
     @app.exception_handler(DBAPIError)
     async def _db(_: Request, exc: DBAPIError) -> JSONResponse:
         log.warning("database error: %s", exc.__class__.__name__)
-        return problem(
-            503,
-            "Database unavailable",
-            "the database cannot be reached; retry later",
-            {"Retry-After": str(retry_after)},
-        )
+        return render(DatabaseUnavailable(retry_after=retry_after))

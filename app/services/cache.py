@@ -10,15 +10,20 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from torch import Tensor
+from torch import nn
+
+from meta_core.artifact import Artifact
 
 
 @dataclass(frozen=True)
 class AdaptedModel:
+    """A task's adapted model, ready to predict: the meta-model's network holding the task's
+    parameters (meta-parameters overlaid with the adapted ones)."""
+
     client_id: int
-    model_name: str
-    params: dict[str, Tensor]  # the full parameter set: meta-parameters overlaid with the task's
-    labels: list | None  # client label of each output unit (classification)
+    meta_model: Artifact
+    module: nn.Module
+    labels: list[int | str] | None  # client label of each output unit (classification)
 
 
 class LRUCache:

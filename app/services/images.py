@@ -14,7 +14,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from app.core.errors import InvalidInput
-from meta_core.preprocessing import image_to_array
+from meta_core.preprocessing import ImagePreprocessing, image_to_array
 
 FORMATS = ("PNG", "JPEG")
 
@@ -57,7 +57,7 @@ def decode_image(text: str, where: str, *, max_bytes: int, max_pixels: int) -> I
 
 
 def images_to_tensor(
-    values: list[Any], field: str, spec: dict[str, Any], *, max_bytes: int, max_pixels: int
+    values: list[Any], field: str, spec: ImagePreprocessing, *, max_bytes: int, max_pixels: int
 ) -> torch.Tensor:
     """A list of base64 images -> ``[n, 1, H, W]`` float32, preprocessed as in training."""
     if not all(isinstance(v, str) for v in values):

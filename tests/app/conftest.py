@@ -2,46 +2,41 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from alembic import command
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, text
 
 from app.core.config import Settings
-from app.core.db import alembic_config, make_engine, make_sessionmaker
-from app.core.security import hash_key, new_key
-from app.crud import create_client
+from app.core.db import Database, alembic_config
 from app.main import create_app
-
-ROOT = Path(__file__).resolve().parents[2]
-POSTGRES_URL = os.environ.get(
-    "TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
+from tests.conftest import ROOT
+from tests.utils.database import POSTGRES_URL, drop_all, empty, make_key
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
-def database_url(request, tmp_path_factory) -> Iterator[str]:
+def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'test.db'}"
     else:
         url = POSTGRES_URL
-        engine = create_engine(url)
-        with engine.begin() as conn:  # a clean slate for the migrations
-            conn.execute(text("DROP TABLE IF EXISTS tasks, clients, alembic_version CASCADE"))
-        engine.dispose()
+        drop_all(url)
     command.upgrade(alembic_config(url), "head")
-    yield url
+    return url
 
 
 @pytest.fixture
-def settings(database_url: str) -> Settings:
+def models_dir() -> Path:
+    return ROOT / "models"
+
+
+@pytest.fixture
+def settings(database_url: str, models_dir: Path) -> Settings:
     return Settings(
         database_url=database_url,
-        model_dir=ROOT / "models",
+        model_dir=models_dir,
         cache_size=64,
         max_support=200,
         max_query=500,
@@ -52,33 +47,25 @@ def settings(database_url: str) -> Settings:
 
 
 @pytest.fixture
-def sessions(database_url: str):
-    engine = make_engine(database_url)
-    with engine.begin() as conn:
-        conn.execute(text("DELETE FROM tasks"))
-        conn.execute(text("DELETE FROM clients"))
-    yield make_sessionmaker(engine)
-    engine.dispose()
-
-
-def make_key(sessions, name: str) -> str:
-    key = new_key()
-    with sessions() as s:
-        create_client(s, name=name, key_hash=hash_key(key), key_prefix=key[:10])
-    return key
+def db(database_url: str) -> Iterator[Database]:
+    """The test database, emptied."""
+    database = Database(database_url)
+    empty(database)
+    yield database
+    database.dispose()
 
 
 @pytest.fixture
-def client(settings: Settings, sessions) -> Iterator[TestClient]:
+def client(settings: Settings, db: Database) -> Iterator[TestClient]:
     with TestClient(create_app(settings), raise_server_exceptions=False) as c:
         yield c
 
 
 @pytest.fixture
-def alice(sessions) -> dict[str, str]:
-    return {"Authorization": f"Bearer {make_key(sessions, 'alice')}"}
+def alice(db: Database) -> dict[str, str]:
+    return {"Authorization": f"Bearer {make_key(db, 'alice')}"}
 
 
 @pytest.fixture
-def bob(sessions) -> dict[str, str]:
-    return {"Authorization": f"Bearer {make_key(sessions, 'bob')}"}
+def bob(db: Database) -> dict[str, str]:
+    return {"Authorization": f"Bearer {make_key(db, 'bob')}"}

@@ -1,8 +1,14 @@
-from fastapi import APIRouter, Request, Response
+"""Liveness, readiness and Prometheus metrics (no key needed)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
+from app.api.deps import DatabaseDep, MetricsDep, RegistryDep
 from app.core.errors import problem
 
 router = APIRouter(tags=["health"])
@@ -14,27 +20,19 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-def _ping(request: Request) -> None:
-    with request.app.state.engine.connect() as conn:
-        conn.execute(text("SELECT 1"))
-
-
 @router.get("/readyz", response_model=None)
-async def readyz(request: Request) -> dict | Response:
-    """The database answers and the models are loaded."""
+async def readyz(db: DatabaseDep, registry: RegistryDep) -> dict[str, Any] | Response:
+    """The database answers and the meta-models are loaded."""
     try:
-        await run_in_threadpool(_ping, request)
+        await run_in_threadpool(db.ping)
     except Exception as exc:  # any failure to reach the database means not ready
         return problem(503, "Not ready", f"database unreachable ({exc.__class__.__name__})")
-    models = sorted(request.app.state.registry.models)
-    if not models:
+    if not registry.names:
         return problem(503, "Not ready", "no models loaded")
-    return {"status": "ready", "models": models}
+    return {"status": "ready", "models": registry.names}
 
 
 @router.get("/metrics")
-async def metrics(request: Request) -> Response:
+async def metrics(metrics: MetricsDep) -> Response:
     """Prometheus metrics."""
-    return Response(
-        generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST
-    )
+    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

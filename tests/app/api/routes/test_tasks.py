@@ -7,34 +7,19 @@ import math
 
 import pytest
 import torch
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from app.api.deps import get_cache, get_database, get_metrics, get_pool
+from app.core.db import Database
+from app.core.metrics import Metrics
 from app.main import create_app
+from app.services.cache import LRUCache
+from app.services.pool import AdaptationPool
 from meta_core.artifact import load_artifact
-from tests.app.conftest import ROOT
-
-PROBLEM = "application/problem+json"
-
-
-def sinusoid_task(n: int = 10, amp: float = 2.0, phase: float = 1.0, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand(n, generator=g) * 10 - 5
-    return x.tolist(), (amp * torch.sin(x - phase)).tolist()
-
-
-def create(client: TestClient, headers, **body) -> dict:
-    x, y = sinusoid_task()
-    payload = {"model": "sinusoid", "support": {"x": x, "y": y}} | body
-    r = client.post("/tasks", headers=headers, json=payload)
-    assert r.status_code == 201, r.text
-    return r.json()
-
-
-def assert_problem(r, status: int, detail: str) -> None:
-    assert r.status_code == status, r.text
-    assert r.headers["content-type"] == PROBLEM
-    body = r.json()
-    assert body["status"] == status and body["detail"] == detail and body["title"]
+from tests.conftest import ROOT
+from tests.utils.problem import PROBLEM, assert_problem
+from tests.utils.tasks import create, sinusoid_task
 
 
 def test_sinusoid_end_to_end(client, alice):
@@ -80,7 +65,7 @@ def test_classification_uses_the_clients_labels(client, alice):
     images, ids = load_images()
     index = {c: i for i, c in enumerate(ids)}
     chars = [index[c] for c in read_split("test")[:3]]  # held-out characters
-    drawings = images[chars].float() * PREPROCESSING["scale"]
+    drawings = images[chars].float() * PREPROCESSING.scale
     support = drawings[:, 0].unsqueeze(1).tolist()
     protos = drawings[:, 1].unsqueeze(1)  # other drawings of the same characters
     labels = ["cat", "dog", 7]
@@ -150,7 +135,7 @@ def test_missing_or_wrong_key_is_401(client, headers):
     assert r.headers["content-type"] == PROBLEM
 
 
-def test_a_restarted_service_predicts_identically(settings, sessions, alice):
+def test_a_restarted_service_predicts_identically(settings, db, alice):
     with TestClient(create_app(settings)) as first:
         tid = create(first, alice)["id"]
         before = first.post(f"/tasks/{tid}/predict", headers=alice, json={"x": [0.1, 2.0]})
@@ -280,29 +265,29 @@ def test_bad_predict_input(client, alice):
 
 
 def test_overload_answers_503_with_retry_after(client, alice):
-    pool = client.app.state.adapt_pool
+    app: FastAPI = client.app
+    metrics = Metrics()
+    pool = AdaptationPool(1, 0, 1, metrics.rejected)
+    app.dependency_overrides[get_metrics] = lambda: metrics
     pool.in_flight = pool.capacity  # as if every slot and queue place were taken
-    try:
-        x, y = sinusoid_task()
-        r = client.post(
-            "/tasks", headers=alice, json={"model": "sinusoid", "support": {"x": x, "y": y}}
-        )
-    finally:
-        pool.in_flight = 0
-    assert_problem(r, 503, f"{pool.capacity} adaptations are in progress; retry shortly")
+    app.dependency_overrides[get_pool] = lambda: pool
+    x, y = sinusoid_task()
+    r = client.post(
+        "/tasks", headers=alice, json={"model": "sinusoid", "support": {"x": x, "y": y}}
+    )
+    assert_problem(r, 503, "1 adaptations are in progress; retry shortly")
     assert r.headers["retry-after"] == "1"
     assert client.get("/tasks", headers=alice).json()["total"] == 0
+    assert "adaptations_rejected_total 1.0" in client.get("/metrics").text
+    pool.shutdown()
 
 
 def test_database_outage_is_503_and_recovers(client, alice):
-    from app.core.db import make_engine, make_sessionmaker
-
+    app: FastAPI = client.app
+    app.dependency_overrides[get_cache] = lambda: LRUCache(0)  # every predict reads the db
     tid = create(client, alice)["id"]
-    good = client.app.state.sessionmaker
-    client.app.state.sessionmaker = make_sessionmaker(
-        make_engine("postgresql+psycopg://postgres@127.0.0.1:1/none?connect_timeout=1")
-    )
-    client.app.state.cache.pop(tid)
+    down = Database("postgresql+psycopg://postgres@127.0.0.1:1/none?connect_timeout=1")
+    app.dependency_overrides[get_database] = lambda: down
     try:
         r = client.get(f"/tasks/{tid}", headers=alice)
         assert_problem(r, 503, "the database cannot be reached; retry later")
@@ -314,8 +299,14 @@ def test_database_outage_is_503_and_recovers(client, alice):
             ).status_code
             == 503
         )
+        assert_problem(
+            client.post(f"/tasks/{tid}/predict", headers=alice, json={"x": [1.0]}),
+            503,
+            "the database cannot be reached; retry later",
+        )
     finally:
-        client.app.state.sessionmaker = good
+        del app.dependency_overrides[get_database]
+        down.dispose()
     assert client.get(f"/tasks/{tid}", headers=alice).status_code == 200
     assert client.get("/tasks", headers=alice).json()["total"] == 1
 
@@ -332,7 +323,7 @@ def test_sinusoid_predictions_are_row_independent(client, alice):
     assert not math.isnan(alone[0])
 
 
-def test_a_task_deleted_by_another_worker_stops_predicting(settings, sessions, alice):
+def test_a_task_deleted_by_another_worker_stops_predicting(settings, db, alice):
     settings.cache_ttl_seconds = 0  # re-check on every cached predict
     with TestClient(create_app(settings)) as worker_a, TestClient(create_app(settings)) as worker_b:
         tid = create(worker_a, alice)["id"]

@@ -1,4 +1,7 @@
-"""ORM tables: API clients, and tasks with their adapted weights."""
+"""ORM tables (SQLAlchemy 2.0): API clients, and tasks with their adapted weights.
+
+"Row" names a table's class, to keep it apart from a meta-model (an artifact) and from the
+API's task schemas."""
 
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
 
 
-class Client(Base):
+class ClientRow(Base):
     __tablename__ = "clients"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -31,20 +34,20 @@ class Client(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
-class Task(Base):
+class TaskRow(Base):
     __tablename__ = "tasks"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     client_id: Mapped[int] = mapped_column(ForeignKey("clients.id", ondelete="CASCADE"), index=True)
     name: Mapped[str | None] = mapped_column(String(200), nullable=True)
-    model_name: Mapped[str] = mapped_column(String(200))
-    model_version: Mapped[str] = mapped_column(String(50))
+    meta_model_name: Mapped[str] = mapped_column("model_name", String(200))
+    meta_model_version: Mapped[str] = mapped_column("model_version", String(50))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     support_size: Mapped[int] = mapped_column(Integer)
     inner_steps: Mapped[int] = mapped_column(Integer)
     inner_lr: Mapped[float | None] = mapped_column(Float, nullable=True)
     adapt_ms: Mapped[float] = mapped_column(Float)
-    labels: Mapped[list | None] = mapped_column(JSON, nullable=True)
-    metrics: Mapped[dict] = mapped_column(JSON)
+    labels: Mapped[list[int | str] | None] = mapped_column(JSON, nullable=True)
+    metrics: Mapped[dict[str, float]] = mapped_column(JSON)
     weights: Mapped[bytes] = mapped_column(LargeBinary)
     weights_sha256: Mapped[str] = mapped_column(String(64))

@@ -7,10 +7,12 @@ import io
 import random
 
 import pytest
+from fastapi import FastAPI
 from PIL import Image
 
+from app.api.deps import get_settings
 from meta_core.data.omniglot import default_data_dir, read_set, read_split
-from tests.app.test_tasks import assert_problem
+from tests.utils.problem import assert_problem
 
 
 @pytest.fixture(scope="module")
@@ -111,8 +113,10 @@ def encoded(image: Image.Image, fmt: str) -> str:
         ),
     ],
 )
-def test_bad_images_are_a_clear_422(client, alice, x, detail):
-    client.app.state.settings.max_image_pixels = 2000 * 2000
+def test_bad_images_are_a_clear_422(client, settings, alice, x, detail):
+    app: FastAPI = client.app
+    smaller = settings.model_copy(update={"max_image_pixels": 2000 * 2000})
+    app.dependency_overrides[get_settings] = lambda: smaller
     r = client.post(
         "/tasks",
         headers=alice,

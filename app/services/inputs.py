@@ -1,0 +1,144 @@
+"""A client's examples as tensors, or a clear 422: shapes, finiteness, row limits, labels, and
+images preprocessed as in training."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from app.core.config import Settings
+from app.core.errors import InvalidInput
+from app.schemas import TaskCreate
+from app.services.images import images_to_tensor
+from meta_core.artifact import Artifact
+
+Label = int | str
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    max_bytes: int
+    max_pixels: int
+
+    @classmethod
+    def of(cls, settings: Settings) -> ImageLimits:
+        return cls(settings.max_image_bytes, settings.max_image_pixels)
+
+
+def to_inputs(meta_model: Artifact, x: Any, field: str, limit: int, images: ImageLimits) -> Tensor:
+    """``x`` as a float32 ``[n, *input_shape]`` tensor, or a clear 422. For an image model,
+    rows may be base64 PNG/JPEG strings (or data URLs), preprocessed as in training."""
+    spec = meta_model.manifest.preprocessing
+    if isinstance(x, list) and x and isinstance(x[0], str):
+        if spec is None:
+            raise InvalidInput(
+                f"{field} holds strings, but model {meta_model.name!r} takes numbers"
+            )
+        if len(x) > limit:
+            raise InvalidInput(f"{field} has {len(x)} rows; the limit is {limit}")
+        x = images_to_tensor(
+            x, field, spec, max_bytes=images.max_bytes, max_pixels=images.max_pixels
+        )
+    try:
+        t = x if isinstance(x, Tensor) else torch.tensor(x, dtype=torch.float32)
+    except (TypeError, ValueError, RuntimeError, OverflowError):
+        raise InvalidInput(f"{field} must be a rectangular array of numbers") from None
+    if t.dim() == 0 or t.shape[0] == 0:
+        raise InvalidInput(f"{field} is empty")
+    shape = meta_model.input_shape
+    if shape == [1] and t.dim() == 1:
+        t = t.unsqueeze(1)
+    if list(t.shape[1:]) != shape:
+        raise InvalidInput(
+            f"{field} has shape {list(t.shape)}; model {meta_model.name!r} takes "
+            f"[n, {', '.join(map(str, shape))}]"
+        )
+    if t.shape[0] > limit:
+        raise InvalidInput(f"{field} has {t.shape[0]} rows; the limit is {limit}")
+    if not torch.isfinite(t).all():
+        raise InvalidInput(f"{field} contains NaN or Inf")
+    return t
+
+
+def to_targets(meta_model: Artifact, y: Any, n: int, field: str) -> Tensor:
+    """Regression targets as ``[n, n_outputs]``."""
+    try:
+        t = torch.tensor(y, dtype=torch.float32)
+    except (TypeError, ValueError, RuntimeError, OverflowError):
+        raise InvalidInput(f"{field} must be an array of numbers") from None
+    outputs = meta_model.n_outputs
+    if t.dim() == 1 and outputs == 1:
+        t = t.unsqueeze(1)
+    if list(t.shape) != [n, outputs]:
+        raise InvalidInput(
+            f"{field} has shape {list(t.shape)}; expected [{n}] or [{n}, {outputs}] to match x"
+        )
+    if not torch.isfinite(t).all():
+        raise InvalidInput(f"{field} contains NaN or Inf")
+    return t
+
+
+def label_order(labels: list[Any], field: str, n_way: int) -> list[Label]:
+    """The task's classes: the distinct support labels, sorted (integers before strings)."""
+    for v in labels:
+        if isinstance(v, bool) or not isinstance(v, int | str):
+            raise InvalidInput(f"{field} must hold integer or string labels, not {v!r}")
+    distinct = sorted(set(labels), key=lambda v: (isinstance(v, str), v))
+    if len(distinct) > n_way:
+        raise InvalidInput(f"{field} has {len(distinct)} classes; the model takes at most {n_way}")
+    return distinct
+
+
+def to_label_indices(labels: list[Any], order: list[Label], n: int, field: str) -> Tensor:
+    if len(labels) != n:
+        raise InvalidInput(f"{field} has {len(labels)} labels for {n} rows of x")
+    index = {v: i for i, v in enumerate(order)}
+    unknown = [v for v in labels if isinstance(v, bool) or v not in index]
+    if unknown:
+        raise InvalidInput(f"{field} has labels not in the support set: {unknown[:5]}")
+    return torch.tensor([index[v] for v in labels], dtype=torch.long)
+
+
+@dataclass(frozen=True)
+class SupportSet:
+    """A validated adaptation request, ready for the inner loop."""
+
+    x: Tensor
+    y: Tensor
+    query: tuple[Tensor, Tensor] | None
+    labels: list[Label] | None
+    steps: int
+    lr: float | None
+
+
+def prepare(meta_model: Artifact, body: TaskCreate, settings: Settings) -> SupportSet:
+    """Validate ``POST /tasks``'s body against the meta-model and the service's limits."""
+    images = ImageLimits.of(settings)
+    sx = to_inputs(meta_model, body.support.x, "support.x", settings.max_support, images)
+    labels = None
+    if meta_model.task_kind == "classification":
+        labels = label_order(body.support.y, "support.y", meta_model.n_outputs)
+        sy = to_label_indices(body.support.y, labels, sx.shape[0], "support.y")
+    else:
+        sy = to_targets(meta_model, body.support.y, sx.shape[0], "support.y")
+    query = None
+    if body.query is not None:
+        qx = to_inputs(meta_model, body.query.x, "query.x", settings.max_query, images)
+        if labels is not None:
+            qy = to_label_indices(body.query.y, labels, qx.shape[0], "query.y")
+        else:
+            qy = to_targets(meta_model, body.query.y, qx.shape[0], "query.y")
+        query = (qx, qy)
+    steps = meta_model.manifest.inner_loop.steps if body.inner_steps is None else body.inner_steps
+    if not 0 <= steps <= settings.max_inner_steps:
+        raise InvalidInput(
+            f"inner_steps must be between 0 and {settings.max_inner_steps}, got {steps}"
+        )
+    lr = body.inner_lr
+    if lr is not None and not (0 < lr <= settings.max_inner_lr and math.isfinite(lr)):
+        raise InvalidInput(f"inner_lr must be in (0, {settings.max_inner_lr}], got {lr}")
+    return SupportSet(sx, sy, query, labels, steps, lr)

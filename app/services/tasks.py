@@ -1,0 +1,189 @@
+"""Task orchestration: adapt a meta-model to a support set and store it; load an adapted model;
+predict with it; delete it. Routes validate, call one of these, return."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+from torch import Tensor
+
+from app import crud
+from app.core.config import Settings
+from app.core.db import Database
+from app.core.errors import NotFound
+from app.core.metrics import Metrics
+from app.schemas import ClassPrediction, PredictOut, TaskCreate
+from app.services import weights
+from app.services.cache import AdaptedModel, LRUCache
+from app.services.inputs import ImageLimits, SupportSet, prepare, to_inputs
+from app.services.pool import AdaptationPool
+from app.services.registry import MetaModelRegistry
+from app.tables import TaskRow
+from meta_core.artifact import Artifact
+from meta_core.scoring import adapt_and_score
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Adaptation:
+    """The result of the inner loop on one support set."""
+
+    params: dict[str, Tensor]
+    metrics: dict[str, float]
+    adapt_ms: float
+
+
+def adapt(meta_model: Artifact, support: SupportSet) -> Adaptation:
+    """meta_core's inner loop on the support set, scored before and after on the support set
+    (and the query set, if sent) by meta_core's one scorer. Runs on a pool thread."""
+    n_classes = len(support.labels) if support.labels is not None else None
+    loop = meta_model.inner_loop(steps=support.steps, lr=support.lr)
+    targets = {"support": (support.x, support.y)}
+    if support.query is not None:
+        targets["query"] = support.query
+    start = time.perf_counter()
+    with torch.no_grad():
+        params, scores = adapt_and_score(
+            loop,
+            meta_model.params,
+            (support.x, support.y),
+            list(targets.values()),
+            at=[0, support.steps],
+            n_classes=n_classes,
+        )
+    adapt_ms = (time.perf_counter() - start) * 1000
+    metrics: dict[str, float] = {}
+    for name, (losses, accuracies) in zip(targets, scores, strict=True):
+        for i, when in enumerate(("before", "after")):
+            metrics[f"{name}_loss_{when}"] = losses[i].item()
+            if n_classes is not None:
+                metrics[f"{name}_accuracy_{when}"] = accuracies[i].item()
+    return Adaptation({k: v.detach() for k, v in params.items()}, metrics, adapt_ms)
+
+
+async def create_task(
+    body: TaskCreate,
+    *,
+    client_id: int,
+    settings: Settings,
+    registry: MetaModelRegistry,
+    pool: AdaptationPool,
+    cache: LRUCache,
+    metrics: Metrics,
+    db: Database,
+) -> TaskRow:
+    """Validate, adapt (on the pool), store row and weights in one transaction, cache."""
+    meta_model = registry.for_new_task(body.model)
+    support = prepare(meta_model, body, settings)
+    adapted = await pool.run(lambda: adapt(meta_model, support))
+    names = meta_model.adapt_names or list(adapted.params)
+    data, digest = weights.serialize({k: adapted.params[k] for k in names})
+
+    def store() -> TaskRow:
+        with db.session() as session:
+            return crud.create_task(
+                session,
+                client_id=client_id,
+                meta_model_name=meta_model.name,
+                meta_model_version=meta_model.version,
+                name=body.name,
+                support_size=int(support.x.shape[0]),
+                inner_steps=support.steps,
+                inner_lr=support.lr,
+                adapt_ms=round(adapted.adapt_ms, 3),
+                labels=support.labels,
+                metrics=adapted.metrics,
+                weights=data,
+                weights_sha256=digest,
+            )
+
+    row = await run_in_threadpool(store)
+    module = meta_model.materialize(adapted.params)
+    cache.put(row.id, AdaptedModel(client_id, meta_model, module, support.labels))
+    metrics.adaptations.labels(meta_model.name).inc()
+    metrics.adapt_seconds.labels(meta_model.name).observe(adapted.adapt_ms / 1000)
+    log.info(
+        "task %s: %s adapted in %.1f ms (%d steps), support loss %.4f -> %.4f",
+        row.id,
+        meta_model.name,
+        adapted.adapt_ms,
+        support.steps,
+        adapted.metrics["support_loss_before"],
+        adapted.metrics["support_loss_after"],
+    )
+    return row
+
+
+async def load_adapted(
+    task_id: str,
+    *,
+    client_id: int,
+    cache: LRUCache,
+    db: Database,
+    registry: MetaModelRegistry,
+    metrics: Metrics,
+) -> AdaptedModel:
+    """The client's adapted model: from the cache (re-checked in the database once it is
+    CACHE_TTL_SECONDS old, as another worker may have deleted the task), else from the
+    database, or 404."""
+    adapted, fresh = cache.get(task_id)
+    if adapted is not None and adapted.client_id == client_id:
+        metrics.cache_hits.inc()
+        if not fresh:
+
+            def still_there() -> bool:
+                with db.session() as session:
+                    return crud.task_exists(session, client_id=client_id, task_id=task_id)
+
+            if not await run_in_threadpool(still_there):
+                cache.pop(task_id)
+                raise NotFound(f"no task {task_id!r}")
+            cache.touch(task_id)
+        return adapted
+    metrics.cache_misses.inc()
+
+    def load() -> AdaptedModel:
+        with db.session() as session:
+            task = crud.get_task(session, client_id=client_id, task_id=task_id, with_weights=True)
+        meta_model = registry.meta_models.get(task.meta_model_name)
+        if meta_model is None:
+            raise NotFound(
+                f"task {task_id!r} uses model {task.meta_model_name!r}, which is not loaded"
+            )
+        params = weights.deserialize(meta_model, task.weights, task.weights_sha256)
+        return AdaptedModel(client_id, meta_model, meta_model.materialize(params), task.labels)
+
+    adapted = await run_in_threadpool(load)
+    cache.put(task_id, adapted)
+    return adapted
+
+
+def predict(task_id: str, adapted: AdaptedModel, x: list[Any], settings: Settings) -> PredictOut:
+    """The adapted model's prediction for every row of ``x``: values (regression), or the
+    predicted label and the probabilities over the task's labels (classification)."""
+    meta_model = adapted.meta_model
+    inputs = to_inputs(meta_model, x, "x", settings.max_predict_rows, ImageLimits.of(settings))
+    with torch.inference_mode():
+        out = adapted.module(inputs)
+    labels = adapted.labels
+    if labels is None:
+        values = out[:, 0].tolist() if meta_model.n_outputs == 1 else out.tolist()
+        return PredictOut(task_id=task_id, labels=None, predictions=values)
+    probs = out[:, : len(labels)].softmax(-1)
+    rows = [
+        ClassPrediction(label=labels[i], probabilities=p)
+        for i, p in zip(probs.argmax(-1).tolist(), probs.tolist(), strict=True)
+    ]
+    return PredictOut(task_id=task_id, labels=labels, predictions=rows)
+
+
+def delete_task(session: Session, *, client_id: int, task_id: str, cache: LRUCache) -> None:
+    crud.delete_task(session, client_id=client_id, task_id=task_id)
+    cache.pop(task_id)

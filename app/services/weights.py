@@ -1,0 +1,32 @@
+"""An adapted model's tensors as stored bytes: safetensors (never a pickle) with a sha256."""
+
+from __future__ import annotations
+
+import hashlib
+
+from safetensors import SafetensorError
+from safetensors.torch import load, save
+from torch import Tensor
+
+from app.core.errors import StoredWeightsCorrupt
+from meta_core.artifact import Artifact
+
+
+def serialize(changed: dict[str, Tensor]) -> tuple[bytes, str]:
+    """The tensors adaptation changed, as safetensors bytes, and their sha256."""
+    data = save({k: v.contiguous() for k, v in changed.items()})
+    return data, hashlib.sha256(data).hexdigest()
+
+
+def deserialize(meta_model: Artifact, data: bytes, sha256: str) -> dict[str, Tensor]:
+    """The full parameter set of a stored task: its tensors over the meta-parameters."""
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise StoredWeightsCorrupt("stored weights failed their sha256 check")
+    try:
+        tensors = load(data)
+    except (SafetensorError, ValueError) as exc:
+        raise StoredWeightsCorrupt(f"stored weights are unreadable ({exc})") from None
+    for k, v in tensors.items():
+        if k not in meta_model.params or v.shape != meta_model.params[k].shape:
+            raise StoredWeightsCorrupt(f"stored tensor {k} does not fit model {meta_model.name}")
+    return meta_model.params | tensors
