@@ -1,9 +1,9 @@
-"""The Omniglot loader: counts, the fixed split, no overlap, rotations, the cache."""
+"""The Omniglot reader: counts, the fixed split, no overlap, the cache, missing data."""
 
+import pytest
 import torch
 
 from meta_core.data.omniglot import load_images, read_split
-from meta_core.tasks.omniglot import omniglot_family, with_rotations
 
 
 def test_split_files_are_fixed_disjoint_and_complete():
@@ -25,23 +25,11 @@ def test_loader_counts_cache_and_rotations(tmp_path):
     assert (tmp_path / "omniglot28.safetensors").exists()
     again, ids_again = load_images(cache_dir=tmp_path)  # from the cache
     assert torch.equal(again, images) and ids_again == ids
-    rotated = with_rotations(images[:2])
-    assert rotated.shape == (8, 20, 1, 28, 28)
-    assert torch.equal(rotated[1, :, 0], torch.rot90(images[0], 1, dims=(-2, -1)))
 
 
-def test_family_pools_never_mix_characters():
-    family = omniglot_family(ways=5, shots=1)
-    assert {s: p.shape[0] for s, p in family.pools.items()} == {
-        "train": 4400,
-        "val": 400,
-        "test": 1692,
-    }
-    images, ids = load_images()
-    index = {c: i for i, c in enumerate(ids)}
-    test_first = images[index[read_split("test")[0]]]
-    assert torch.equal(family.pools["test"][0, :, 0], test_first)
-    batch = family.sample(4, torch.Generator().manual_seed(0), split="test")
-    assert batch.support_x.shape == (4, 5, 1, 28, 28)
-    assert batch.query_x.shape == (4, 75, 1, 28, 28)
-    assert batch.support_x.min() >= 0.0 and batch.support_x.max() <= 1.0
+def test_missing_data_names_both_zips(tmp_path):
+    with pytest.raises(FileNotFoundError) as err:
+        load_images(data_dir=tmp_path / "nothing", cache_dir=tmp_path)
+    message = str(err.value)
+    assert "images_background.zip and images_evaluation.zip" in message
+    assert "OMNIGLOT_DIR" in message and "nothing is downloaded" in message
