@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import partial
 
 import torch
 from torch import Tensor, nn
@@ -115,23 +114,42 @@ class MetaLearner:
         self, batch: TaskBatch, *, strategy: str = "vmap", step_weights: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
         """Mean query loss and metric over the meta-batch (Finn et al. 2017, eq. 3)."""
-        fn = partial(
-            task_loss,
-            self.model,
-            kind=self.kind,
-            steps=self.algo.inner_steps,
-            lr=self.algo.inner_lr,
-            adapt_names=self.adapt_names,
-            first_order=self.algo.first_order,
-        )
+        algo, model, kind, names = self.algo, self.model, self.kind, self.adapt_names
+
+        def fn(
+            params: Params,
+            lrs: Params,
+            sx: Tensor,
+            sy: Tensor,
+            qx: Tensor,
+            qy: Tensor,
+            weights: Tensor | None,
+        ) -> tuple[Tensor, Tensor]:
+            return task_loss(
+                model,
+                params,
+                lrs,
+                sx,
+                sy,
+                qx,
+                qy,
+                weights,
+                kind=kind,
+                steps=algo.inner_steps,
+                lr=algo.inner_lr,
+                adapt_names=names,
+                first_order=algo.first_order,
+            )
+
         tensors = (batch.support_x, batch.support_y, batch.query_x, batch.query_y)
         if strategy == "vmap":
             losses, metrics = vmap(fn, in_dims=(None, None, 0, 0, 0, 0, None))(
                 self.params, self.lrs, *tensors, step_weights
             )
         elif strategy == "loop":
+            sx, sy, qx, qy = tensors
             pairs = [
-                fn(self.params, self.lrs, *(t[i] for t in tensors), step_weights)
+                fn(self.params, self.lrs, sx[i], sy[i], qx[i], qy[i], step_weights)
                 for i in range(len(batch))
             ]
             losses = torch.stack([p[0] for p in pairs])

@@ -56,8 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     from meta_core.evaluate import evaluate_artifact
 
     manifest, _, _ = read_manifest(args.artifact)
-    cfg = eval_config(manifest.training.config.eval, args.overrides)
-    report = evaluate_artifact(args.artifact, cfg, device=args.device, plots=not args.no_plots)
+    eval_cfg = eval_config(manifest.training.config.eval, args.overrides)
+    report = evaluate_artifact(args.artifact, eval_cfg, device=args.device, plots=not args.no_plots)
     for method, by_shots in report["results"].items():
         for shots, by_step in by_shots.items():
             cells = ", ".join(

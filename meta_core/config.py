@@ -19,6 +19,8 @@ from meta_core.networks import Conv4Spec, MLPSpec, Norm, first_error
 PRESET_DIR = Path(__file__).parent / "presets"
 Algorithm = Literal["maml", "anil", "metasgd"]
 Strategy = Literal["auto", "vmap", "loop"]
+Baseline = Literal["pretrained", "random"]
+BASELINES: tuple[Baseline, ...] = ("pretrained", "random")
 
 
 class Section(BaseModel):
@@ -67,9 +69,7 @@ class EvalConfig(Section):
     shots: list[int] = Field(default_factory=list)  # empty = the trained shots
     seed: int = 20170717
     chunk: int = Field(100, ge=1)  # at most this many tasks (and ~8,000 examples) at once
-    baselines: list[Literal["pretrained", "random"]] = Field(
-        default_factory=lambda: ["pretrained", "random"]
-    )
+    baselines: list[Baseline] = Field(default_factory=lambda: list(BASELINES))
     baseline_iterations: int = Field(5000, ge=0)
 
 

@@ -87,7 +87,8 @@ class MLP(nn.Module):
         self.head = nn.Linear(width, out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(x))  # type: ignore[no-any-return]
+        out: torch.Tensor = self.head(self.body(x))
+        return out
 
 
 class Conv4(nn.Module):
@@ -110,7 +111,8 @@ class Conv4(nn.Module):
         self.head = nn.Linear(hidden * size * size, out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(x))  # type: ignore[no-any-return]
+        out: torch.Tensor = self.head(self.body(x))
+        return out
 
 
 def build_network(spec: MLPSpec | Conv4Spec | dict[str, Any]) -> nn.Module:
