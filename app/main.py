@@ -1,6 +1,6 @@
 """The ASGI app: ``app.main:app``. Meta-models load once at start; the database must be
-migrated. The shared objects live on ``app.state`` and reach routes only through
-:mod:`app.api.deps`."""
+migrated. The shared objects (:class:`~app.services.state.Services`) live on ``app.state``
+and reach routes only through :mod:`app.api.deps`."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from app.core.metrics import Metrics
 from app.services.cache import LRUCache
 from app.services.pool import AdaptationPool
 from app.services.registry import MetaModelRegistry
+from app.services.state import Services
 
 log = logging.getLogger("app")
 
@@ -47,28 +48,30 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         torch.set_num_threads(settings.torch_threads)
         db = Database(settings.database_url)
         check_migrated(db)
-        app.state.db = db
-        app.state.registry = MetaModelRegistry.load(settings.model_dir)
-        app.state.pool = AdaptationPool(
-            settings.adapt_concurrency,
-            settings.adapt_queue,
-            settings.retry_after_seconds,
-            metrics.rejected,
+        services = Services(
+            settings=settings,
+            db=db,
+            registry=MetaModelRegistry.load(settings.model_dir),
+            cache=LRUCache(settings.cache_size, settings.cache_ttl_seconds),
+            pool=AdaptationPool(
+                settings.adapt_concurrency,
+                settings.adapt_queue,
+                settings.retry_after_seconds,
+                metrics.rejected,
+            ),
+            metrics=metrics,
         )
+        app.state.services = services
         log.info(
             "ready: meta-models %s, database %s",
-            app.state.registry.names,
+            services.registry.names,
             db.engine.url.render_as_string(hide_password=True),
         )
         yield
-        app.state.pool.shutdown()
+        services.pool.shutdown()
         db.dispose()
 
     app = FastAPI(title="MAML adaptation service", version="0.1.0", lifespan=lifespan)
-    app.state.settings = settings
-    app.state.metrics = metrics
-    app.state.cache = LRUCache(settings.cache_size, settings.cache_ttl_seconds)
-    app.state.auth_cache = {}
     install_handlers(app, settings.retry_after_seconds)
     for module in (health, meta_models, tasks):
         app.include_router(module.router)

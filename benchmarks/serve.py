@@ -19,7 +19,6 @@ import json
 import os
 import random
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,17 +29,13 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from tests.utils.server import free_port, wait_ready  # noqa: E402  (the tests' readiness poll)
 
 
 def percentile(values: list[float], q: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def sinusoid_body(rng: random.Random, k: int = 10) -> dict:
@@ -187,6 +182,67 @@ def omniglot_http(
     }
 
 
+def against_bare(base: str, key: str, task: str, args: argparse.Namespace) -> dict:
+    """Predict on one cached sinusoid task against a bare FastAPI endpoint that parses the same
+    body and returns the same ten floats (benchmarks/bare_app.py), both under the same uvicorn
+    settings, one after the other, wrk at concurrency 64."""
+    rng = random.Random(1)
+    body = {"x": [rng.uniform(-5, 5) for _ in range(10)]}
+    answer = httpx.post(
+        f"{base}/tasks/{task}/predict", json=body, headers={"Authorization": f"Bearer {key}"}
+    ).json()
+    seconds = args.seconds
+    service = wrk_load(base, key, [task], 64, seconds, random.Random(1))
+    port = free_port()
+    env = os.environ | {"BARE_PREDICTIONS": json.dumps(answer["predictions"])}
+    bare = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "benchmarks.bare_app:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            str(args.workers),
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+        cwd=ROOT,
+    )
+    bare_base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                r = httpx.post(f"{bare_base}/tasks/{task}/predict", json=body)
+                if r.status_code == 200:
+                    assert r.json() == answer, "the bare endpoint must answer the same body"
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit("the bare app did not start")
+            time.sleep(0.2)
+        floor = wrk_load(bare_base, key, [task], 64, seconds, random.Random(1))
+    finally:
+        bare.terminate()
+        bare.wait(timeout=30)
+    return {
+        "measurement": "predict_vs_bare_endpoint",
+        "concurrency": 64,
+        "distinct_tasks": 1,
+        "predict_requests_per_s": service["requests_per_s"],
+        "bare_requests_per_s": floor["requests_per_s"],
+        "ratio": round(service["requests_per_s"] / floor["requests_per_s"], 3),
+        "predict_p50_ms": service.get("p50_ms"),
+        "bare_p50_ms": floor.get("p50_ms"),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workers", type=int, default=2)
@@ -232,16 +288,7 @@ def main() -> None:
     base = f"http://127.0.0.1:{port}"
     headers = {"Authorization": f"Bearer {key}"}
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{base}/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit("server did not become ready")
-            time.sleep(0.2)
+        wait_ready(base, server, timeout=120)
         tasks, latencies, adapt_ms = [], [], []
         with httpx.Client(base_url=base, headers=headers, timeout=60) as client:
             for i in range(args.tasks):
@@ -292,9 +339,11 @@ def main() -> None:
                 ),
                 flush=True,
             )
+        if shutil.which("wrk"):
+            print(json.dumps(against_bare(base, key, tasks[0], args) | common), flush=True)
         models = [m["name"] for m in httpx.get(f"{base}/models", headers=headers).json()]
         for model, ways in (("omniglot-5w1s", 5), ("omniglot-20w1s", 20)):
-            if model in models:
+            if model in models and args.image_tasks > 0:
                 print(
                     json.dumps(
                         omniglot_http(base, headers, model, ways, args.image_tasks, rng) | common

@@ -2,6 +2,9 @@
 one of these, so its signature says what it uses. They are the only code that reads
 ``app.state``; tests replace any of them with ``app.dependency_overrides``.
 
+The shared objects form one :class:`~app.services.state.Services` container
+(``get_services``); the narrower dependencies are views of it, so overriding
+``get_services`` (e.g. with ``dataclasses.replace(services, cache=...)``) reaches every route.
 The simple ones are ``async def`` on purpose: FastAPI runs a plain ``def`` dependency on a
 worker thread, a needless hop on the predict path.
 """
@@ -26,42 +29,40 @@ from app.services import tasks as task_service
 from app.services.cache import AdaptedModel, LRUCache
 from app.services.pool import AdaptationPool
 from app.services.registry import MetaModelRegistry
+from app.services.state import Services
 from app.tables import TaskRow
 
 
-async def get_settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
+async def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
 
 
-async def get_database(request: Request) -> Database:
-    db: Database = request.app.state.db
-    return db
+ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-async def get_registry(request: Request) -> MetaModelRegistry:
-    registry: MetaModelRegistry = request.app.state.registry
-    return registry
+async def get_settings(services: ServicesDep) -> Settings:
+    return services.settings
 
 
-async def get_cache(request: Request) -> LRUCache:
-    cache: LRUCache = request.app.state.cache
-    return cache
+async def get_database(services: ServicesDep) -> Database:
+    return services.db
 
 
-async def get_pool(request: Request) -> AdaptationPool:
-    pool: AdaptationPool = request.app.state.pool
-    return pool
+async def get_registry(services: ServicesDep) -> MetaModelRegistry:
+    return services.registry
 
 
-async def get_metrics(request: Request) -> Metrics:
-    metrics: Metrics = request.app.state.metrics
-    return metrics
+async def get_cache(services: ServicesDep) -> LRUCache:
+    return services.cache
 
 
-async def get_auth_cache(request: Request) -> dict[str, tuple[int, float]]:
-    auth: dict[str, tuple[int, float]] = request.app.state.auth_cache
-    return auth
+async def get_pool(services: ServicesDep) -> AdaptationPool:
+    return services.pool
+
+
+async def get_metrics(services: ServicesDep) -> Metrics:
+    return services.metrics
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
@@ -70,7 +71,6 @@ RegistryDep = Annotated[MetaModelRegistry, Depends(get_registry)]
 CacheDep = Annotated[LRUCache, Depends(get_cache)]
 PoolDep = Annotated[AdaptationPool, Depends(get_pool)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
-AuthCacheDep = Annotated[dict[str, tuple[int, float]], Depends(get_auth_cache)]
 
 
 def get_session(db: DatabaseDep) -> Iterator[Session]:
@@ -82,9 +82,7 @@ def get_session(db: DatabaseDep) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
-async def current_client(
-    request: Request, db: DatabaseDep, settings: SettingsDep, auth_cache: AuthCacheDep
-) -> int:
+async def current_client(request: Request, services: ServicesDep) -> int:
     """The calling client's id, from ``Authorization: Bearer <key>`` (401 otherwise). Checked
     keys are trusted for AUTH_CACHE_SECONDS, so the predict path needs no database read."""
     header = request.headers.get("authorization", "")
@@ -92,6 +90,7 @@ async def current_client(
     if scheme.lower() != "bearer" or not key.strip():
         raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
     key_hash = hash_key(key.strip())
+    auth_cache, db = services.auth_cache, services.db
     hit = auth_cache.get(key_hash)
     now = time.monotonic()
     if hit is not None and hit[1] > now:
@@ -105,7 +104,7 @@ async def current_client(
     if client_id is None:
         auth_cache.pop(key_hash, None)
         raise Unauthorized("invalid or revoked API key")
-    auth_cache[key_hash] = (client_id, now + settings.auth_cache_seconds)
+    auth_cache[key_hash] = (client_id, now + services.settings.auth_cache_seconds)
     return client_id
 
 
@@ -121,16 +120,17 @@ OwnedTask = Annotated[TaskRow, Depends(owned_task)]
 
 
 async def adapted_model(
-    task_id: str,
-    client_id: CurrentClient,
-    cache: CacheDep,
-    db: DatabaseDep,
-    registry: RegistryDep,
-    metrics: MetricsDep,
+    task_id: str, client_id: CurrentClient, services: ServicesDep
 ) -> AdaptedModel:
-    """The client's adapted model for ``task_id`` (from the cache, else the database), or 404."""
+    """The client's adapted model for ``task_id`` (from the cache, else the database), or 404.
+    It takes the service container whole: on the predict path each dependency costs time."""
     return await task_service.load_adapted(
-        task_id, client_id=client_id, cache=cache, db=db, registry=registry, metrics=metrics
+        task_id,
+        client_id=client_id,
+        cache=services.cache,
+        db=services.db,
+        registry=services.registry,
+        metrics=services.metrics,
     )
 
 

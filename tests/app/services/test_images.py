@@ -10,8 +10,8 @@ import pytest
 from fastapi import FastAPI
 from PIL import Image
 
-from app.api.deps import get_settings
 from meta_core.data.omniglot import default_data_dir, read_set, read_split
+from tests.utils.overrides import override_services
 from tests.utils.problem import assert_problem
 
 
@@ -116,7 +116,7 @@ def encoded(image: Image.Image, fmt: str) -> str:
 def test_bad_images_are_a_clear_422(client, settings, alice, x, detail):
     app: FastAPI = client.app
     smaller = settings.model_copy(update={"max_image_pixels": 2000 * 2000})
-    app.dependency_overrides[get_settings] = lambda: smaller
+    override_services(app, settings=smaller)
     r = client.post(
         "/tasks",
         headers=alice,

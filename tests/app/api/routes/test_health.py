@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from app.api.deps import get_cache
 from app.services.cache import LRUCache
+from tests.utils.overrides import override_services
 from tests.utils.tasks import create
 
 
@@ -17,7 +17,7 @@ def test_health_readiness_and_metrics(client, alice):
     }
     cache = LRUCache(8)
     app: FastAPI = client.app
-    app.dependency_overrides[get_cache] = lambda: cache
+    override_services(app, cache=cache)
     tid = create(client, alice)["id"]
     client.post(f"/tasks/{tid}/predict", headers=alice, json={"x": [1.0]})
     cache.pop(tid)

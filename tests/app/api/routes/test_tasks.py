@@ -10,7 +10,6 @@ import torch
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from app.api.deps import get_cache, get_database, get_metrics, get_pool
 from app.core.db import Database
 from app.core.metrics import Metrics
 from app.main import create_app
@@ -18,6 +17,7 @@ from app.services.cache import LRUCache
 from app.services.pool import AdaptationPool
 from meta_core.artifact import load_artifact
 from tests.conftest import ROOT
+from tests.utils.overrides import override_services
 from tests.utils.problem import PROBLEM, assert_problem
 from tests.utils.tasks import create, sinusoid_task
 
@@ -268,9 +268,9 @@ def test_overload_answers_503_with_retry_after(client, alice):
     app: FastAPI = client.app
     metrics = Metrics()
     pool = AdaptationPool(1, 0, 1, metrics.rejected)
-    app.dependency_overrides[get_metrics] = lambda: metrics
+
     pool.in_flight = pool.capacity  # as if every slot and queue place were taken
-    app.dependency_overrides[get_pool] = lambda: pool
+    override_services(app, pool=pool, metrics=metrics)
     x, y = sinusoid_task()
     r = client.post(
         "/tasks", headers=alice, json={"model": "sinusoid", "support": {"x": x, "y": y}}
@@ -284,10 +284,10 @@ def test_overload_answers_503_with_retry_after(client, alice):
 
 def test_database_outage_is_503_and_recovers(client, alice):
     app: FastAPI = client.app
-    app.dependency_overrides[get_cache] = lambda: LRUCache(0)  # every predict reads the db
+    uncached = override_services(app, cache=LRUCache(0))  # every predict reads the database
     tid = create(client, alice)["id"]
     down = Database("postgresql+psycopg://postgres@127.0.0.1:1/none?connect_timeout=1")
-    app.dependency_overrides[get_database] = lambda: down
+    override_services(app, db=down)
     try:
         r = client.get(f"/tasks/{tid}", headers=alice)
         assert_problem(r, 503, "the database cannot be reached; retry later")
@@ -305,7 +305,7 @@ def test_database_outage_is_503_and_recovers(client, alice):
             "the database cannot be reached; retry later",
         )
     finally:
-        del app.dependency_overrides[get_database]
+        override_services(app, cache=uncached.cache)
         down.dispose()
     assert client.get(f"/tasks/{tid}", headers=alice).status_code == 200
     assert client.get("/tasks", headers=alice).json()["total"] == 1

@@ -1,0 +1,24 @@
+"""The objects a running service shares between requests, in one container built at start."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from app.core.config import Settings
+from app.core.db import Database
+from app.core.metrics import Metrics
+from app.services.cache import LRUCache
+from app.services.pool import AdaptationPool
+from app.services.registry import MetaModelRegistry
+
+
+@dataclass(frozen=True)
+class Services:
+    settings: Settings
+    db: Database
+    registry: MetaModelRegistry
+    cache: LRUCache
+    pool: AdaptationPool
+    metrics: Metrics
+    # sha256 of a checked API key -> (client id, trusted until, monotonic seconds)
+    auth_cache: dict[str, tuple[int, float]] = field(default_factory=dict)
