@@ -24,6 +24,10 @@ TRAIN_ARGS=${TRAIN_ARGS:-}       # more overrides, e.g. "--set train.init_from=m
 PY=${PY:-python3}
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 export META_CORE_CACHE=${META_CORE_CACHE:-$PWD/data/cache}   # omniglot28.safetensors, carried
+# The Omniglot zips: the shared copy beside the checkout (or inside it), unless set.
+for d in ../shared/data/omniglot shared/data/omniglot; do
+    if [ -z "${OMNIGLOT_DIR:-}" ] && [ -d "$d" ]; then export OMNIGLOT_DIR=$PWD/$d; fi
+done
 mkdir -p "$OUT/$PRESET"
 RUN=$(mktemp -d)/$PRESET
 

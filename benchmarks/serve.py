@@ -32,6 +32,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from tests.utils.server import free_port, wait_ready  # noqa: E402  (the tests' readiness poll)
 
+# Like the tests: the build machines' Omniglot copy beside the checkout, unless set.
+if (ROOT.parent / "shared" / "data" / "omniglot").is_dir():
+    os.environ.setdefault("OMNIGLOT_DIR", str(ROOT.parent / "shared" / "data" / "omniglot"))
+
 
 def percentile(values: list[float], q: float) -> float:
     values = sorted(values)
