@@ -73,7 +73,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="MAML adaptation service", version="0.1.0", lifespan=lifespan)
     install_handlers(app, settings.retry_after_seconds)
-    for module in (health, meta_models, tasks):
+    for module in (tasks, meta_models, health):  # the hot path's router first
         app.include_router(module.router)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics)

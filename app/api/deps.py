@@ -38,6 +38,14 @@ async def get_services(request: Request) -> Services:
     return services
 
 
+def services_of(request: Request) -> Services:
+    """``get_services`` for code that resolves its own dependencies (the predict route):
+    the app's container, or its replacement in ``app.dependency_overrides``."""
+    override = request.app.dependency_overrides.get(get_services)
+    services: Services = override() if override is not None else request.app.state.services
+    return services
+
+
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 

@@ -331,3 +331,25 @@ def test_a_task_deleted_by_another_worker_stops_predicting(settings, db, alice):
         assert worker_b.delete(f"/tasks/{tid}", headers=alice).status_code == 204
         r = worker_a.post(f"/tasks/{tid}/predict", headers=alice, json={"x": [1.0]})
         assert_problem(r, 404, f"no task '{tid}'")
+
+
+def test_predict_checks_the_key_before_reading_the_body(client, alice):
+    tid = create(client, alice)["id"]
+    url = f"/tasks/{tid}/predict"
+    bad_json = {"content-type": "application/json"}
+    r = client.post(url, headers=bad_json | {"Authorization": "Bearer nope"}, content=b"{")
+    assert_problem(r, 401, "invalid or revoked API key")
+    assert_problem(
+        client.post(url, headers=alice | bad_json, content=b"{"),
+        400,
+        "the request body is not valid JSON",
+    )
+
+
+def test_predict_is_documented_by_its_route_declaration(client):
+    op = client.get("/openapi.json").json()["paths"]["/tasks/{task_id}/predict"]["post"]
+    body = op["requestBody"]["content"]["application/json"]["schema"]
+    assert body == {"$ref": "#/components/schemas/PredictIn"}
+    ok = op["responses"]["200"]["content"]["application/json"]["schema"]
+    assert ok == {"$ref": "#/components/schemas/PredictOut"}
+    assert [p["name"] for p in op["parameters"]] == ["task_id"]
