@@ -102,15 +102,5 @@ class MetaModelOut(BaseModel):
 
     @classmethod
     def of(cls, meta_model: Artifact) -> MetaModelOut:
-        m = meta_model.manifest
-        return cls(
-            name=m.name,
-            version=m.version,
-            task_kind=m.task_kind,
-            input_shape=m.input_shape,
-            n_outputs=m.n_outputs,
-            n_classes=m.n_classes,
-            inner_loop=m.inner_loop,
-            preprocessing=m.preprocessing,
-            evaluation=m.evaluation,
-        )
+        """Read from the typed manifest, whose fields (and ``n_classes``) it shares."""
+        return cls.model_validate(meta_model.manifest, from_attributes=True)

@@ -9,8 +9,8 @@ runs either vmapped over tasks (``torch.func.vmap``) or task by task; both call 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import Tensor, nn
@@ -24,30 +24,20 @@ from meta_core.tasks.base import TaskBatch
 
 
 def task_loss(
-    model: nn.Module,
+    loop: InnerLoop,
     params: Params,
-    lrs: Params,
     sx: Tensor,
     sy: Tensor,
     qx: Tensor,
     qy: Tensor,
     step_weights: Tensor | None,
-    *,
-    kind: TaskKind,
-    steps: int,
-    lr: float,
-    adapt_names: Sequence[str] | None,
-    first_order: bool,
 ) -> tuple[Tensor, Tensor]:
     """One task's query loss after adapting on its support set, and the query metric.
 
     With ``step_weights`` (MAML++ multi-step loss) the loss is the weighted sum of the query
     losses after every inner step; otherwise it is the loss after the last step.
     """
-    loop = InnerLoop(
-        model, kind, steps, lrs if lrs else lr, adapt_names=adapt_names, first_order=first_order
-    )
-    at = range(1, steps + 1) if step_weights is not None else [steps]
+    at = range(1, loop.steps + 1) if step_weights is not None else [loop.steps]
     _, [(losses, metrics)] = adapt_and_score(loop, params, (sx, sy), [(qx, qy)], at=list(at))
     loss = losses[-1] if step_weights is None else (losses * step_weights).sum()
     return loss, metrics[-1]
@@ -114,43 +104,26 @@ class MetaLearner:
         self, batch: TaskBatch, *, strategy: str = "vmap", step_weights: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
         """Mean query loss and metric over the meta-batch (Finn et al. 2017, eq. 3)."""
-        algo, model, kind, names = self.algo, self.model, self.kind, self.adapt_names
-
-        def fn(
-            params: Params,
-            lrs: Params,
-            sx: Tensor,
-            sy: Tensor,
-            qx: Tensor,
-            qy: Tensor,
-            weights: Tensor | None,
-        ) -> tuple[Tensor, Tensor]:
-            return task_loss(
-                model,
-                params,
-                lrs,
-                sx,
-                sy,
-                qx,
-                qy,
-                weights,
-                kind=kind,
-                steps=algo.inner_steps,
-                lr=algo.inner_lr,
-                adapt_names=names,
-                first_order=algo.first_order,
-            )
-
+        # The learned rates reach the loop by closure: the meta-gradient flows to them as to
+        # ``params``, which vmap takes unbatched (in_dims None).
+        loop = InnerLoop(
+            self.model,
+            self.kind,
+            self.algo.inner_steps,
+            self.inner_lr(),
+            adapt_names=self.adapt_names,
+            first_order=self.algo.first_order,
+        )
+        fn = partial(task_loss, loop)
         tensors = (batch.support_x, batch.support_y, batch.query_x, batch.query_y)
         if strategy == "vmap":
-            losses, metrics = vmap(fn, in_dims=(None, None, 0, 0, 0, 0, None))(
-                self.params, self.lrs, *tensors, step_weights
+            losses, metrics = vmap(fn, in_dims=(None, 0, 0, 0, 0, None))(
+                self.params, *tensors, step_weights
             )
         elif strategy == "loop":
             sx, sy, qx, qy = tensors
             pairs = [
-                fn(self.params, self.lrs, sx[i], sy[i], qx[i], qy[i], step_weights)
-                for i in range(len(batch))
+                fn(self.params, sx[i], sy[i], qx[i], qy[i], step_weights) for i in range(len(batch))
             ]
             losses = torch.stack([p[0] for p in pairs])
             metrics = torch.stack([p[1] for p in pairs])

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
-from torch import Tensor
+from torch import Tensor, nn
 
 from app import crud
 from app.core.config import Settings
@@ -36,13 +36,15 @@ class Adaptation:
     """The result of the inner loop on one support set."""
 
     params: dict[str, Tensor]
+    module: nn.Module  # the meta-model's network holding ``params``, ready to predict
     metrics: dict[str, float]
     adapt_ms: float
 
 
 def adapt(meta_model: Artifact, support: SupportSet) -> Adaptation:
     """meta_core's inner loop on the support set, scored before and after on the support set
-    (and the query set, if sent) by meta_core's one scorer. Runs on a pool thread."""
+    (and the query set, if sent) by meta_core's one scorer, and the module that will serve
+    predictions. Runs on a pool thread."""
     n_classes = len(support.labels) if support.labels is not None else None
     loop = meta_model.inner_loop(steps=support.steps, lr=support.lr)
     targets = {"support": (support.x, support.y)}
@@ -65,7 +67,8 @@ def adapt(meta_model: Artifact, support: SupportSet) -> Adaptation:
             metrics[f"{name}_loss_{when}"] = losses[i].item()
             if n_classes is not None:
                 metrics[f"{name}_accuracy_{when}"] = accuracies[i].item()
-    return Adaptation({k: v.detach() for k, v in params.items()}, metrics, adapt_ms)
+    params = {k: v.detach() for k, v in params.items()}
+    return Adaptation(params, meta_model.materialize(params), metrics, adapt_ms)
 
 
 async def create_task(
@@ -105,8 +108,7 @@ async def create_task(
             )
 
     row = await run_in_threadpool(store)
-    module = meta_model.materialize(adapted.params)
-    cache.put(row.id, AdaptedModel(client_id, meta_model, module, support.labels))
+    cache.put(row.id, AdaptedModel(client_id, meta_model, adapted.module, support.labels))
     metrics.adaptations.labels(meta_model.name).inc()
     metrics.adapt_seconds.labels(meta_model.name).observe(adapted.adapt_ms / 1000)
     log.info(
