@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import ValidationError
+from starlette.requests import ClientDisconnect
 
 from app import crud
 from app.api.deps import (
@@ -27,6 +28,7 @@ from app.api.deps import (
     current_client,
     services_of,
 )
+from app.core.errors import AppError
 from app.schemas import PredictIn, PredictOut, TaskCreate, TaskOut, TaskPage
 from app.services import tasks as service
 
@@ -53,6 +55,8 @@ class PredictRoute(APIRoute):
             client_id = await current_client(request, services)
             try:
                 body = PredictIn.model_validate_json(await request.body())
+            except ClientDisconnect:  # as FastAPI answers a body it could not read
+                raise AppError("the request body could not be read") from None
             except ValidationError as exc:
                 raise RequestValidationError(exc.errors(include_url=False)) from None
             adapted = await adapted_model(task_id, client_id, services)

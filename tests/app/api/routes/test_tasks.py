@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import anyio
 import pytest
 import torch
 from fastapi import FastAPI
@@ -353,3 +354,33 @@ def test_predict_is_documented_by_its_route_declaration(client):
     ok = op["responses"]["200"]["content"]["application/json"]["schema"]
     assert ok == {"$ref": "#/components/schemas/PredictOut"}
     assert [p["name"] for p in op["parameters"]] == ["task_id"]
+
+
+def test_a_predict_whose_client_left_mid_body_is_a_400_not_a_crash(client, alice):
+    tid = create(client, alice)["id"]
+    app: FastAPI = client.app
+    path = f"/tasks/{tid}/predict"
+    scope = {
+        "type": "http",
+        "http_version": "1.1",
+        "method": "POST",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "headers": [(b"authorization", alice["Authorization"].encode())],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+        "scheme": "http",
+        "root_path": "",
+    }
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return {"type": "http.disconnect"}  # the client is gone before its body arrives
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    anyio.run(app, scope, receive, send)
+    assert sent[0]["status"] == 400
+    assert json.loads(sent[1]["body"])["detail"] == "the request body could not be read"
