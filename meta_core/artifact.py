@@ -32,7 +32,14 @@ from torch import Tensor, nn
 
 from meta_core.config import Config
 from meta_core.inner_loop import InnerLoop, LearningRate, Params, TaskKind, forward
-from meta_core.networks import ArchSpec, build_network, first_error, head_names
+from meta_core.networks import (
+    ArchSpec,
+    Predictor,
+    build_network,
+    first_error,
+    head_names,
+    predictor,
+)
 from meta_core.preprocessing import ImagePreprocessing
 
 SCHEMA_VERSION = 1
@@ -273,6 +280,11 @@ class Artifact:
         module = copy.deepcopy(self.model)
         module.load_state_dict(dict(params), assign=True)
         return module.requires_grad_(False).eval()
+
+    def predictor(self, params: Mapping[str, Tensor]) -> Predictor:
+        """:meth:`predict` for repeated use on float32 arrays, as the service predicts
+        (:func:`meta_core.networks.predictor`)."""
+        return predictor(self.materialize(params))
 
 
 def read_manifest(directory: Path | str) -> tuple[Manifest, dict[str, Any], bytes]:

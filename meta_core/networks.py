@@ -11,11 +11,14 @@ other rows sent with it, at training and at prediction time alike (no transducti
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from torch import nn
+from torch.nn import functional as F
 
 Norm = Literal["layer", "none"]
 
@@ -85,10 +88,15 @@ class MLP(nn.Module):
             width = h
         self.body = nn.Sequential(*layers)
         self.head = nn.Linear(width, out_features)
+        # The same layers as a plain list: forward calls the functional ops on their
+        # parameters (which ``functional_call`` swaps as usual) instead of a module call per
+        # layer, whose overhead is most of the time on a small batch (README, predict path).
+        self._linears: list[nn.Linear] = [m for m in layers if isinstance(m, nn.Linear)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.head(self.body(x))
-        return out
+        for layer in self._linears:
+            x = torch.relu(F.linear(x, layer.weight, layer.bias))
+        return F.linear(x, self.head.weight, self.head.bias)
 
 
 class Conv4(nn.Module):
@@ -113,6 +121,40 @@ class Conv4(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = self.head(self.body(x))
         return out
+
+
+Predictor = Callable[[np.ndarray], np.ndarray]
+
+
+def predictor(module: nn.Module) -> Predictor:
+    """``module``'s forward as a function of float32 arrays, for serving: an MLP runs in NumPy
+    on copies of its weights (on a few rows, torch's per-operator dispatch costs several times
+    the arithmetic; README, "The predict path against its floor"); any other network runs as
+    the module itself, under ``inference_mode``. Both agree with ``module(x)`` to float32
+    rounding (tested)."""
+    if isinstance(module, MLP):
+        layers = [
+            (layer.weight.detach().numpy().T.copy(), layer.bias.detach().numpy().copy())
+            for layer in (*module._linears, module.head)
+        ]
+        *hidden, (w_out, b_out) = layers
+
+        def mlp(x: np.ndarray) -> np.ndarray:
+            for w, b in hidden:
+                x = x @ w  # a new array: the caller's is never written
+                x += b
+                np.maximum(x, 0, out=x)
+            out: np.ndarray = x @ w_out + b_out
+            return out
+
+        return mlp
+
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            out: np.ndarray = module(torch.from_numpy(x)).numpy()
+        return out
+
+    return run
 
 
 def build_network(spec: MLPSpec | Conv4Spec | dict[str, Any]) -> nn.Module:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -18,7 +19,9 @@ class _TooLarge(Exception):
 
 
 class BodyLimit:
-    """413 for bodies over MAX_BODY_BYTES, by Content-Length or as they stream in."""
+    """413 for bodies over MAX_BODY_BYTES: at once by Content-Length, or as a body without one
+    (chunked) streams in. A body with a Content-Length is not counted again: the server reads
+    exactly that many bytes as the body."""
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app, self.limit = app, limit
@@ -26,9 +29,11 @@ class BodyLimit:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.limit:
-            return await self._too_large(scope, receive, send)
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit():
+                if int(value) > self.limit:
+                    return await self._too_large(scope, receive, send)
+                return await self.app(scope, receive, send)
         seen = 0
 
         async def counted() -> Message:
@@ -55,6 +60,9 @@ class RequestMetrics:
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app, self.metrics = app, metrics
+        # The labelled series, looked up once per (method, route, status): ``labels()`` costs
+        # more than the increment itself.
+        self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -71,9 +79,16 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            route = getattr(scope.get("route"), "path", "unmatched")
             elapsed = time.perf_counter() - start
-            self.metrics.requests.labels(scope["method"], route, str(status)).inc()
-            self.metrics.latency.labels(scope["method"], route).observe(elapsed)
+            route = getattr(scope.get("route"), "path", "unmatched")
+            key = (scope["method"], route, status)
+            series = self._series.get(key)
+            if series is None:
+                series = self._series[key] = (
+                    self.metrics.requests.labels(key[0], route, str(status)),
+                    self.metrics.latency.labels(key[0], route),
+                )
+            series[0].inc()
+            series[1].observe(elapsed)
             if status >= 400 or log.isEnabledFor(logging.DEBUG):
                 log.info("%s %s %d %.1fms", scope["method"], scope["path"], status, elapsed * 1000)

@@ -10,19 +10,19 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from torch import nn
-
 from meta_core.artifact import Artifact
+from meta_core.networks import Predictor
 
 
 @dataclass(frozen=True)
 class AdaptedModel:
-    """A task's adapted model, ready to predict: the meta-model's network holding the task's
-    parameters (meta-parameters overlaid with the adapted ones)."""
+    """A task's adapted model, ready to predict: the meta-model's network with the task's
+    parameters (meta-parameters overlaid with the adapted ones), as a function of float32
+    arrays (:meth:`~meta_core.artifact.Artifact.predictor`)."""
 
     client_id: int
     meta_model: Artifact
-    module: nn.Module
+    predict: Predictor
     labels: list[int | str] | None  # client label of each output unit (classification)
 
 

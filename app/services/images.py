@@ -10,7 +10,6 @@ import warnings
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
 
 from app.core.errors import InvalidInput
@@ -56,10 +55,10 @@ def decode_image(text: str, where: str, *, max_bytes: int, max_pixels: int) -> I
     return image
 
 
-def images_to_tensor(
+def images_to_array(
     values: list[Any], field: str, spec: ImagePreprocessing, *, max_bytes: int, max_pixels: int
-) -> torch.Tensor:
-    """A list of base64 images -> ``[n, 1, H, W]`` float32, preprocessed as in training."""
+) -> np.ndarray:
+    """A list of base64 images -> a float32 ``[n, 1, H, W]`` array, preprocessed as in training."""
     if not all(isinstance(v, str) for v in values):
         raise InvalidInput(f"{field} mixes images (strings) with other values")
     arrays = [
@@ -68,4 +67,4 @@ def images_to_tensor(
         )
         for i, v in enumerate(values)
     ]
-    return torch.from_numpy(np.stack(arrays))
+    return np.stack(arrays)

@@ -7,13 +7,14 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from app.core.config import Settings
 from app.core.errors import InvalidInput
 from app.schemas import TaskCreate
-from app.services.images import images_to_tensor
+from app.services.images import images_to_array
 from meta_core.artifact import Artifact
 
 Label = int | str
@@ -29,57 +30,66 @@ class ImageLimits:
         return cls(settings.max_image_bytes, settings.max_image_pixels)
 
 
-def to_inputs(meta_model: Artifact, x: Any, field: str, limit: int, images: ImageLimits) -> Tensor:
-    """``x`` as a float32 ``[n, *input_shape]`` tensor, or a clear 422. For an image model,
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def as_float32(values: list[Any], field: str, what: str) -> np.ndarray:
+    """Nested lists of numbers as a float32 array, or a 422 naming ``field``: not ``what`` (a
+    ragged array, strings, objects), or a NaN, an infinity or a number float32 cannot hold.
+    NumPy, not torch: on a few rows torch's per-call overhead is most of a predict."""
+    try:
+        a = np.asarray(values)
+    except (TypeError, ValueError, OverflowError):
+        raise InvalidInput(f"{field} must be {what}") from None
+    if a.dtype.kind not in "biuf":  # strings, None, objects and integers beyond int64
+        raise InvalidInput(f"{field} must be {what}")
+    if a.dtype.kind == "f" and not (np.abs(a) <= FLOAT32_MAX).all():
+        raise InvalidInput(f"{field} contains NaN or Inf, or a number beyond float32's range")
+    return a.astype(np.float32)
+
+
+def to_inputs(
+    meta_model: Artifact, x: list[Any], field: str, limit: int, images: ImageLimits
+) -> np.ndarray:
+    """``x`` as a float32 ``[n, *input_shape]`` array, or a clear 422. For an image model,
     rows may be base64 PNG/JPEG strings (or data URLs), preprocessed as in training."""
-    spec = meta_model.manifest.preprocessing
-    if isinstance(x, list) and x and isinstance(x[0], str):
+    if len(x) > limit:
+        raise InvalidInput(f"{field} has {len(x)} rows; the limit is {limit}")
+    if x and isinstance(x[0], str):
+        spec = meta_model.manifest.preprocessing
         if spec is None:
             raise InvalidInput(
                 f"{field} holds strings, but model {meta_model.name!r} takes numbers"
             )
-        if len(x) > limit:
-            raise InvalidInput(f"{field} has {len(x)} rows; the limit is {limit}")
-        x = images_to_tensor(
+        a = images_to_array(
             x, field, spec, max_bytes=images.max_bytes, max_pixels=images.max_pixels
         )
-    try:
-        t = x if isinstance(x, Tensor) else torch.tensor(x, dtype=torch.float32)
-    except (TypeError, ValueError, RuntimeError, OverflowError):
-        raise InvalidInput(f"{field} must be a rectangular array of numbers") from None
-    if t.dim() == 0 or t.shape[0] == 0:
+    else:
+        a = as_float32(x, field, "a rectangular array of numbers")
+    if a.ndim == 0 or a.shape[0] == 0:
         raise InvalidInput(f"{field} is empty")
     shape = meta_model.input_shape
-    if shape == [1] and t.dim() == 1:
-        t = t.unsqueeze(1)
-    if list(t.shape[1:]) != shape:
+    if shape == [1] and a.ndim == 1:
+        a = a.reshape(-1, 1)
+    if list(a.shape[1:]) != shape:
         raise InvalidInput(
-            f"{field} has shape {list(t.shape)}; model {meta_model.name!r} takes "
+            f"{field} has shape {list(a.shape)}; model {meta_model.name!r} takes "
             f"[n, {', '.join(map(str, shape))}]"
         )
-    if t.shape[0] > limit:
-        raise InvalidInput(f"{field} has {t.shape[0]} rows; the limit is {limit}")
-    if not torch.isfinite(t).all():
-        raise InvalidInput(f"{field} contains NaN or Inf")
-    return t
+    return a
 
 
-def to_targets(meta_model: Artifact, y: Any, n: int, field: str) -> Tensor:
+def to_targets(meta_model: Artifact, y: list[Any], n: int, field: str) -> Tensor:
     """Regression targets as ``[n, n_outputs]``."""
-    try:
-        t = torch.tensor(y, dtype=torch.float32)
-    except (TypeError, ValueError, RuntimeError, OverflowError):
-        raise InvalidInput(f"{field} must be an array of numbers") from None
+    a = as_float32(y, field, "an array of numbers")
     outputs = meta_model.n_outputs
-    if t.dim() == 1 and outputs == 1:
-        t = t.unsqueeze(1)
-    if list(t.shape) != [n, outputs]:
+    if a.ndim == 1 and outputs == 1:
+        a = a.reshape(-1, 1)
+    if list(a.shape) != [n, outputs]:
         raise InvalidInput(
-            f"{field} has shape {list(t.shape)}; expected [{n}] or [{n}, {outputs}] to match x"
+            f"{field} has shape {list(a.shape)}; expected [{n}] or [{n}, {outputs}] to match x"
         )
-    if not torch.isfinite(t).all():
-        raise InvalidInput(f"{field} contains NaN or Inf")
-    return t
+    return torch.from_numpy(a)
 
 
 def label_order(labels: list[Any], field: str, n_way: int) -> list[Label]:
@@ -118,7 +128,9 @@ class SupportSet:
 def prepare(meta_model: Artifact, body: TaskCreate, settings: Settings) -> SupportSet:
     """Validate ``POST /tasks``'s body against the meta-model and the service's limits."""
     images = ImageLimits.of(settings)
-    sx = to_inputs(meta_model, body.support.x, "support.x", settings.max_support, images)
+    sx = torch.from_numpy(
+        to_inputs(meta_model, body.support.x, "support.x", settings.max_support, images)
+    )
     labels = None
     if meta_model.task_kind == "classification":
         labels = label_order(body.support.y, "support.y", meta_model.n_outputs)
@@ -127,7 +139,9 @@ def prepare(meta_model: Artifact, body: TaskCreate, settings: Settings) -> Suppo
         sy = to_targets(meta_model, body.support.y, sx.shape[0], "support.y")
     query = None
     if body.query is not None:
-        qx = to_inputs(meta_model, body.query.x, "query.x", settings.max_query, images)
+        qx = torch.from_numpy(
+            to_inputs(meta_model, body.query.x, "query.x", settings.max_query, images)
+        )
         if labels is not None:
             qy = to_label_indices(body.query.y, labels, qx.shape[0], "query.y")
         else:

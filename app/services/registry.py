@@ -59,4 +59,4 @@ def _warm_up(art: Artifact) -> None:
         if art.task_kind == "classification"
         else torch.zeros(2, art.n_outputs)
     )
-    art.materialize(art.adapt(x, y, steps=1))(x)
+    art.predictor(art.adapt(x, y, steps=1))(x.numpy())

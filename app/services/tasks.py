@@ -8,10 +8,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
-from torch import Tensor, nn
+from torch import Tensor
 
 from app import crud
 from app.core.config import Settings
@@ -26,6 +27,7 @@ from app.services.pool import AdaptationPool
 from app.services.registry import MetaModelRegistry
 from app.tables import TaskRow
 from meta_core.artifact import Artifact
+from meta_core.networks import Predictor
 from meta_core.scoring import adapt_and_score
 
 log = logging.getLogger(__name__)
@@ -36,7 +38,7 @@ class Adaptation:
     """The result of the inner loop on one support set."""
 
     params: dict[str, Tensor]
-    module: nn.Module  # the meta-model's network holding ``params``, ready to predict
+    predict: Predictor  # the meta-model's network with ``params``, ready to serve
     metrics: dict[str, float]
     adapt_ms: float
 
@@ -68,7 +70,7 @@ def adapt(meta_model: Artifact, support: SupportSet) -> Adaptation:
             if n_classes is not None:
                 metrics[f"{name}_accuracy_{when}"] = accuracies[i].item()
     params = {k: v.detach() for k, v in params.items()}
-    return Adaptation(params, meta_model.materialize(params), metrics, adapt_ms)
+    return Adaptation(params, meta_model.predictor(params), metrics, adapt_ms)
 
 
 async def create_task(
@@ -108,7 +110,7 @@ async def create_task(
             )
 
     row = await run_in_threadpool(store)
-    cache.put(row.id, AdaptedModel(client_id, meta_model, adapted.module, support.labels))
+    cache.put(row.id, AdaptedModel(client_id, meta_model, adapted.predict, support.labels))
     metrics.adaptations.labels(meta_model.name).inc()
     metrics.adapt_seconds.labels(meta_model.name).observe(adapted.adapt_ms / 1000)
     log.info(
@@ -160,7 +162,7 @@ async def load_adapted(
                 f"task {task_id!r} uses model {task.meta_model_name!r}, which is not loaded"
             )
         params = weights.deserialize(meta_model, task.weights, task.weights_sha256)
-        return AdaptedModel(client_id, meta_model, meta_model.materialize(params), task.labels)
+        return AdaptedModel(client_id, meta_model, meta_model.predictor(params), task.labels)
 
     adapted = await run_in_threadpool(load)
     cache.put(task_id, adapted)
@@ -172,16 +174,17 @@ def predict(task_id: str, adapted: AdaptedModel, x: list[Any], settings: Setting
     predicted label and the probabilities over the task's labels (classification)."""
     meta_model = adapted.meta_model
     inputs = to_inputs(meta_model, x, "x", settings.max_predict_rows, ImageLimits.of(settings))
-    with torch.inference_mode():
-        out = adapted.module(inputs)
+    out = adapted.predict(inputs)
     labels = adapted.labels
     if labels is None:
-        values = out[:, 0].tolist() if meta_model.n_outputs == 1 else out.tolist()
+        values = out.reshape(-1).tolist() if meta_model.n_outputs == 1 else out.tolist()
         return PredictOut(task_id=task_id, labels=None, predictions=values)
-    probs = out[:, : len(labels)].softmax(-1)
+    logits = out[:, : len(labels)]  # the units of the task's classes
+    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs = exp / exp.sum(axis=1, keepdims=True)
     rows = [
         ClassPrediction(label=labels[i], probabilities=p)
-        for i, p in zip(probs.argmax(-1).tolist(), probs.tolist(), strict=True)
+        for i, p in zip(probs.argmax(axis=1).tolist(), probs.tolist(), strict=True)
     ]
     return PredictOut(task_id=task_id, labels=labels, predictions=rows)
 

@@ -1,10 +1,12 @@
-"""A prediction never depends on the other rows sent with it."""
+"""A prediction never depends on the other rows sent with it; the serving predictor computes
+what the module does; bad specs are refused."""
 
+import numpy as np
 import pytest
 import torch
 
 from meta_core.inner_loop import InnerLoop, forward
-from meta_core.networks import build_network
+from meta_core.networks import build_network, predictor
 
 CONV = {
     "type": "conv4",
@@ -42,3 +44,18 @@ def test_build_network_refuses_bad_specs():
         build_network(MLP | {"dropout": 0.5})
     with pytest.raises(ValueError, match="conv4.norm: Input should be 'layer' or 'none'"):
         build_network(CONV | {"norm": "batch"})
+
+
+@pytest.mark.parametrize("spec", [CONV, MLP, MLP | {"hidden": []}, MLP | {"hidden": [64, 8, 32]}])
+def test_the_serving_predictor_computes_the_modules_forward(spec):
+    torch.manual_seed(0)
+    net = build_network(spec).requires_grad_(False).eval()
+    shape = [1, 28, 28] if spec["type"] == "conv4" else [spec["in_features"]]
+    x = torch.randn(7, *shape)
+    x_np = x.numpy().copy()
+    out = predictor(net)(x_np)
+    assert isinstance(out, np.ndarray) and out.dtype == np.float32
+    torch.testing.assert_close(torch.from_numpy(out), net(x), rtol=1e-5, atol=1e-6)
+    assert np.array_equal(x_np, x.numpy()), "the caller's array must not be written"
+    one = predictor(net)(x_np[:1])
+    np.testing.assert_allclose(one, out[:1], rtol=1e-5, atol=1e-6)

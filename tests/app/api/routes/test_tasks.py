@@ -155,12 +155,17 @@ BAD = [
     (
         {"support": {"x": [1.0, float("nan"), 0.0, 1.0], "y": Y}},
         422,
-        "support.x contains NaN or Inf",
+        "support.x contains NaN or Inf, or a number beyond float32's range",
+    ),
+    (
+        {"support": {"x": [1.0, 1e39, 0.0, 1.0], "y": Y}},
+        422,
+        "support.x contains NaN or Inf, or a number beyond float32's range",
     ),
     (
         {"support": {"x": X, "y": [1.0, 2.0, float("inf"), 0.0]}},
         422,
-        "support.y contains NaN or Inf",
+        "support.y contains NaN or Inf, or a number beyond float32's range",
     ),
     ({"support": {"x": [], "y": []}}, 422, "support.x is empty"),
     (
@@ -187,6 +192,26 @@ BAD = [
         {"support": {"x": [[1.0], "b", [2.0], [3.0]], "y": Y}},
         422,
         "support.x must be a rectangular array of numbers",
+    ),
+    (  # a numeric string is not a number (NumPy would convert it)
+        {"support": {"x": [1.0, "2.0", 0.0, 1.0], "y": Y}},
+        422,
+        "support.x must be a rectangular array of numbers",
+    ),
+    (
+        {"support": {"x": [1.0, None, {}, 1.0], "y": Y}},
+        422,
+        "support.x must be a rectangular array of numbers",
+    ),
+    (
+        {"support": {"x": X, "y": [1.0, "2", 0.0, 10**30]}},
+        422,
+        "support.y must be an array of numbers",
+    ),
+    (
+        {"support": {"x": X, "y": [1.0, 10**30, 0.0, 1.0]}},
+        422,
+        "support.y must be an array of numbers",
     ),
     ({"inner_steps": 101}, 422, "inner_steps must be between 0 and 100, got 101"),
     ({"inner_steps": -1}, 422, "inner_steps must be between 0 and 100, got -1"),
@@ -257,6 +282,11 @@ def test_bad_predict_input(client, alice):
         "x has shape [1, 2]; model 'sinusoid' takes [n, 1]",
     )
     assert_problem(client.post(url, headers=alice, json={"x": []}), 422, "x is empty")
+    assert_problem(
+        client.post(url, headers=alice, json={"x": [1.0, 1e39]}),
+        422,
+        "x contains NaN or Inf, or a number beyond float32's range",
+    )
     assert_problem(
         client.post(url, headers=alice, json={"x": [0.0] * 1001}),
         422,
