@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import delete, func, select
-from sqlalchemy.orm import Session, defer
+from sqlalchemy.orm import Session, load_only
 
 from app.core.errors import NotFound
 from app.tables import ClientRow, TaskRow
@@ -53,14 +53,30 @@ def create_task(
     return task
 
 
+# What the API shows of a task (``TaskOut``): listing and getting read only these.
+SHOWN = (
+    TaskRow.id,
+    TaskRow.name,
+    TaskRow.meta_model_name,
+    TaskRow.meta_model_version,
+    TaskRow.created_at,
+    TaskRow.support_size,
+    TaskRow.inner_steps,
+    TaskRow.inner_lr,
+    TaskRow.adapt_ms,
+    TaskRow.labels,
+    TaskRow.metrics,
+)
+
+
 def get_task(
     session: Session, *, client_id: int, task_id: str, with_weights: bool = False
 ) -> TaskRow:
-    """The client's task, or 404 (another client's task is indistinguishable from none). The
-    weights are read only when asked for."""
+    """The client's task, or 404 (another client's task is indistinguishable from none): what
+    the API shows of it, or the whole row with its weights when asked for."""
     query = select(TaskRow).where(TaskRow.id == task_id, TaskRow.client_id == client_id)
     if not with_weights:
-        query = query.options(defer(TaskRow.weights))
+        query = query.options(load_only(*SHOWN, raiseload=True))
     task = session.scalar(query)
     if task is None:
         raise NotFound(f"no task {task_id!r}")
@@ -76,13 +92,14 @@ def task_exists(session: Session, *, client_id: int, task_id: str) -> bool:
 def list_tasks(
     session: Session, *, client_id: int, limit: int, offset: int
 ) -> tuple[Sequence[TaskRow], int]:
-    """A page of the client's tasks, newest first (weights not read), and their total."""
+    """A page of the client's tasks, newest first (only the columns the API shows), and their
+    total."""
     total = session.scalar(
         select(func.count()).select_from(TaskRow).where(TaskRow.client_id == client_id)
     )
     rows = session.scalars(
         select(TaskRow)
-        .options(defer(TaskRow.weights))
+        .options(load_only(*SHOWN, raiseload=True))
         .where(TaskRow.client_id == client_id)
         .order_by(TaskRow.created_at.desc(), TaskRow.id.desc())
         .limit(limit)

@@ -28,6 +28,22 @@ class TaskCreate(BaseModel):
     name: str | None = Field(None, max_length=200)
 
 
+def readable(labels: list[int | str] | None) -> list[int | str] | None:
+    """Stored labels as JSON can carry them: a string with a lone surrogate (stored before the
+    service refused them) has it replaced by U+FFFD, so no stored row can break a response."""
+    if labels is None:
+        return None
+    return [_unicode(v) if isinstance(v, str) else v for v in labels]
+
+
+def _unicode(text: str) -> str:
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:  # pairs rejoin, lone surrogates become U+FFFD
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
 class TaskOut(BaseModel):
     """A stored task as the API shows it (``model`` is the meta-model's name)."""
 
@@ -52,7 +68,7 @@ class TaskOut(BaseModel):
             name=row.name,
             created_at=row.created_at,
             support_size=row.support_size,
-            labels=row.labels,
+            labels=readable(row.labels),
             inner_steps=row.inner_steps,
             inner_lr=row.inner_lr,
             adapt_ms=row.adapt_ms,

@@ -7,7 +7,17 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, LargeBinary, MetaData, String
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAMING = {
@@ -36,13 +46,15 @@ class ClientRow(Base):
 
 class TaskRow(Base):
     __tablename__ = "tasks"
+    # A client's listing, newest first, reads the index in order.
+    __table_args__ = (Index("ix_tasks_client_id_created_at_id", "client_id", "created_at", "id"),)
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    client_id: Mapped[int] = mapped_column(ForeignKey("clients.id", ondelete="CASCADE"), index=True)
+    client_id: Mapped[int] = mapped_column(ForeignKey("clients.id", ondelete="CASCADE"))
     name: Mapped[str | None] = mapped_column(String(200), nullable=True)
     meta_model_name: Mapped[str] = mapped_column("model_name", String(200))
     meta_model_version: Mapped[str] = mapped_column("model_version", String(50))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     support_size: Mapped[int] = mapped_column(Integer)
     inner_steps: Mapped[int] = mapped_column(Integer)
     inner_lr: Mapped[float | None] = mapped_column(Float, nullable=True)

@@ -140,11 +140,13 @@ def predictor(module: nn.Module) -> Predictor:
         *hidden, (w_out, b_out) = layers
 
         def mlp(x: np.ndarray) -> np.ndarray:
-            for w, b in hidden:
-                x = x @ w  # a new array: the caller's is never written
-                x += b
-                np.maximum(x, 0, out=x)
-            out: np.ndarray = x @ w_out + b_out
+            # Overflow gives inf and NaN, as torch does, for the caller to check, unwarned.
+            with np.errstate(over="ignore", invalid="ignore"):
+                for w, b in hidden:
+                    x = x @ w  # a new array: the caller's is never written
+                    x += b
+                    np.maximum(x, 0, out=x)
+                out: np.ndarray = x @ w_out + b_out
             return out
 
         return mlp

@@ -43,6 +43,12 @@ class Unauthorized(AppError):
         super().__init__(detail, headers={"WWW-Authenticate": "Bearer"})
 
 
+class Conflict(AppError):
+    """The request is valid but the stored state does not allow it (say so, and how to fix)."""
+
+    status, title = 409, "Conflict"
+
+
 class PayloadTooLarge(AppError):
     status, title = 413, "Payload too large"
 

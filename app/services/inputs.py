@@ -4,6 +4,7 @@ images preprocessed as in training."""
 from __future__ import annotations
 
 import math
+import reprlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,25 +93,51 @@ def to_targets(meta_model: Artifact, y: list[Any], n: int, field: str) -> Tensor
     return torch.from_numpy(a)
 
 
-def label_order(labels: list[Any], field: str, n_way: int) -> list[Label]:
+MAX_INT_LABEL = 2**53  # beyond, a JSON client may not read the integer back exactly
+
+
+def check_label(value: Any, field: str, max_chars: int) -> Label:
+    """A label the service can store and send back: an integer within ±2^53, or a string of
+    at most ``max_chars`` characters that is valid Unicode (no lone surrogates)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if abs(value) > MAX_INT_LABEL:
+            raise InvalidInput(f"{field} holds {value}; integer labels must be within ±2^53")
+        return value
+    if isinstance(value, str):
+        if len(value) > max_chars:
+            raise InvalidInput(
+                f"{field} holds a label of {len(value)} characters; the limit is {max_chars}"
+            )
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidInput(
+                f"{field} holds a label that is not valid Unicode (a lone surrogate)"
+            ) from None
+        return value
+    raise InvalidInput(f"{field} must hold integer or string labels, not {reprlib.repr(value)}")
+
+
+def label_order(labels: list[Any], field: str, n_way: int, max_chars: int) -> list[Label]:
     """The task's classes: the distinct support labels, sorted (integers before strings)."""
-    for v in labels:
-        if isinstance(v, bool) or not isinstance(v, int | str):
-            raise InvalidInput(f"{field} must hold integer or string labels, not {v!r}")
-    distinct = sorted(set(labels), key=lambda v: (isinstance(v, str), v))
+    checked = [check_label(v, field, max_chars) for v in labels]
+    distinct = sorted(set(checked), key=lambda v: (isinstance(v, str), v))
     if len(distinct) > n_way:
         raise InvalidInput(f"{field} has {len(distinct)} classes; the model takes at most {n_way}")
     return distinct
 
 
-def to_label_indices(labels: list[Any], order: list[Label], n: int, field: str) -> Tensor:
+def to_label_indices(
+    labels: list[Any], order: list[Label], n: int, field: str, max_chars: int
+) -> Tensor:
     if len(labels) != n:
         raise InvalidInput(f"{field} has {len(labels)} labels for {n} rows of x")
+    checked = [check_label(v, field, max_chars) for v in labels]
     index = {v: i for i, v in enumerate(order)}
-    unknown = [v for v in labels if isinstance(v, bool) or v not in index]
+    unknown = [v for v in checked if v not in index]
     if unknown:
         raise InvalidInput(f"{field} has labels not in the support set: {unknown[:5]}")
-    return torch.tensor([index[v] for v in labels], dtype=torch.long)
+    return torch.tensor([index[v] for v in checked], dtype=torch.long)
 
 
 @dataclass(frozen=True)
@@ -133,8 +160,9 @@ def prepare(meta_model: Artifact, body: TaskCreate, settings: Settings) -> Suppo
     )
     labels = None
     if meta_model.task_kind == "classification":
-        labels = label_order(body.support.y, "support.y", meta_model.n_outputs)
-        sy = to_label_indices(body.support.y, labels, sx.shape[0], "support.y")
+        chars = settings.max_label_chars
+        labels = label_order(body.support.y, "support.y", meta_model.n_outputs, chars)
+        sy = to_label_indices(body.support.y, labels, sx.shape[0], "support.y", chars)
     else:
         sy = to_targets(meta_model, body.support.y, sx.shape[0], "support.y")
     query = None
@@ -143,7 +171,9 @@ def prepare(meta_model: Artifact, body: TaskCreate, settings: Settings) -> Suppo
             to_inputs(meta_model, body.query.x, "query.x", settings.max_query, images)
         )
         if labels is not None:
-            qy = to_label_indices(body.query.y, labels, qx.shape[0], "query.y")
+            qy = to_label_indices(
+                body.query.y, labels, qx.shape[0], "query.y", settings.max_label_chars
+            )
         else:
             qy = to_targets(meta_model, body.query.y, qx.shape[0], "query.y")
         query = (qx, qy)

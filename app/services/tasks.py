@@ -4,6 +4,7 @@ predict with it; delete it. Routes validate, call one of these, return."""
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -17,9 +18,9 @@ from torch import Tensor
 from app import crud
 from app.core.config import Settings
 from app.core.db import Database
-from app.core.errors import NotFound
+from app.core.errors import InvalidInput, NotFound
 from app.core.metrics import Metrics
-from app.schemas import ClassPrediction, PredictOut, TaskCreate
+from app.schemas import ClassPrediction, PredictOut, TaskCreate, readable
 from app.services import weights
 from app.services.cache import AdaptedModel, LRUCache
 from app.services.inputs import ImageLimits, SupportSet, prepare, to_inputs
@@ -70,7 +71,28 @@ def adapt(meta_model: Artifact, support: SupportSet) -> Adaptation:
             if n_classes is not None:
                 metrics[f"{name}_accuracy_{when}"] = accuracies[i].item()
     params = {k: v.detach() for k, v in params.items()}
+    check_finite(metrics, params, support)
     return Adaptation(params, meta_model.predictor(params), metrics, adapt_ms)
+
+
+def check_finite(metrics: dict[str, float], params: dict[str, Tensor], support: SupportSet) -> None:
+    """422 (and nothing stored) when a loss or an adapted weight is not finite: the values are
+    beyond float32 from the start, or the inner loop diverged."""
+    bad = {name: value for name, value in metrics.items() if not math.isfinite(value)}
+    for name in ("support_loss_before", "query_loss_before"):
+        if name in bad:
+            raise InvalidInput(
+                f"{name} is {bad[name]}: the {name.split('_')[0]} set's values are too large "
+                "for the model's float32 arithmetic; scale x and y down"
+            )
+    if bad or not all(bool(torch.isfinite(v).all()) for v in params.values()):
+        lr = "the model's inner_lr" if support.lr is None else f"inner_lr {support.lr}"
+        after = metrics["support_loss_after"]
+        raise InvalidInput(
+            f"the adaptation diverged: the support loss went from "
+            f"{metrics['support_loss_before']:.4g} to {after} in {support.steps} steps at {lr}; "
+            "lower inner_lr or inner_steps"
+        )
 
 
 async def create_task(
@@ -162,7 +184,8 @@ async def load_adapted(
                 f"task {task_id!r} uses model {task.meta_model_name!r}, which is not loaded"
             )
         params = weights.deserialize(meta_model, task.weights, task.weights_sha256)
-        return AdaptedModel(client_id, meta_model, meta_model.predictor(params), task.labels)
+        predictor = meta_model.predictor(params)
+        return AdaptedModel(client_id, meta_model, predictor, readable(task.labels))
 
     adapted = await run_in_threadpool(load)
     cache.put(task_id, adapted)
@@ -175,6 +198,13 @@ def predict(task_id: str, adapted: AdaptedModel, x: list[Any], settings: Setting
     meta_model = adapted.meta_model
     inputs = to_inputs(meta_model, x, "x", settings.max_predict_rows, ImageLimits.of(settings))
     out = adapted.predict(inputs)
+    finite = np.isfinite(out)
+    if not finite.all():
+        bad = np.flatnonzero(~finite.reshape(len(out), -1).all(axis=1))
+        raise InvalidInput(
+            f"the predictions for rows {bad[:5].tolist()} of x are not finite: those inputs "
+            "are too large for the model's float32 arithmetic"
+        )
     labels = adapted.labels
     if labels is None:
         values = out.reshape(-1).tolist() if meta_model.n_outputs == 1 else out.tolist()

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import hashlib
 
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load, save
 from torch import Tensor
 
-from app.core.errors import StoredWeightsCorrupt
+from app.core.errors import Conflict, StoredWeightsCorrupt
 from meta_core.artifact import Artifact
 
 
@@ -29,4 +30,9 @@ def deserialize(meta_model: Artifact, data: bytes, sha256: str) -> dict[str, Ten
     for k, v in tensors.items():
         if k not in meta_model.params or v.shape != meta_model.params[k].shape:
             raise StoredWeightsCorrupt(f"stored tensor {k} does not fit model {meta_model.name}")
+        if not bool(torch.isfinite(v).all()):
+            raise Conflict(
+                "the task's stored model has non-finite weights (its adaptation diverged "
+                "before the service refused such adaptations): delete it and adapt again"
+            )
     return meta_model.params | tensors

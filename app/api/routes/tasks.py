@@ -33,6 +33,7 @@ from app.schemas import PredictIn, PredictOut, TaskCreate, TaskOut, TaskPage
 from app.services import tasks as service
 
 router = APIRouter(prefix="/tasks", tags=["tasks"])
+MAX_OFFSET = 2**31 - 1  # beyond, databases overflow; no client has that many tasks
 
 
 # Predict first: requests are matched against routes in order, and predict is the hot path.
@@ -116,7 +117,7 @@ def list_tasks(
     session: SessionDep,
     client_id: CurrentClient,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> TaskPage:
     """The client's tasks, newest first."""
     rows, total = crud.list_tasks(session, client_id=client_id, limit=limit, offset=offset)

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import anyio
 import pytest
 import torch
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from sqlalchemy import event
 
+from app import crud
 from app.core.db import Database
 from app.core.metrics import Metrics
+from app.core.security import hash_key
 from app.main import create_app
+from app.services import weights
 from app.services.cache import LRUCache
 from app.services.pool import AdaptationPool
 from meta_core.artifact import load_artifact
@@ -253,6 +258,18 @@ def image_rows(n: int) -> list:
         ([0, 1, 2, 3, 4, 1.5], None, "support.y must hold integer or string labels, not 1.5"),
         ([0, 0, 1, 1, 2, 2], [0, 9], "query.y has labels not in the support set: [9]"),
         ([0, 0, 1, 1, 2], None, "support.y has 5 labels for 6 rows of x"),
+        ([0, 0, 1, 1, 2, 2], [[0]], "query.y must hold integer or string labels, not [0]"),
+        ([0, 0, 1, 1, 2, 2], [{}], "query.y must hold integer or string labels, not {}"),
+        (
+            [0, 0, 1, 1, 2, 2**60],
+            None,
+            f"support.y holds {2**60}; integer labels must be within ±2^53",
+        ),
+        (
+            [0, 0, 1, 1, 2, "x" * 500_000],
+            None,
+            "support.y holds a label of 500000 characters; the limit is 100",
+        ),
     ],
 )
 def test_bad_labels(client, alice, support_y, query_y, detail):
@@ -261,6 +278,126 @@ def test_bad_labels(client, alice, support_y, query_y, detail):
         body["query"] = {"x": image_rows(len(query_y)), "y": query_y}
     assert_problem(client.post("/tasks", headers=alice, json=body), 422, detail)
     assert client.get("/tasks", headers=alice).json()["total"] == 0
+
+
+def test_a_label_with_a_lone_surrogate_is_refused_and_stores_nothing(client, alice):
+    rows = json.dumps(image_rows(2))
+    raw = f'{{"model": "omniglot-5w1s", "support": {{"x": {rows}, "y": ["a", "\\ud800"]}}}}'
+    r = client.post("/tasks", headers=alice | {"content-type": "application/json"}, content=raw)
+    assert_problem(r, 422, "support.y holds a label that is not valid Unicode (a lone surrogate)")
+    assert client.get("/tasks", headers=alice).json()["total"] == 0
+
+
+def stored_task(db: Database, client_id: int, meta_model: str, **fields) -> str:
+    """A task row written straight to the database, as an older service may have left it."""
+    art = load_artifact(ROOT / "models" / meta_model)
+    data, digest = weights.serialize(fields.pop("weights", art.params))
+    with db.session() as session:
+        row = crud.create_task(
+            session,
+            client_id=client_id,
+            meta_model_name=art.name,
+            meta_model_version=art.version,
+            name=None,
+            support_size=2,
+            inner_steps=1,
+            inner_lr=None,
+            adapt_ms=1.0,
+            labels=fields.pop("labels", None),
+            metrics=fields.pop("metrics", {"support_loss_before": 1.0}),
+            weights=data,
+            weights_sha256=digest,
+        )
+        return row.id
+
+
+def client_id_of(db: Database, headers: dict[str, str]) -> int:
+    with db.session() as session:
+        found = crud.active_client_id(session, key_hash=hash_key(headers["Authorization"][7:]))
+    assert found is not None
+    return found
+
+
+def test_a_stored_label_json_cannot_carry_never_breaks_a_response(client, db, alice):
+    tid = stored_task(db, client_id_of(db, alice), "omniglot-5w1s", labels=["a", "\ud800"])
+    page = client.get("/tasks", headers=alice)
+    assert page.status_code == 200 and page.json()["items"][0]["labels"] == ["a", "\ufffd"]
+    assert client.get(f"/tasks/{tid}", headers=alice).json()["labels"] == ["a", "\ufffd"]
+    r = client.post(f"/tasks/{tid}/predict", headers=alice, json={"x": image_rows(1)})
+    assert r.status_code == 200 and r.json()["labels"] == ["a", "\ufffd"]
+    assert client.delete(f"/tasks/{tid}", headers=alice).status_code == 204
+
+
+def test_stored_non_finite_weights_are_a_409_not_a_500(client, db, alice):
+    art = load_artifact(ROOT / "models" / "sinusoid")
+    broken = {k: torch.full_like(v, math.nan) for k, v in art.params.items()}
+    tid = stored_task(db, client_id_of(db, alice), "sinusoid", weights=broken)
+    r = client.post(f"/tasks/{tid}/predict", headers=alice, json={"x": [1.0]})
+    assert_problem(
+        r,
+        409,
+        "the task's stored model has non-finite weights (its adaptation diverged before the "
+        "service refused such adaptations): delete it and adapt again",
+    )
+    assert client.delete(f"/tasks/{tid}", headers=alice).status_code == 204
+
+
+def test_a_diverging_adaptation_is_a_422_and_stores_nothing(client, alice):
+    body = {
+        "model": "sinusoid",
+        "support": {"x": [[1.0], [2.0]], "y": [1.0, 2.0]},
+        "inner_steps": 100,
+        "inner_lr": 10,
+    }
+    r = client.post("/tasks", headers=alice, json=body)
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"].startswith("the adaptation diverged: the support loss went from ")
+    assert r.json()["detail"].endswith(
+        "in 100 steps at inner_lr 10.0; lower inner_lr or inner_steps"
+    )
+    huge = {"model": "sinusoid", "support": {"x": [[1.0], [2.0]], "y": [3e38, -3e38]}}
+    assert_problem(
+        client.post("/tasks", headers=alice, json=huge),
+        422,
+        "support_loss_before is inf: the support set's values are too large for the model's "
+        "float32 arithmetic; scale x and y down",
+    )
+    assert client.get("/tasks", headers=alice).json()["total"] == 0
+
+
+def test_a_prediction_json_cannot_carry_is_a_422(client, alice):
+    tid = create(client, alice)["id"]
+    r = client.post(f"/tasks/{tid}/predict", headers=alice, json={"x": [0.5, 3e38, -3e38]})
+    assert_problem(
+        r,
+        422,
+        "the predictions for rows [1, 2] of x are not finite: those inputs are too large for "
+        "the model's float32 arithmetic",
+    )
+
+
+def test_an_offset_beyond_any_database_is_a_422(client, alice):
+    r = client.get("/tasks?offset=10000000000000000000000000", headers=alice)
+    assert_problem(r, 422, "query.offset: Input should be less than or equal to 2147483647")
+
+
+def test_listing_and_getting_read_only_the_columns_they_show(client, db, alice):
+    tid = create(client, alice)["id"]
+    statements: list[str] = []
+    engine = client.app.state.services.db.engine
+
+    def record(conn, cursor, statement, *args):
+        statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        assert client.get("/tasks", headers=alice).status_code == 200
+        assert client.get(f"/tasks/{tid}", headers=alice).status_code == 200
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    selects = [s for s in statements if s.lstrip().upper().startswith("SELECT") and "tasks" in s]
+    assert len(selects) >= 2
+    assert not any(re.search(r"\btasks\.weights\b(?!_)", s) for s in selects), selects
 
 
 def test_malformed_json_and_oversized_body(client, alice):
