@@ -12,18 +12,23 @@ import torch
 from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
 
-from app.api.middleware import BodyLimit, RequestMetrics
+from app.api.middleware import Authenticate, BodyLimit, RequestMetrics
 from app.api.routes import health, meta_models, tasks
 from app.core.config import Settings, get_settings
 from app.core.db import Database, migration_state
 from app.core.errors import install_handlers
 from app.core.metrics import Metrics
 from app.services.cache import LRUCache
+from app.services.keys import KeyCache
 from app.services.pool import AdaptationPool
 from app.services.registry import MetaModelRegistry
 from app.services.state import Services
 
 log = logging.getLogger("app")
+# What answers without an API key: probes, metrics and the API's documentation.
+PUBLIC_PATHS = frozenset(
+    {"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+)
 
 
 class NotMigrated(RuntimeError):
@@ -92,6 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 metrics.rejected,
             ),
             metrics=metrics,
+            keys=KeyCache(settings.auth_cache_seconds, settings.auth_reject_seconds),
         )
         app.state.services = services
         log.info(
@@ -107,6 +113,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_handlers(app, settings.retry_after_seconds)
     for module in (tasks, meta_models, health):  # the hot path's router first
         mount(app, module.router)
+    # Outermost last: metrics see every answer; the body limit and the key come before the body.
+    app.add_middleware(Authenticate, public=PUBLIC_PATHS)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics)
     return app

@@ -11,7 +11,6 @@ worker thread, a needless hop on the predict path.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Annotated
 
@@ -47,6 +46,7 @@ def services_of(request: Request) -> Services:
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
+CLIENT_ID = "client_id"  # where the middleware leaves the caller's id, in the request's state
 
 
 async def get_settings(services: ServicesDep) -> Settings:
@@ -90,29 +90,38 @@ def get_session(db: DatabaseDep) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
-async def current_client(request: Request, services: ServicesDep) -> int:
-    """The calling client's id, from ``Authorization: Bearer <key>`` (401 otherwise). Checked
-    keys are trusted for AUTH_CACHE_SECONDS, so the predict path needs no database read."""
+async def authenticate(request: Request, services: Services) -> int:
+    """The calling client's id, from ``Authorization: Bearer <key>`` (401 otherwise), checked
+    before anything reads the body (the ``Authenticate`` middleware calls this). A key's
+    verdict is remembered briefly (:class:`~app.services.keys.KeyCache`)."""
     header = request.headers.get("authorization", "")
     scheme, _, key = header.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
         raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
     key_hash = hash_key(key.strip())
-    auth_cache, db = services.auth_cache, services.db
-    hit = auth_cache.get(key_hash)
-    now = time.monotonic()
-    if hit is not None and hit[1] > now:
-        return hit[0]
+    keys, db = services.keys, services.db
+    known, client_id = keys.get(key_hash)
+    if not known:
 
-    def lookup() -> int | None:
-        with db.session() as session:
-            return crud.active_client_id(session, key_hash=key_hash)
+        def lookup() -> int | None:
+            with db.session() as session:
+                return crud.active_client_id(session, key_hash=key_hash)
 
-    client_id = await run_in_threadpool(lookup)
+        client_id = await run_in_threadpool(lookup)
+        if client_id is None:
+            keys.reject(key_hash)
+        else:
+            keys.accept(key_hash, client_id)
     if client_id is None:
-        auth_cache.pop(key_hash, None)
         raise Unauthorized("invalid or revoked API key")
-    auth_cache[key_hash] = (client_id, now + services.settings.auth_cache_seconds)
+    return client_id
+
+
+async def current_client(request: Request) -> int:
+    """The id of the client the ``Authenticate`` middleware identified (app/api/middleware.py)."""
+    client_id: int | None = request.scope.get("state", {}).get(CLIENT_ID)
+    if client_id is None:  # a route left public by mistake must not run unauthenticated
+        raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
     return client_id
 
 

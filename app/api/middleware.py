@@ -1,4 +1,5 @@
-"""The two ASGI middlewares: a body-size limit, and per-request metrics and logging."""
+"""The ASGI middlewares: the API key checked before the body is read, a body-size limit, and
+per-request metrics and logging."""
 
 from __future__ import annotations
 
@@ -6,9 +7,12 @@ import logging
 import time
 from typing import Any
 
+from sqlalchemy.exc import DBAPIError
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.core.errors import PayloadTooLarge, render
+from app.api.deps import CLIENT_ID, authenticate, services_of
+from app.core.errors import AppError, DatabaseUnavailable, PayloadTooLarge, render
 from app.core.metrics import Metrics
 
 log = logging.getLogger("app")
@@ -92,3 +96,28 @@ class RequestMetrics:
             series[1].observe(elapsed)
             if status >= 400 or log.isEnabledFor(logging.DEBUG):
                 log.info("%s %s %d %.1fms", scope["method"], scope["path"], status, elapsed * 1000)
+
+
+class Authenticate:
+    """401 (problem+json) for a request without a valid API key, before its body is read, on
+    every path but the ``public`` ones; the caller's id goes into the request's state, where the
+    ``CurrentClient`` dependency reads it."""
+
+    def __init__(self, app: ASGIApp, public: frozenset[str]) -> None:
+        self.app, self.public = app, public
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.public:
+            return await self.app(scope, receive, send)
+        request = Request(scope)
+        services = services_of(request)
+        try:
+            client_id = await authenticate(request, services)
+        except AppError as refused:
+            return await render(refused)(scope, receive, send)
+        except DBAPIError as exc:
+            log.warning("database error: %s", exc.__class__.__name__)
+            down = DatabaseUnavailable(retry_after=services.settings.retry_after_seconds)
+            return await render(down)(scope, receive, send)
+        scope.setdefault("state", {})[CLIENT_ID] = client_id
+        await self.app(scope, receive, send)

@@ -31,6 +31,9 @@ class Settings(BaseSettings):
         5.0, ge=0, description="how long a cached model is served before its task is re-checked"
     )
     auth_cache_seconds: float = Field(5.0, ge=0, description="how long a checked key is trusted")
+    auth_reject_seconds: float = Field(
+        5.0, ge=0, description="how long a rejected key is answered 401 without a database read"
+    )
     max_support: int = Field(1000, ge=1)
     max_query: int = Field(10_000, ge=1)
     max_predict_rows: int = Field(10_000, ge=1)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from app.core.config import Settings
 from app.core.db import Database
 from app.core.metrics import Metrics
 from app.services.cache import LRUCache
+from app.services.keys import KeyCache
 from app.services.pool import AdaptationPool
 from app.services.registry import MetaModelRegistry
 
@@ -20,5 +21,4 @@ class Services:
     cache: LRUCache
     pool: AdaptationPool
     metrics: Metrics
-    # sha256 of a checked API key -> (client id, trusted until, monotonic seconds)
-    auth_cache: dict[str, tuple[int, float]] = field(default_factory=dict)
+    keys: KeyCache

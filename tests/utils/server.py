@@ -5,9 +5,15 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
@@ -33,3 +39,24 @@ def wait_ready(
         if time.monotonic() > deadline:
             raise TimeoutError(f"{base} did not become ready in {timeout:.0f} s")
         time.sleep(0.2)
+
+
+@contextmanager
+def running_server(env: dict[str, str], *args: str) -> Iterator[str]:
+    """``python -m app serve`` on a free port with ``env`` (and extra ``args``): its base URL,
+    once ready; terminated on exit."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "app", "serve", "--port", str(port), *args],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(base, server)
+        yield base
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -38,9 +38,10 @@ MAX_OFFSET = 2**31 - 1  # beyond, databases overflow; no client has that many ta
 
 # Predict first: requests are matched against routes in order, and predict is the hot path.
 class PredictRoute(APIRoute):
-    """The predict route resolves its own arguments, in this order: the services, the caller's
-    key (401 before the body is read), the body (``PredictIn``: 400/422 exactly as FastAPI
-    words them), the adapted model (404), and answers with the ``PredictOut`` it returns.
+    """The predict route resolves its own arguments, in this order: the services, the caller
+    (identified by the ``Authenticate`` middleware before the body is read), the body
+    (``PredictIn``: 400/422 exactly as FastAPI words them), the adapted model (404), and
+    answers with the ``PredictOut`` it returns.
 
     FastAPI's generic per-request machinery (dependency graph, body field, response
     re-validation) costs several times the prediction itself on a small model; README, "The
@@ -53,7 +54,7 @@ class PredictRoute(APIRoute):
         async def handler(request: Request) -> Response:
             services = services_of(request)
             task_id: str = request.path_params["task_id"]
-            client_id = await current_client(request, services)
+            client_id = await current_client(request)
             try:
                 body = PredictIn.model_validate_json(await request.body())
             except ClientDisconnect:  # as FastAPI answers a body it could not read
