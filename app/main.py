@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio.to_thread
 import torch
 from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
@@ -83,7 +84,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         torch.set_num_threads(settings.torch_threads)
-        db = Database(settings.database_url)
+        # run_in_threadpool and plain-def routes share these threads; each may hold one
+        # database connection, so the pool is as large and no thread waits for one.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.threads
+        db = Database(settings.database_url, settings.threads, settings.db_pool_timeout)
         check_migrated(db)
         services = Services(
             settings=settings,

@@ -8,11 +8,12 @@ import time
 from typing import Any
 
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.deps import CLIENT_ID, authenticate, services_of
-from app.core.errors import AppError, DatabaseUnavailable, PayloadTooLarge, render
+from app.core.errors import AppError, PayloadTooLarge, database_unavailable, render
 from app.core.metrics import Metrics
 
 log = logging.getLogger("app")
@@ -115,9 +116,8 @@ class Authenticate:
             client_id = await authenticate(request, services)
         except AppError as refused:
             return await render(refused)(scope, receive, send)
-        except DBAPIError as exc:
-            log.warning("database error: %s", exc.__class__.__name__)
-            down = DatabaseUnavailable(retry_after=services.settings.retry_after_seconds)
+        except (DBAPIError, PoolTimeout) as exc:
+            down = database_unavailable(exc, services.settings.retry_after_seconds)
             return await render(down)(scope, receive, send)
         scope.setdefault("state", {})[CLIENT_ID] = client_id
         await self.app(scope, receive, send)

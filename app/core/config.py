@@ -24,6 +24,15 @@ class Settings(BaseSettings):
     port: int = 8000
     workers: int = Field(1, ge=1)
     torch_threads: int = Field(1, ge=1, description="torch intra-op threads per process")
+    threads: int = Field(
+        16,
+        ge=1,
+        description="threads for blocking work (database, small requests) per process; the "
+        "database pool holds as many connections",
+    )
+    db_pool_timeout: float = Field(
+        5.0, gt=0, description="seconds to wait for a database connection before a 503"
+    )
     adapt_concurrency: int = Field(2, ge=1, description="adaptations running at once")
     adapt_queue: int = Field(8, ge=0, description="adaptations waiting; beyond: 503")
     cache_size: int = Field(1024, ge=0, description="adapted models kept in memory (LRU)")

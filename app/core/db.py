@@ -17,12 +17,19 @@ from sqlalchemy.orm import Session, sessionmaker
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, pool_size: int = 16, pool_timeout: float = 5.0) -> Engine:
+    """An engine whose pool holds ``pool_size`` connections, one per thread that may use it
+    (the service sets its thread limit to the same number), and never more: a thread that
+    still finds none within ``pool_timeout`` seconds gets ``sqlalchemy.exc.TimeoutError``,
+    which the service answers 503."""
+    pool = {"pool_size": pool_size, "max_overflow": 0, "pool_timeout": pool_timeout}
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": 30}, **pool
+        )
 
         @event.listens_for(engine, "connect")
         def _pragmas(conn: Any, _record: Any) -> None:
@@ -32,14 +39,14 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    return create_engine(url, pool_pre_ping=True, **pool)
 
 
 class Database:
     """An engine and its sessions. :meth:`session` is the only way code gets a session."""
 
-    def __init__(self, url: str) -> None:
-        self.engine = make_engine(url)
+    def __init__(self, url: str, pool_size: int = 16, pool_timeout: float = 5.0) -> None:
+        self.engine = make_engine(url, pool_size, pool_timeout)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager

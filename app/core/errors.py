@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
@@ -63,11 +64,10 @@ class Overloaded(AppError):
 class DatabaseUnavailable(AppError):
     status, title = 503, "Database unavailable"
 
-    def __init__(self, *, retry_after: int) -> None:
-        super().__init__(
-            "the database cannot be reached; retry later",
-            headers={"Retry-After": str(retry_after)},
-        )
+    def __init__(
+        self, *, retry_after: int, detail: str = "the database cannot be reached; retry later"
+    ) -> None:
+        super().__init__(detail, headers={"Retry-After": str(retry_after)})
 
 
 class StoredWeightsCorrupt(AppError):
@@ -75,6 +75,16 @@ class StoredWeightsCorrupt(AppError):
     fault, logged, never the client's."""
 
     status, title = 500, "Stored model corrupt"
+
+
+def database_unavailable(exc: Exception, retry_after: int) -> DatabaseUnavailable:
+    """The 503 for a database that cannot be reached (``DBAPIError``) or whose connections are
+    all taken (``sqlalchemy.exc.TimeoutError``)."""
+    log.warning("database error: %s", exc.__class__.__name__)
+    if isinstance(exc, PoolTimeout):
+        busy = "every database connection is in use; retry shortly"
+        return DatabaseUnavailable(retry_after=retry_after, detail=busy)
+    return DatabaseUnavailable(retry_after=retry_after)
 
 
 def problem(
@@ -118,6 +128,6 @@ def install_handlers(app: FastAPI, retry_after: int) -> None:
         )
 
     @app.exception_handler(DBAPIError)
-    async def _db(_: Request, exc: DBAPIError) -> JSONResponse:
-        log.warning("database error: %s", exc.__class__.__name__)
-        return render(DatabaseUnavailable(retry_after=retry_after))
+    @app.exception_handler(PoolTimeout)
+    async def _db(_: Request, exc: Exception) -> JSONResponse:
+        return render(database_unavailable(exc, retry_after))

@@ -450,6 +450,20 @@ def test_overload_answers_503_with_retry_after(client, alice):
     pool.shutdown()
 
 
+def test_an_exhausted_connection_pool_is_a_503(client, database_url, alice):
+    tid = create(client, alice)["id"]
+    tiny = Database(database_url, pool_size=1, pool_timeout=0.2)
+    override_services(client.app, db=tiny, cache=LRUCache(0))
+    try:
+        with tiny.engine.connect():  # the pool's one connection, taken
+            r = client.get(f"/tasks/{tid}", headers=alice)
+        assert_problem(r, 503, "every database connection is in use; retry shortly")
+        assert r.headers["retry-after"] == "1"
+        assert client.get(f"/tasks/{tid}", headers=alice).status_code == 200
+    finally:
+        tiny.dispose()
+
+
 def test_database_outage_is_503_and_recovers(client, alice):
     app: FastAPI = client.app
     uncached = override_services(app, cache=LRUCache(0))  # every predict reads the database
