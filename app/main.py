@@ -21,7 +21,7 @@ from app.core.errors import install_handlers
 from app.core.metrics import Metrics
 from app.services.cache import LRUCache
 from app.services.keys import KeyCache
-from app.services.pool import AdaptationPool
+from app.services.pool import WorkPool
 from app.services.registry import MetaModelRegistry
 from app.services.state import Services
 
@@ -46,35 +46,41 @@ def check_migrated(db: Database) -> None:
         )
 
 
-def mount(app: FastAPI, router: APIRouter) -> None:
-    """Declare ``router``'s routes on the app itself, as ``include_router`` did before FastAPI
+def mount(app: FastAPI, *routers: APIRouter) -> None:
+    """Declare the routers' routes on the app itself, as ``include_router`` did before FastAPI
     made it lazy: an included router is a branch matched twice per request, which costs
     predict a sixth of its time (README, "The predict path against its floor"). Each route is
     declared anew, so it takes the app's dependency overrides; the OpenAPI schema is the one
-    ``include_router`` gives (tested)."""
-    for route in router.routes:
-        if not isinstance(route, APIRoute):
-            raise TypeError(f"mount() takes API routes only, not {route!r}")
-        app.router.add_api_route(
-            route.path,
-            route.endpoint,
-            response_model=route.response_model,
-            status_code=route.status_code,
-            tags=route.tags,
-            dependencies=route.dependencies,
-            summary=route.summary,
-            description=route.description,
-            response_description=route.response_description,
-            responses=route.responses,
-            deprecated=route.deprecated,
-            methods=route.methods,
-            operation_id=route.operation_id,
-            include_in_schema=route.include_in_schema,
-            response_class=route.response_class,
-            name=route.name,
-            route_class_override=type(route),
-            openapi_extra=route.openapi_extra,
-        )
+    ``include_router`` gives (tested). Requests are matched in order: the routes go first, in
+    the routers' order, ahead of the documentation routes FastAPI declares itself."""
+    first = len(app.router.routes)
+    for router in routers:
+        for route in router.routes:
+            if not isinstance(route, APIRoute):
+                raise TypeError(f"mount() takes API routes only, not {route!r}")
+            app.router.add_api_route(
+                route.path,
+                route.endpoint,
+                response_model=route.response_model,
+                status_code=route.status_code,
+                tags=route.tags,
+                dependencies=route.dependencies,
+                summary=route.summary,
+                description=route.description,
+                response_description=route.response_description,
+                responses=route.responses,
+                deprecated=route.deprecated,
+                methods=route.methods,
+                operation_id=route.operation_id,
+                include_in_schema=route.include_in_schema,
+                response_class=route.response_class,
+                name=route.name,
+                route_class_override=type(route),
+                openapi_extra=route.openapi_extra,
+            )
+    ours = app.router.routes[first:]
+    del app.router.routes[first:]
+    app.router.routes[:0] = ours
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -94,11 +100,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             db=db,
             registry=MetaModelRegistry.load(settings.model_dir),
             cache=LRUCache(settings.cache_size, settings.cache_ttl_seconds),
-            pool=AdaptationPool(
+            pool=WorkPool(
+                "adaptations",
                 settings.adapt_concurrency,
                 settings.adapt_queue,
                 settings.retry_after_seconds,
                 metrics.rejected,
+                per_client=settings.adapt_per_client,
+            ),
+            predict_pool=WorkPool(
+                "predictions",
+                settings.predict_concurrency,
+                settings.predict_queue,
+                settings.retry_after_seconds,
+                metrics.rejected,
+                per_client=settings.predict_per_client,
             ),
             metrics=metrics,
             keys=KeyCache(settings.auth_cache_seconds, settings.auth_reject_seconds),
@@ -111,12 +127,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         yield
         services.pool.shutdown()
+        services.predict_pool.shutdown()
         db.dispose()
 
     app = FastAPI(title="MAML adaptation service", version="0.1.0", lifespan=lifespan)
     install_handlers(app, settings.retry_after_seconds)
-    for module in (tasks, meta_models, health):  # the hot path's router first
-        mount(app, module.router)
+    mount(app, tasks.router, meta_models.router, health.router)  # the hot path's first
     # Outermost last: metrics see every answer; the body limit and the key come before the body.
     app.add_middleware(Authenticate, public=PUBLIC_PATHS)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)

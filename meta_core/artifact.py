@@ -13,6 +13,7 @@ live here side by side.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import math
@@ -230,6 +231,11 @@ class Artifact:
     @property
     def task_kind(self) -> TaskKind:
         return self.manifest.task_kind
+
+    @functools.cached_property
+    def flops_per_example(self) -> int:
+        """One example's forward pass, in floating-point operations (the architecture's)."""
+        return self.manifest.architecture.flops
 
     @property
     def input_shape(self) -> list[int]:

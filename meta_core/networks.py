@@ -39,6 +39,12 @@ class MLPSpec(_Spec):
     def input_shape(self) -> list[int]:
         return [self.in_features]
 
+    @property
+    def flops(self) -> int:
+        """Floating-point operations of one example's forward pass (a multiply-add is 2)."""
+        widths = [self.in_features, *self.hidden, self.out_features]
+        return sum(2 * a * b + b for a, b in zip(widths, widths[1:], strict=False))
+
 
 class Conv4Spec(_Spec):
     """4 x [conv 3x3, norm, ReLU, max-pool 2], then linear."""
@@ -53,6 +59,16 @@ class Conv4Spec(_Spec):
     @property
     def input_shape(self) -> list[int]:
         return [self.in_channels, self.image_size, self.image_size]
+
+    @property
+    def flops(self) -> int:
+        """Floating-point operations of one example's forward pass (a multiply-add is 2):
+        the 3x3 convolutions, then the head; norms, ReLUs and pooling add a few per value."""
+        total, channels, size = 0, self.in_channels, self.image_size
+        for _ in range(4):
+            total += (2 * 9 * channels + 8) * self.hidden * size * size
+            channels, size = self.hidden, size // 2
+        return total + 2 * self.hidden * size * size * self.out_features
 
 
 ArchSpec = Annotated[MLPSpec | Conv4Spec, Field(discriminator="type")]

@@ -26,7 +26,7 @@ from app.core.metrics import Metrics
 from app.core.security import hash_key
 from app.services import tasks as task_service
 from app.services.cache import AdaptedModel, LRUCache
-from app.services.pool import AdaptationPool
+from app.services.pool import WorkPool
 from app.services.registry import MetaModelRegistry
 from app.services.state import Services
 from app.tables import TaskRow
@@ -65,7 +65,7 @@ async def get_cache(services: ServicesDep) -> LRUCache:
     return services.cache
 
 
-async def get_pool(services: ServicesDep) -> AdaptationPool:
+async def get_pool(services: ServicesDep) -> WorkPool:
     return services.pool
 
 
@@ -77,7 +77,7 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 DatabaseDep = Annotated[Database, Depends(get_database)]
 RegistryDep = Annotated[MetaModelRegistry, Depends(get_registry)]
 CacheDep = Annotated[LRUCache, Depends(get_cache)]
-PoolDep = Annotated[AdaptationPool, Depends(get_pool)]
+PoolDep = Annotated[WorkPool, Depends(get_pool)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 
 
@@ -90,11 +90,10 @@ def get_session(db: DatabaseDep) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
-async def authenticate(request: Request, services: Services) -> int:
-    """The calling client's id, from ``Authorization: Bearer <key>`` (401 otherwise), checked
-    before anything reads the body (the ``Authenticate`` middleware calls this). A key's
-    verdict is remembered briefly (:class:`~app.services.keys.KeyCache`)."""
-    header = request.headers.get("authorization", "")
+async def authenticate(header: str, services: Services) -> int:
+    """The calling client's id, from the ``Authorization: Bearer <key>`` header (401
+    otherwise), checked before anything reads the body (the ``Authenticate`` middleware calls
+    this). A key's verdict is remembered briefly (:class:`~app.services.keys.KeyCache`)."""
     scheme, _, key = header.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
         raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")

@@ -110,10 +110,14 @@ class Authenticate:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self.public:
             return await self.app(scope, receive, send)
-        request = Request(scope)
-        services = services_of(request)
+        header = b""
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                header = value
+                break
+        services = services_of(Request(scope))
         try:
-            client_id = await authenticate(request, services)
+            client_id = await authenticate(header.decode("latin-1"), services)
         except AppError as refused:
             return await render(refused)(scope, receive, send)
         except (DBAPIError, PoolTimeout) as exc:

@@ -35,6 +35,22 @@ class Settings(BaseSettings):
     )
     adapt_concurrency: int = Field(2, ge=1, description="adaptations running at once")
     adapt_queue: int = Field(8, ge=0, description="adaptations waiting; beyond: 503")
+    adapt_per_client: int = Field(
+        2, ge=1, description="one client's adaptations running or waiting; beyond: 429"
+    )
+    predict_concurrency: int = Field(
+        2, ge=1, description="large or image predictions running at once (on threads)"
+    )
+    predict_queue: int = Field(16, ge=0, description="large predictions waiting; beyond: 503")
+    predict_per_client: int = Field(
+        4, ge=1, description="one client's large predictions running or waiting; beyond: 429"
+    )
+    predict_inline_flops: float = Field(
+        1e7,
+        ge=0,
+        description="a numeric predict of at most rows x the model's FLOPs per row this many "
+        "runs on the event loop (microseconds); larger ones and any images, on the pool",
+    )
     cache_size: int = Field(1024, ge=0, description="adapted models kept in memory (LRU)")
     cache_ttl_seconds: float = Field(
         5.0, ge=0, description="how long a cached model is served before its task is re-checked"
@@ -49,7 +65,12 @@ class Settings(BaseSettings):
     max_label_chars: int = Field(100, ge=1, description="one class label (a string)")
     max_inner_steps: int = Field(100, ge=1)
     max_inner_lr: float = Field(10.0, gt=0)
-    max_body_bytes: int = Field(16 * 2**20, ge=1024)
+    max_body_bytes: int = Field(
+        8 * 2**20,
+        ge=1024,
+        description="one request body; JSON parsing holds the interpreter lock about 6 ms "
+        "per MiB of numbers, so this bounds how long one request can stall its worker",
+    )
     max_image_bytes: int = Field(4 * 2**20, ge=1024, description="one encoded image")
     max_image_pixels: int = Field(4096 * 4096, ge=1, description="one image, before resizing")
     retry_after_seconds: int = Field(1, ge=1)

@@ -61,6 +61,15 @@ class Overloaded(AppError):
         super().__init__(detail, headers={"Retry-After": str(retry_after)})
 
 
+class TooManyRequests(AppError):
+    """A client over one of its limits (its share of a pool, its rate, its quotas)."""
+
+    status, title = 429, "Too many requests"
+
+    def __init__(self, detail: str, *, retry_after: int) -> None:
+        super().__init__(detail, headers={"Retry-After": str(retry_after)})
+
+
 class DatabaseUnavailable(AppError):
     status, title = 503, "Database unavailable"
 

@@ -36,5 +36,9 @@ class Metrics:
             registry=self.registry,
         )
         self.rejected = Counter(
-            "adaptations_rejected_total", "Adaptations refused (overload)", registry=self.registry
+            "work_rejected_total",
+            "Adaptations and predictions refused: over the pool's capacity, or over the "
+            "client's share of it",
+            ["pool", "reason"],
+            registry=self.registry,
         )

@@ -9,7 +9,7 @@ from app.core.db import Database
 from app.core.metrics import Metrics
 from app.services.cache import LRUCache
 from app.services.keys import KeyCache
-from app.services.pool import AdaptationPool
+from app.services.pool import WorkPool
 from app.services.registry import MetaModelRegistry
 
 
@@ -19,6 +19,7 @@ class Services:
     db: Database
     registry: MetaModelRegistry
     cache: LRUCache
-    pool: AdaptationPool
+    pool: WorkPool  # adaptations
+    predict_pool: WorkPool  # predictions too large or slow for the event loop
     metrics: Metrics
     keys: KeyCache

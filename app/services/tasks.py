@@ -24,7 +24,7 @@ from app.schemas import ClassPrediction, PredictOut, TaskCreate, readable
 from app.services import weights
 from app.services.cache import AdaptedModel, LRUCache
 from app.services.inputs import ImageLimits, SupportSet, prepare, to_inputs
-from app.services.pool import AdaptationPool
+from app.services.pool import WorkPool
 from app.services.registry import MetaModelRegistry
 from app.tables import TaskRow
 from meta_core.artifact import Artifact
@@ -101,17 +101,22 @@ async def create_task(
     client_id: int,
     settings: Settings,
     registry: MetaModelRegistry,
-    pool: AdaptationPool,
+    pool: WorkPool,
     cache: LRUCache,
     metrics: Metrics,
     db: Database,
 ) -> TaskRow:
-    """Validate, adapt (on the pool), store row and weights in one transaction, cache."""
+    """Validate and adapt (on the pool: inputs, images and the inner loop are CPU work), store
+    row and weights in one transaction, cache."""
     meta_model = registry.for_new_task(body.model)
-    support = prepare(meta_model, body, settings)
-    adapted = await pool.run(lambda: adapt(meta_model, support))
-    names = meta_model.adapt_names or list(adapted.params)
-    data, digest = weights.serialize({k: adapted.params[k] for k in names})
+
+    def work() -> tuple[SupportSet, Adaptation, bytes, str]:
+        support = prepare(meta_model, body, settings)
+        adapted = adapt(meta_model, support)
+        names = meta_model.adapt_names or list(adapted.params)
+        return support, adapted, *weights.serialize({k: adapted.params[k] for k in names})
+
+    support, adapted, data, digest = await pool.run(work, client_id)
 
     def store() -> TaskRow:
         with db.session() as session:
@@ -192,7 +197,36 @@ async def load_adapted(
     return adapted
 
 
-def predict(task_id: str, adapted: AdaptedModel, x: list[Any], settings: Settings) -> PredictOut:
+INLINE_BODY_BYTES = 64 * 2**10  # a body this small parses and converts in microseconds
+
+
+async def predict(
+    task_id: str,
+    adapted: AdaptedModel,
+    x: list[Any],
+    *,
+    body_bytes: int,
+    client_id: int,
+    settings: Settings,
+    pool: WorkPool,
+) -> PredictOut:
+    """:func:`predict_now`, on the event loop when the request is light (numbers in a small
+    body, rows x the model's FLOPs per row within PREDICT_INLINE_FLOPS: microseconds, where
+    a thread hop would cost more than the work), else on the predictions pool (images, many
+    rows, a large model), so that no request holds the event loop."""
+    light = (
+        body_bytes <= INLINE_BODY_BYTES
+        and not (x and isinstance(x[0], str))
+        and len(x) * adapted.meta_model.flops_per_example <= settings.predict_inline_flops
+    )
+    if light:
+        return predict_now(task_id, adapted, x, settings)
+    return await pool.run(lambda: predict_now(task_id, adapted, x, settings), client_id)
+
+
+def predict_now(
+    task_id: str, adapted: AdaptedModel, x: list[Any], settings: Settings
+) -> PredictOut:
     """The adapted model's prediction for every row of ``x``: values (regression), or the
     predicted label and the probabilities over the task's labels (classification)."""
     meta_model = adapted.meta_model

@@ -22,6 +22,7 @@ from app.api.deps import (
     OwnedTask,
     PoolDep,
     RegistryDep,
+    ServicesDep,
     SessionDep,
     SettingsDep,
     adapted_model,
@@ -63,7 +64,12 @@ class PredictRoute(APIRoute):
                 raise RequestValidationError(exc.errors(include_url=False)) from None
             adapted = await adapted_model(task_id, client_id, services)
             out: PredictOut = await endpoint(
-                task_id=task_id, body=body, adapted=adapted, settings=services.settings
+                task_id=task_id,
+                body=body,
+                adapted=adapted,
+                services=services,
+                client_id=client_id,
+                request=request,
             )
             return Response(out.model_dump_json(), media_type="application/json")
 
@@ -71,10 +77,23 @@ class PredictRoute(APIRoute):
 
 
 async def predict(
-    task_id: str, body: PredictIn, adapted: Adapted, settings: SettingsDep
+    task_id: str,
+    body: PredictIn,
+    adapted: Adapted,
+    services: ServicesDep,
+    client_id: CurrentClient,
+    request: Request,
 ) -> PredictOut:
     """Predictions of the task's adapted model for every row of x."""
-    return service.predict(task_id, adapted, body.x, settings)
+    return await service.predict(
+        task_id,
+        adapted,
+        body.x,
+        body_bytes=len(await request.body()),  # read once already: cached
+        client_id=client_id,
+        settings=services.settings,
+        pool=services.predict_pool,
+    )
 
 
 router.add_api_route(

@@ -20,7 +20,7 @@ from app.core.security import hash_key
 from app.main import create_app
 from app.services import weights
 from app.services.cache import LRUCache
-from app.services.pool import AdaptationPool
+from app.services.pool import WorkPool
 from meta_core.artifact import load_artifact
 from tests.conftest import ROOT
 from tests.utils.overrides import override_services
@@ -435,7 +435,7 @@ def test_bad_predict_input(client, alice):
 def test_overload_answers_503_with_retry_after(client, alice):
     app: FastAPI = client.app
     metrics = Metrics()
-    pool = AdaptationPool(1, 0, 1, metrics.rejected)
+    pool = WorkPool("adaptations", 1, 0, 1, metrics.rejected)
 
     pool.in_flight = pool.capacity  # as if every slot and queue place were taken
     override_services(app, pool=pool, metrics=metrics)
@@ -446,7 +446,10 @@ def test_overload_answers_503_with_retry_after(client, alice):
     assert_problem(r, 503, "1 adaptations are in progress; retry shortly")
     assert r.headers["retry-after"] == "1"
     assert client.get("/tasks", headers=alice).json()["total"] == 0
-    assert "adaptations_rejected_total 1.0" in client.get("/metrics").text
+    assert (
+        'work_rejected_total{pool="adaptations",reason="capacity"} 1.0'
+        in client.get("/metrics").text
+    )
     pool.shutdown()
 
 
