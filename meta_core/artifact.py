@@ -17,8 +17,9 @@ import functools
 import hashlib
 import json
 import math
+import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _pkg_version
@@ -219,6 +220,16 @@ class Artifact:
     model: nn.Module
     params: Params
     lrs: Params
+    _threads: threading.local = field(default_factory=threading.local, repr=False, compare=False)
+
+    def network(self) -> nn.Module:
+        """This thread's copy of the network. ``functional_call`` swaps a module's parameters
+        in place while it runs, so threads adapting or predicting at once must each have
+        their own (tested); ``model`` itself is only copied."""
+        module: nn.Module | None = getattr(self._threads, "module", None)
+        if module is None:
+            module = self._threads.module = copy.deepcopy(self.model)
+        return module
 
     @property
     def name(self) -> str:
@@ -258,7 +269,7 @@ class Artifact:
     def inner_loop(self, *, steps: int | None = None, lr: float | None = None) -> InnerLoop:
         """The serving inner loop: first order, eager gradients, the manifest's defaults."""
         return InnerLoop(
-            self.model,
+            self.network(),
             self.task_kind,
             self.manifest.inner_loop.steps if steps is None else steps,
             self.learning_rate(lr),
@@ -278,12 +289,12 @@ class Artifact:
     def predict(self, params: Mapping[str, Tensor], x: Tensor) -> Tensor:
         """Raw network outputs (regression values or class logits) for ``x``."""
         with torch.inference_mode():
-            return forward(self.model, params, x)
+            return forward(self.network(), params, x)
 
     def materialize(self, params: Mapping[str, Tensor]) -> nn.Module:
         """A module holding ``params`` (shared, not copied), for repeated prediction without
         ``functional_call``'s per-call cost; it computes exactly what :meth:`predict` does."""
-        module = copy.deepcopy(self.model)
+        module = copy.deepcopy(self.network())
         module.load_state_dict(dict(params), assign=True)
         return module.requires_grad_(False).eval()
 

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -147,3 +148,30 @@ def test_weights_that_do_not_match_the_architecture_are_refused(tmp_path: Path):
                 training=TRAINING,
             )
         )
+
+
+def test_threads_adapting_one_artifact_at_once_get_what_each_would_alone():
+    art = load_artifact(Path(__file__).resolve().parents[2] / "models" / "omniglot-5w1s")
+    tasks = [
+        (torch.rand(5, 1, 28, 28, generator=torch.Generator().manual_seed(i)), i) for i in range(4)
+    ]
+    y = torch.arange(5)
+    alone = [art.predict(art.adapt(x, y, steps=3), x) for x, _ in tasks]
+    results: dict[int, torch.Tensor] = {}
+    errors: list[BaseException] = []
+
+    def run(x: torch.Tensor, i: int) -> None:
+        try:
+            for _ in range(3):
+                results[i] = art.predict(art.adapt(x, y, steps=3), x)
+        except BaseException as exc:  # noqa: BLE001 (reported below)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=task) for task in tasks]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    for i, expected in enumerate(alone):
+        torch.testing.assert_close(results[i], expected)
