@@ -1,4 +1,4 @@
-"""``python -m app serve`` and ``python -m app clients create|list|revoke``."""
+"""``python -m app serve`` and ``python -m app clients create|list|revoke|rotate|purge|limits``."""
 
 from __future__ import annotations
 
@@ -6,11 +6,14 @@ import argparse
 import logging
 import sys
 
+from pydantic import ValidationError
+
 from app import crud
 from app.core.config import get_settings
 from app.core.db import Database
-from app.core.errors import NotFound
+from app.core.errors import Conflict, NotFound
 from app.core.security import hash_key, new_key
+from app.services.limits import Limits
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,6 +30,18 @@ def main(argv: list[str] | None = None) -> int:
     csub.add_parser("list", help="list clients")
     revoke = csub.add_parser("revoke", help="revoke a client's key")
     revoke.add_argument("client_id", type=int)
+    rotate = csub.add_parser("rotate", help="a new key for a client; the old one stops working")
+    rotate.add_argument("client_id", type=int)
+    purge = csub.add_parser("purge", help="delete a revoked client's tasks")
+    purge.add_argument("client_id", type=int)
+    limits = csub.add_parser(
+        "limits", help="show a client's limits; with options, override them (--reset: defaults)"
+    )
+    limits.add_argument("client_id", type=int)
+    for name, field in Limits.model_fields.items():
+        kind = int if field.annotation in (int, "int") else float
+        limits.add_argument(f"--{name.replace('_', '-')}", type=kind, help=field.description)
+    limits.add_argument("--reset", action="store_true", help="back to the service's defaults")
     args = parser.parse_args(argv)
     settings = get_settings()
     logging.basicConfig(
@@ -61,12 +76,44 @@ def main(argv: list[str] | None = None) -> int:
                 for c in crud.list_clients(session):
                     state = f"revoked {c.revoked_at:%Y-%m-%d}" if c.revoked_at else "active"
                     print(f"{c.id}\t{c.name}\t{c.key_prefix}...\t{state}")
-        else:
+        elif args.action == "revoke":
             with db.session() as session:
                 client = crud.revoke_client(session, client_id=args.client_id)
             print(f"revoked client {client.id} ({client.name})")
-    except NotFound as exc:
+        elif args.action == "rotate":
+            key = new_key()
+            with db.session() as session:
+                client = crud.rotate_key(
+                    session, client_id=args.client_id, key_hash=hash_key(key), key_prefix=key[:10]
+                )
+            print(f"new key for client {client.id} ({client.name}); the old one no longer works:")
+            print(key)
+        elif args.action == "purge":
+            with db.session() as session:
+                deleted = crud.purge_tasks(session, client_id=args.client_id)
+            print(f"deleted {deleted} tasks of client {args.client_id}")
+        else:
+            changes = {
+                name: getattr(args, name)
+                for name in Limits.model_fields
+                if getattr(args, name) is not None
+            }
+            with db.session() as session:
+                client = crud.get_client(session, client_id=args.client_id)
+                overrides = {} if args.reset else dict(client.limits or {})
+                overrides |= changes
+                effective = Limits.of(settings, overrides)  # refuses a bad value
+                if changes or args.reset:
+                    crud.set_limits(session, client_id=client.id, limits=overrides)
+            for name, value in effective.model_dump().items():
+                mark = "  (override)" if name in overrides else ""
+                print(f"{name}\t{value:g}{mark}")
+    except (NotFound, Conflict) as exc:
         print(exc.detail, file=sys.stderr)
+        return 1
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        print(f"--{error['loc'][0]}: {error['msg']}".replace("_", "-"), file=sys.stderr)
         return 1
     finally:
         db.dispose()

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, load_only
 
-from app.core.errors import NotFound
+from app.core.errors import Conflict, NotFound
 from app.tables import ClientRow, TaskRow
 
 
@@ -47,6 +47,7 @@ def create_task(
         metrics=metrics,
         weights=weights,
         weights_sha256=weights_sha256,
+        weights_bytes=len(weights),
     )
     session.add(task)
     session.flush()
@@ -81,6 +82,16 @@ def get_task(
     if task is None:
         raise NotFound(f"no task {task_id!r}")
     return task
+
+
+def stored(session: Session, *, client_id: int) -> tuple[int, int]:
+    """How many tasks the client stores, and their weights' bytes."""
+    count, size = session.execute(
+        select(func.count(), func.coalesce(func.sum(TaskRow.weights_bytes), 0)).where(
+            TaskRow.client_id == client_id
+        )
+    ).one()
+    return int(count), int(size)
 
 
 def task_exists(session: Session, *, client_id: int, task_id: str) -> bool:
@@ -131,15 +142,48 @@ def list_clients(session: Session) -> Sequence[ClientRow]:
 
 def revoke_client(session: Session, *, client_id: int) -> ClientRow:
     """Mark the client's key revoked (404 if there is no such client)."""
-    client = session.get(ClientRow, client_id)
-    if client is None:
-        raise NotFound(f"no client {client_id}")
+    client = get_client(session, client_id=client_id)
     client.revoked_at = datetime.now(UTC)
     return client
 
 
-def active_client_id(session: Session, *, key_hash: str) -> int | None:
-    """The id of the unrevoked client with this key hash, if any."""
-    return session.scalar(
-        select(ClientRow.id).where(ClientRow.key_hash == key_hash, ClientRow.revoked_at.is_(None))
-    )
+def active_client(session: Session, *, key_hash: str) -> tuple[int, dict[str, Any] | None] | None:
+    """The id and limit overrides of the unrevoked client with this key hash, if any."""
+    row = session.execute(
+        select(ClientRow.id, ClientRow.limits).where(
+            ClientRow.key_hash == key_hash, ClientRow.revoked_at.is_(None)
+        )
+    ).one_or_none()
+    return None if row is None else (row[0], row[1])
+
+
+def get_client(session: Session, *, client_id: int) -> ClientRow:
+    client = session.get(ClientRow, client_id)
+    if client is None:
+        raise NotFound(f"no client {client_id}")
+    return client
+
+
+def set_limits(session: Session, *, client_id: int, limits: dict[str, Any] | None) -> ClientRow:
+    """Replace the client's limit overrides (None: the service's defaults)."""
+    client = get_client(session, client_id=client_id)
+    client.limits = limits or None
+    return client
+
+
+def rotate_key(session: Session, *, client_id: int, key_hash: str, key_prefix: str) -> ClientRow:
+    """Give an active client a new key; the old one stops working."""
+    client = get_client(session, client_id=client_id)
+    if client.revoked_at is not None:
+        raise Conflict(f"client {client_id} is revoked; create a new client instead")
+    client.key_hash, client.key_prefix = key_hash, key_prefix
+    return client
+
+
+def purge_tasks(session: Session, *, client_id: int) -> int:
+    """Delete a revoked client's tasks; how many."""
+    client = get_client(session, client_id=client_id)
+    if client.revoked_at is None:
+        raise Conflict(f"client {client_id} is active; revoke it first")
+    result: Any = session.execute(delete(TaskRow).where(TaskRow.client_id == client_id))
+    return int(result.rowcount)

@@ -21,6 +21,7 @@ from app.core.errors import install_handlers
 from app.core.metrics import Metrics
 from app.services.cache import LRUCache
 from app.services.keys import KeyCache
+from app.services.limits import RateLimiter
 from app.services.pool import WorkPool
 from app.services.registry import MetaModelRegistry
 from app.services.state import Services
@@ -106,7 +107,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 settings.adapt_queue,
                 settings.retry_after_seconds,
                 metrics.rejected,
-                per_client=settings.adapt_per_client,
             ),
             predict_pool=WorkPool(
                 "predictions",
@@ -114,10 +114,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 settings.predict_queue,
                 settings.retry_after_seconds,
                 metrics.rejected,
-                per_client=settings.predict_per_client,
             ),
             metrics=metrics,
             keys=KeyCache(settings.auth_cache_seconds, settings.auth_reject_seconds),
+            rates=RateLimiter(),
         )
         app.state.services = services
         log.info(

@@ -6,6 +6,7 @@ API's task schemas."""
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -42,6 +43,8 @@ class ClientRow(Base):
     key_prefix: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # Overrides of the service's per-client limits (app/services/limits.py), or None.
+    limits: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class TaskRow(Base):
@@ -63,3 +66,4 @@ class TaskRow(Base):
     metrics: Mapped[dict[str, float]] = mapped_column(JSON)
     weights: Mapped[bytes] = mapped_column(LargeBinary)
     weights_sha256: Mapped[str] = mapped_column(String(64))
+    weights_bytes: Mapped[int] = mapped_column(Integer)  # len(weights), for the storage quota

@@ -26,6 +26,8 @@ from app.core.metrics import Metrics
 from app.core.security import hash_key
 from app.services import tasks as task_service
 from app.services.cache import AdaptedModel, LRUCache
+from app.services.keys import Caller
+from app.services.limits import Limits
 from app.services.pool import WorkPool
 from app.services.registry import MetaModelRegistry
 from app.services.state import Services
@@ -46,7 +48,7 @@ def services_of(request: Request) -> Services:
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
-CLIENT_ID = "client_id"  # where the middleware leaves the caller's id, in the request's state
+CALLER = "caller"  # where the middleware leaves the Caller, in the request's state
 
 
 async def get_settings(services: ServicesDep) -> Settings:
@@ -90,8 +92,8 @@ def get_session(db: DatabaseDep) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
-async def authenticate(header: str, services: Services) -> int:
-    """The calling client's id, from the ``Authorization: Bearer <key>`` header (401
+async def authenticate(header: str, services: Services) -> Caller:
+    """The calling client and its limits, from the ``Authorization: Bearer <key>`` header (401
     otherwise), checked before anything reads the body (the ``Authenticate`` middleware calls
     this). A key's verdict is remembered briefly (:class:`~app.services.keys.KeyCache`)."""
     scheme, _, key = header.partition(" ")
@@ -99,31 +101,40 @@ async def authenticate(header: str, services: Services) -> int:
         raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
     key_hash = hash_key(key.strip())
     keys, db = services.keys, services.db
-    known, client_id = keys.get(key_hash)
+    known, caller = keys.get(key_hash)
     if not known:
 
-        def lookup() -> int | None:
+        def lookup() -> Caller | None:
             with db.session() as session:
-                return crud.active_client_id(session, key_hash=key_hash)
+                found = crud.active_client(session, key_hash=key_hash)
+            if found is None:
+                return None
+            return Caller(found[0], Limits.of(services.settings, found[1]))
 
-        client_id = await run_in_threadpool(lookup)
-        if client_id is None:
+        caller = await run_in_threadpool(lookup)
+        if caller is None:
             keys.reject(key_hash)
         else:
-            keys.accept(key_hash, client_id)
-    if client_id is None:
+            keys.accept(key_hash, caller)
+    if caller is None:
         raise Unauthorized("invalid or revoked API key")
-    return client_id
+    return caller
+
+
+async def current_caller(request: Request) -> Caller:
+    """The client the ``Authenticate`` middleware identified (app/api/middleware.py)."""
+    caller: Caller | None = request.scope.get("state", {}).get(CALLER)
+    if caller is None:  # a route left public by mistake must not run unauthenticated
+        raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
+    return caller
 
 
 async def current_client(request: Request) -> int:
-    """The id of the client the ``Authenticate`` middleware identified (app/api/middleware.py)."""
-    client_id: int | None = request.scope.get("state", {}).get(CLIENT_ID)
-    if client_id is None:  # a route left public by mistake must not run unauthenticated
-        raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
-    return client_id
+    """The id of the client the ``Authenticate`` middleware identified."""
+    return (await current_caller(request)).client_id
 
 
+CurrentCaller = Annotated[Caller, Depends(current_caller)]
 CurrentClient = Annotated[int, Depends(current_client)]
 
 

@@ -12,9 +12,16 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.deps import CLIENT_ID, authenticate, services_of
-from app.core.errors import AppError, PayloadTooLarge, database_unavailable, render
+from app.api.deps import CALLER, authenticate, services_of
+from app.core.errors import (
+    AppError,
+    PayloadTooLarge,
+    TooManyRequests,
+    database_unavailable,
+    render,
+)
 from app.core.metrics import Metrics
+from app.services.limits import retry_after
 
 log = logging.getLogger("app")
 
@@ -101,8 +108,9 @@ class RequestMetrics:
 
 class Authenticate:
     """401 (problem+json) for a request without a valid API key, before its body is read, on
-    every path but the ``public`` ones; the caller's id goes into the request's state, where the
-    ``CurrentClient`` dependency reads it."""
+    every path but the ``public`` ones, and 429 for a client over its request rate; the
+    :class:`~app.services.keys.Caller` goes into the request's state, where the
+    ``CurrentCaller`` and ``CurrentClient`` dependencies read it."""
 
     def __init__(self, app: ASGIApp, public: frozenset[str]) -> None:
         self.app, self.public = app, public
@@ -117,11 +125,20 @@ class Authenticate:
                 break
         services = services_of(Request(scope))
         try:
-            client_id = await authenticate(header.decode("latin-1"), services)
+            caller = await authenticate(header.decode("latin-1"), services)
+            limits = caller.limits
+            wait = services.rates.take(caller.client_id, limits.rate_per_second, limits.rate_burst)
+            if wait:
+                services.metrics.rate_limited.inc()
+                raise TooManyRequests(
+                    f"over your request rate: {limits.rate_per_second:g} per second (bursts of "
+                    f"{limits.rate_burst}); retry in {wait:.2f} s",
+                    retry_after=retry_after(wait),
+                )
         except AppError as refused:
             return await render(refused)(scope, receive, send)
         except (DBAPIError, PoolTimeout) as exc:
             down = database_unavailable(exc, services.settings.retry_after_seconds)
             return await render(down)(scope, receive, send)
-        scope.setdefault("state", {})[CLIENT_ID] = client_id
+        scope.setdefault("state", {})[CALLER] = caller
         await self.app(scope, receive, send)

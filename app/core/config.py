@@ -74,6 +74,21 @@ class Settings(BaseSettings):
     max_image_bytes: int = Field(4 * 2**20, ge=1024, description="one encoded image")
     max_image_pixels: int = Field(4096 * 4096, ge=1, description="one image, before resizing")
     retry_after_seconds: int = Field(1, ge=1)
+    # Per-client limits (defaults; `python -m app clients limits` overrides them per client).
+    rate_per_second: float = Field(
+        500.0, gt=0, description="a client's sustained requests per second, per process"
+    )
+    rate_burst: int = Field(1000, ge=1, description="a client's requests at once above the rate")
+    max_adapt_flops: float = Field(
+        1e11,
+        gt=0,
+        description="one adaptation's cost: the model's FLOPs per row x (3 x support rows x "
+        "inner steps + 2 x (support + query rows)); beyond: 422",
+    )
+    max_tasks_per_client: int = Field(10_000, ge=0, description="tasks one client stores")
+    max_stored_bytes_per_client: int = Field(
+        2**30, ge=0, description="bytes of adapted weights one client stores"
+    )
     log_level: str = "INFO"
 
     @model_validator(mode="after")

@@ -35,6 +35,11 @@ class Metrics:
             "Predicts that loaded weights from the database",
             registry=self.registry,
         )
+        self.rate_limited = Counter(
+            "rate_limited_total",
+            "Requests refused for a client over its rate",
+            registry=self.registry,
+        )
         self.rejected = Counter(
             "work_rejected_total",
             "Adaptations and predictions refused: over the pool's capacity, or over the "

@@ -16,6 +16,7 @@ from app.core.config import Settings
 from app.core.errors import InvalidInput
 from app.schemas import TaskCreate
 from app.services.images import images_to_array
+from app.services.limits import Limits
 from meta_core.artifact import Artifact
 
 Label = int | str
@@ -140,6 +141,31 @@ def to_label_indices(
     return torch.tensor([index[v] for v in checked], dtype=torch.long)
 
 
+def check_cost(meta_model: Artifact, body: TaskCreate, limits: Limits, settings: Settings) -> None:
+    """422 for an adaptation over the caller's cost budget, before any of it is done: the
+    model's FLOPs per row x (3 x support rows x inner steps (forward and backward) + 2 x
+    (support + query rows) (scored before and after))."""
+    steps = inner_steps(meta_model, body, settings)
+    rows, query = len(body.support.x), len(body.query.x) if body.query else 0
+    flops = meta_model.flops_per_example * (3 * rows * steps + 2 * (rows + query))
+    if flops > limits.max_adapt_flops:
+        raise InvalidInput(
+            f"this adaptation would cost {flops / 1e9:.3g} GFLOP ({rows} support rows x {steps} "
+            f"inner steps of model {meta_model.name!r}, {meta_model.flops_per_example} FLOPs "
+            f"per row); the limit is {limits.max_adapt_flops / 1e9:.3g} GFLOP: send fewer rows "
+            "or inner_steps"
+        )
+
+
+def inner_steps(meta_model: Artifact, body: TaskCreate, settings: Settings) -> int:
+    steps = meta_model.manifest.inner_loop.steps if body.inner_steps is None else body.inner_steps
+    if not 0 <= steps <= settings.max_inner_steps:
+        raise InvalidInput(
+            f"inner_steps must be between 0 and {settings.max_inner_steps}, got {steps}"
+        )
+    return steps
+
+
 @dataclass(frozen=True)
 class SupportSet:
     """A validated adaptation request, ready for the inner loop."""
@@ -177,11 +203,7 @@ def prepare(meta_model: Artifact, body: TaskCreate, settings: Settings) -> Suppo
         else:
             qy = to_targets(meta_model, body.query.y, qx.shape[0], "query.y")
         query = (qx, qy)
-    steps = meta_model.manifest.inner_loop.steps if body.inner_steps is None else body.inner_steps
-    if not 0 <= steps <= settings.max_inner_steps:
-        raise InvalidInput(
-            f"inner_steps must be between 0 and {settings.max_inner_steps}, got {steps}"
-        )
+    steps = inner_steps(meta_model, body, settings)
     lr = body.inner_lr
     if lr is not None and not (0 < lr <= settings.max_inner_lr and math.isfinite(lr)):
         raise InvalidInput(f"inner_lr must be in (0, {settings.max_inner_lr}], got {lr}")

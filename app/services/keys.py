@@ -1,4 +1,4 @@
-"""Checked API keys, remembered briefly: an accepted key (by its sha256) maps to its client for
+"""Checked API keys, remembered briefly: an accepted key (by its sha256) maps to its caller for
 AUTH_CACHE_SECONDS, so a client's predicts need no database read; a rejected one is remembered
 for AUTH_REJECT_SECONDS, so a stream of requests with a wrong key costs one read, not one each.
 Bounded: past ``capacity`` entries, the oldest go first."""
@@ -8,33 +8,44 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
+
+from app.services.limits import Limits
+
+
+@dataclass(frozen=True)
+class Caller:
+    """An authenticated client: its id and its limits."""
+
+    client_id: int
+    limits: Limits
 
 
 class KeyCache:
     def __init__(self, accept_seconds: float, reject_seconds: float, capacity: int = 100_000):
         self.accept_seconds, self.reject_seconds = accept_seconds, reject_seconds
         self.capacity = capacity
-        self._items: OrderedDict[str, tuple[int | None, float]] = OrderedDict()
+        self._items: OrderedDict[str, tuple[Caller | None, float]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key_hash: str) -> tuple[bool, int | None]:
-        """(whether the key's verdict is remembered, its client id or None if rejected)."""
+    def get(self, key_hash: str) -> tuple[bool, Caller | None]:
+        """(whether the key's verdict is remembered, its caller or None if rejected)."""
         entry = self._items.get(key_hash)
         if entry is None or entry[1] <= time.monotonic():
             return False, None
         return True, entry[0]
 
-    def accept(self, key_hash: str, client_id: int) -> None:
-        self._put(key_hash, client_id, self.accept_seconds)
+    def accept(self, key_hash: str, caller: Caller) -> None:
+        self._put(key_hash, caller, self.accept_seconds)
 
     def reject(self, key_hash: str) -> None:
         self._put(key_hash, None, self.reject_seconds)
 
-    def _put(self, key_hash: str, client_id: int | None, seconds: float) -> None:
+    def _put(self, key_hash: str, caller: Caller | None, seconds: float) -> None:
         if seconds <= 0:
             return
         with self._lock:
-            self._items[key_hash] = (client_id, time.monotonic() + seconds)
+            self._items[key_hash] = (caller, time.monotonic() + seconds)
             self._items.move_to_end(key_hash)
             while len(self._items) > self.capacity:
                 self._items.popitem(last=False)

@@ -1,6 +1,6 @@
 """Bounded thread pools for CPU-heavy request work (adaptations; large or image predictions),
 off the event loop. Each runs ``concurrency`` jobs at once with ``queue`` more waiting, and
-at most ``per_client`` of them for one client: beyond the client's share it answers 429,
+at most a client's share of them for one client: beyond the client's share it answers 429,
 beyond the pool's capacity 503, both with Retry-After, instead of queueing without limit."""
 
 from __future__ import annotations
@@ -26,24 +26,25 @@ class WorkPool:
         queue: int,
         retry_after: int,
         rejected: Counter,
-        per_client: int | None = None,
     ) -> None:
         self.what = what  # "adaptations", "predictions": named in refusals and metrics
         self.executor = ThreadPoolExecutor(concurrency, thread_name_prefix=what)
         self.capacity = concurrency + queue
-        self.per_client = per_client
         self.retry_after = retry_after
         self.rejected = rejected
         self.in_flight = 0
         self._by_client: Tally[int] = Tally()
 
-    async def run(self, fn: Callable[[], T], client_id: int | None = None) -> T:
+    async def run(
+        self, fn: Callable[[], T], client_id: int | None = None, share: int | None = None
+    ) -> T:
+        """``fn`` on a pool thread, for ``client_id``, who may have ``share`` jobs here."""
         mine = self._by_client[client_id] if client_id is not None else 0
-        if self.per_client is not None and client_id is not None and mine >= self.per_client:
+        if share is not None and mine >= share:
             self.rejected.labels(self.what, "client").inc()
             raise TooManyRequests(
                 f"you have {mine} {self.what} in progress, the most one client may have "
-                f"(limit: {self.per_client}); retry when one finishes",
+                f"(limit: {share}); retry when one finishes",
                 retry_after=self.retry_after,
             )
         if self.in_flight >= self.capacity:

@@ -9,6 +9,7 @@ from app.core.db import Database
 from app.core.metrics import Metrics
 from app.services.cache import LRUCache
 from app.services.keys import KeyCache
+from app.services.limits import RateLimiter
 from app.services.pool import WorkPool
 from app.services.registry import MetaModelRegistry
 
@@ -23,3 +24,4 @@ class Services:
     predict_pool: WorkPool  # predictions too large or slow for the event loop
     metrics: Metrics
     keys: KeyCache
+    rates: RateLimiter

@@ -18,12 +18,13 @@ from torch import Tensor
 from app import crud
 from app.core.config import Settings
 from app.core.db import Database
-from app.core.errors import InvalidInput, NotFound
+from app.core.errors import InvalidInput, NotFound, TooManyRequests
 from app.core.metrics import Metrics
 from app.schemas import ClassPrediction, PredictOut, TaskCreate, readable
 from app.services import weights
 from app.services.cache import AdaptedModel, LRUCache
-from app.services.inputs import ImageLimits, SupportSet, prepare, to_inputs
+from app.services.inputs import ImageLimits, SupportSet, check_cost, prepare, to_inputs
+from app.services.keys import Caller
 from app.services.pool import WorkPool
 from app.services.registry import MetaModelRegistry
 from app.tables import TaskRow
@@ -98,7 +99,7 @@ def check_finite(metrics: dict[str, float], params: dict[str, Tensor], support: 
 async def create_task(
     body: TaskCreate,
     *,
-    client_id: int,
+    caller: Caller,
     settings: Settings,
     registry: MetaModelRegistry,
     pool: WorkPool,
@@ -106,9 +107,33 @@ async def create_task(
     metrics: Metrics,
     db: Database,
 ) -> TaskRow:
-    """Validate and adapt (on the pool: inputs, images and the inner loop are CPU work), store
-    row and weights in one transaction, cache."""
+    """Check the caller's limits (the adaptation's cost, its stored tasks and bytes), validate
+    and adapt (on the pool: inputs, images and the inner loop are CPU work), store row and
+    weights in one transaction (checking the quotas again, in it), cache."""
     meta_model = registry.for_new_task(body.model)
+    client_id, limits = caller.client_id, caller.limits
+    check_cost(meta_model, body, limits, settings)
+
+    def quota(session: Session, adding: int = 0) -> None:
+        count, size = crud.stored(session, client_id=client_id)
+        if count + bool(adding) > limits.max_tasks:
+            raise TooManyRequests(
+                f"you store {count} tasks, the most one client may (limit: {limits.max_tasks}); "
+                "delete some (DELETE /tasks/{id})",
+                retry_after=settings.retry_after_seconds,
+            )
+        if size + adding > limits.max_stored_bytes:
+            raise TooManyRequests(
+                f"your tasks' weights take {size} bytes, and this one {adding} more; the limit "
+                f"is {limits.max_stored_bytes} bytes: delete some tasks (DELETE /tasks/{{id}})",
+                retry_after=settings.retry_after_seconds,
+            )
+
+    def early_quota() -> None:
+        with db.session() as session:
+            quota(session)
+
+    await run_in_threadpool(early_quota)  # before spending the CPU
 
     def work() -> tuple[SupportSet, Adaptation, bytes, str]:
         support = prepare(meta_model, body, settings)
@@ -116,10 +141,11 @@ async def create_task(
         names = meta_model.adapt_names or list(adapted.params)
         return support, adapted, *weights.serialize({k: adapted.params[k] for k in names})
 
-    support, adapted, data, digest = await pool.run(work, client_id)
+    support, adapted, data, digest = await pool.run(work, client_id, limits.adapt_in_flight)
 
     def store() -> TaskRow:
         with db.session() as session:
+            quota(session, adding=len(data))
             return crud.create_task(
                 session,
                 client_id=client_id,
@@ -206,7 +232,7 @@ async def predict(
     x: list[Any],
     *,
     body_bytes: int,
-    client_id: int,
+    caller: Caller,
     settings: Settings,
     pool: WorkPool,
 ) -> PredictOut:
@@ -221,7 +247,8 @@ async def predict(
     )
     if light:
         return predict_now(task_id, adapted, x, settings)
-    return await pool.run(lambda: predict_now(task_id, adapted, x, settings), client_id)
+    work = lambda: predict_now(task_id, adapted, x, settings)  # noqa: E731
+    return await pool.run(work, caller.client_id, caller.limits.predict_in_flight)
 
 
 def predict_now(

@@ -8,6 +8,8 @@ import sys
 
 import httpx
 
+from app import crud
+from app.core.security import hash_key
 from tests.conftest import ROOT
 from tests.utils.server import free_port, wait_ready
 
@@ -67,3 +69,63 @@ def test_client_cli_and_a_real_uvicorn_process(database_url, db):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_client_limits_rotation_and_purge(database_url, db):
+    env = os.environ | {"DATABASE_URL": database_url, "MODEL_DIR": str(ROOT / "models")}
+    run_cli(env, "clients", "create", "dave")
+    client_id = run_cli(env, "clients", "list").stdout.split("\t")[0]
+    shown = run_cli(
+        env, "clients", "limits", client_id, "--rate-per-second", "2", "--max-tasks", "7"
+    )
+    assert "rate_per_second\t2  (override)" in shown.stdout
+    assert "max_tasks\t7  (override)" in shown.stdout and "rate_burst\t1000\n" in shown.stdout
+    with db.session() as session:
+        assert crud.get_client(session, client_id=int(client_id)).limits == {
+            "rate_per_second": 2.0,
+            "max_tasks": 7,
+        }
+    bad = subprocess.run(
+        [sys.executable, "-m", "app", "clients", "limits", client_id, "--rate-burst", "0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert bad.returncode == 1
+    assert bad.stderr.strip() == "--rate-burst: Input should be greater than or equal to 1"
+    assert "(override)" not in run_cli(env, "clients", "limits", client_id, "--reset").stdout
+
+    with db.session() as session:
+        old_hash = crud.get_client(session, client_id=int(client_id)).key_hash
+    new = run_cli(env, "clients", "rotate", client_id).stdout.strip().splitlines()[-1]
+    with db.session() as session:
+        assert crud.active_client(session, key_hash=old_hash) is None
+        assert crud.active_client(session, key_hash=hash_key(new)) is not None
+        crud.create_task(
+            session,
+            client_id=int(client_id),
+            meta_model_name="sinusoid",
+            meta_model_version="1",
+            name=None,
+            support_size=1,
+            inner_steps=1,
+            inner_lr=None,
+            adapt_ms=1.0,
+            labels=None,
+            metrics={},
+            weights=b"w",
+            weights_sha256="0" * 64,
+        )
+    active = subprocess.run(
+        [sys.executable, "-m", "app", "clients", "purge", client_id],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert active.returncode == 1
+    assert active.stderr.strip() == f"client {client_id} is active; revoke it first"
+    run_cli(env, "clients", "revoke", client_id)
+    purged = run_cli(env, "clients", "purge", client_id).stdout.strip()
+    assert purged == f"deleted 1 tasks of client {client_id}"

@@ -16,6 +16,7 @@ from app import crud
 from app.api.deps import (
     Adapted,
     CacheDep,
+    CurrentCaller,
     CurrentClient,
     DatabaseDep,
     MetricsDep,
@@ -26,7 +27,7 @@ from app.api.deps import (
     SessionDep,
     SettingsDep,
     adapted_model,
-    current_client,
+    current_caller,
     services_of,
 )
 from app.core.errors import AppError
@@ -55,20 +56,20 @@ class PredictRoute(APIRoute):
         async def handler(request: Request) -> Response:
             services = services_of(request)
             task_id: str = request.path_params["task_id"]
-            client_id = await current_client(request)
+            caller = await current_caller(request)
             try:
                 body = PredictIn.model_validate_json(await request.body())
             except ClientDisconnect:  # as FastAPI answers a body it could not read
                 raise AppError("the request body could not be read") from None
             except ValidationError as exc:
                 raise RequestValidationError(exc.errors(include_url=False)) from None
-            adapted = await adapted_model(task_id, client_id, services)
+            adapted = await adapted_model(task_id, caller.client_id, services)
             out: PredictOut = await endpoint(
                 task_id=task_id,
                 body=body,
                 adapted=adapted,
                 services=services,
-                client_id=client_id,
+                caller=caller,
                 request=request,
             )
             return Response(out.model_dump_json(), media_type="application/json")
@@ -81,7 +82,7 @@ async def predict(
     body: PredictIn,
     adapted: Adapted,
     services: ServicesDep,
-    client_id: CurrentClient,
+    caller: CurrentCaller,
     request: Request,
 ) -> PredictOut:
     """Predictions of the task's adapted model for every row of x."""
@@ -90,7 +91,7 @@ async def predict(
         adapted,
         body.x,
         body_bytes=len(await request.body()),  # read once already: cached
-        client_id=client_id,
+        caller=caller,
         settings=services.settings,
         pool=services.predict_pool,
     )
@@ -109,7 +110,7 @@ router.add_api_route(
 async def create_task(
     body: TaskCreate,
     response: Response,
-    client_id: CurrentClient,
+    caller: CurrentCaller,
     settings: SettingsDep,
     registry: RegistryDep,
     pool: PoolDep,
@@ -120,7 +121,7 @@ async def create_task(
     """Adapt a meta-model to a support set and store the adapted model."""
     row = await service.create_task(
         body,
-        client_id=client_id,
+        caller=caller,
         settings=settings,
         registry=registry,
         pool=pool,

@@ -45,13 +45,13 @@ def test_probes_metrics_and_docs_need_no_key(client, path):
 
 def test_a_rejected_key_is_remembered(client, monkeypatch):
     lookups = []
-    real = crud.active_client_id
+    real = crud.active_client
 
     def counted(session, *, key_hash):
         lookups.append(key_hash)
         return real(session, key_hash=key_hash)
 
-    monkeypatch.setattr(crud, "active_client_id", counted)
+    monkeypatch.setattr(crud, "active_client", counted)
     wrong = {"Authorization": "Bearer mk_wrong"}
     for _ in range(5):
         assert client.get("/tasks", headers=wrong).status_code == 401

@@ -28,20 +28,20 @@ def rejected() -> Counter:
 
 
 def test_a_client_over_its_share_gets_429_and_the_pool_over_capacity_503():
-    pool = WorkPool("adaptations", 1, 2, 7, rejected(), per_client=2)
+    pool = WorkPool("adaptations", 1, 2, 7, rejected())
     release = threading.Event()
 
     async def main() -> None:
         async with anyio.create_task_group() as tg:
             for _ in range(2):  # client 1 takes its share: one running, one queued
-                tg.start_soon(pool.run, release.wait, 1)
+                tg.start_soon(pool.run, release.wait, 1, 2)
             await anyio.sleep(0.05)
             with pytest.raises(TooManyRequests, match=r"you have 2 adaptations in progress"):
-                await pool.run(lambda: None, 1)
-            tg.start_soon(pool.run, release.wait, 2)  # client 2 fills the last place
+                await pool.run(lambda: None, 1, 2)
+            tg.start_soon(pool.run, release.wait, 2, 2)  # client 2 fills the last place
             await anyio.sleep(0.05)
             with pytest.raises(Overloaded, match=r"3 adaptations are in progress"):
-                await pool.run(lambda: None, 3)
+                await pool.run(lambda: None, 3, 2)
             release.set()
         assert pool.in_flight == 0 and await pool.run(lambda: 5, 1) == 5
 

@@ -313,9 +313,9 @@ def stored_task(db: Database, client_id: int, meta_model: str, **fields) -> str:
 
 def client_id_of(db: Database, headers: dict[str, str]) -> int:
     with db.session() as session:
-        found = crud.active_client_id(session, key_hash=hash_key(headers["Authorization"][7:]))
+        found = crud.active_client(session, key_hash=hash_key(headers["Authorization"][7:]))
     assert found is not None
-    return found
+    return found[0]
 
 
 def test_a_stored_label_json_cannot_carry_never_breaks_a_response(client, db, alice):

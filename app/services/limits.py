@@ -1,0 +1,74 @@
+"""Per-client limits: the settings' defaults, overridden per client from the CLI
+(``python -m app clients limits``), and the token buckets of the request rate.
+
+Every limit holds per API process (each worker counts for itself): with WORKERS=N a client
+may reach N times a rate or in-flight limit, never a storage quota, which the database
+counts."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.core.config import Settings
+
+
+class Limits(BaseModel):
+    """What one client may use."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rate_per_second: float = Field(gt=0, description="requests per second, sustained")
+    rate_burst: int = Field(ge=1, description="requests at once above the sustained rate")
+    adapt_in_flight: int = Field(ge=1, description="adaptations running or waiting")
+    predict_in_flight: int = Field(ge=1, description="pooled predictions running or waiting")
+    max_adapt_flops: float = Field(gt=0, description="the cost of one adaptation")
+    max_tasks: int = Field(ge=0, description="tasks stored")
+    max_stored_bytes: int = Field(ge=0, description="bytes of adapted weights stored")
+
+    @classmethod
+    def of(cls, settings: Settings, overrides: dict[str, Any] | None = None) -> Limits:
+        defaults = {
+            "rate_per_second": settings.rate_per_second,
+            "rate_burst": settings.rate_burst,
+            "adapt_in_flight": settings.adapt_per_client,
+            "predict_in_flight": settings.predict_per_client,
+            "max_adapt_flops": settings.max_adapt_flops,
+            "max_tasks": settings.max_tasks_per_client,
+            "max_stored_bytes": settings.max_stored_bytes_per_client,
+        }
+        known = {k: v for k, v in (overrides or {}).items() if k in cls.model_fields}
+        return cls.model_validate(defaults | known)
+
+
+class RateLimiter:
+    """A token bucket per client: ``burst`` tokens, refilled at ``rate`` per second; a request
+    takes one. Idle buckets are dropped once full again, so memory follows active clients."""
+
+    def __init__(self) -> None:
+        self._buckets: dict[int, tuple[float, float]] = {}  # client -> (tokens, at)
+        self._lock = threading.Lock()
+
+    def take(self, client_id: int, rate: float, burst: int) -> float:
+        """0 if the request may proceed, else the seconds until it could."""
+        now = time.monotonic()
+        with self._lock:
+            tokens, at = self._buckets.get(client_id, (float(burst), now))
+            tokens = min(float(burst), tokens + (now - at) * rate)
+            if tokens < 1:
+                self._buckets[client_id] = (tokens, now)
+                return (1 - tokens) / rate
+            self._buckets[client_id] = (tokens - 1, now)
+            if len(self._buckets) > 10_000:  # forget clients whose buckets have refilled
+                self._buckets = {
+                    c: (t, a) for c, (t, a) in self._buckets.items() if t + (now - a) * rate < burst
+                }
+            return 0.0
+
+
+def retry_after(seconds: float) -> int:
+    return max(1, math.ceil(seconds))

@@ -1,0 +1,91 @@
+"""Per-client limits over HTTP: the request rate (429), an adaptation's cost (422), stored tasks
+and bytes (429), each naming its limit; per-client overrides; the token bucket."""
+
+from __future__ import annotations
+
+import pytest
+
+from app import crud
+from app.core.config import Settings
+from app.core.security import hash_key
+from app.services.limits import Limits, RateLimiter
+from tests.utils.problem import assert_problem
+from tests.utils.tasks import create, sinusoid_task
+
+
+def client_id(db, headers) -> int:
+    with db.session() as session:
+        found = crud.active_client(session, key_hash=hash_key(headers["Authorization"][7:]))
+    assert found is not None
+    return found[0]
+
+
+def limit(db, headers, **overrides) -> None:
+    with db.session() as session:
+        crud.set_limits(session, client_id=client_id(db, headers), limits=overrides)
+
+
+def test_a_client_over_its_rate_gets_429_and_others_do_not(client, db, alice, bob):
+    limit(db, alice, rate_per_second=0.5, rate_burst=2)
+    for _ in range(2):
+        assert client.get("/tasks", headers=alice).status_code == 200
+    r = client.get("/tasks", headers=alice)
+    assert_problem(r, 429, r.json()["detail"])
+    assert r.json()["detail"].startswith("over your request rate: 0.5 per second (bursts of 2)")
+    assert r.headers["retry-after"] == "2"
+    assert client.get("/tasks", headers=bob).status_code == 200
+    assert "rate_limited_total 1.0" in client.get("/metrics").text
+
+
+def test_an_adaptation_over_its_cost_budget_is_a_422_before_any_work(client, db, alice):
+    limit(db, alice, max_adapt_flops=1e6)
+    x, y = sinusoid_task(10)
+    body = {"model": "sinusoid", "support": {"x": x, "y": y}, "inner_steps": 100}
+    assert_problem(
+        client.post("/tasks", headers=alice, json=body),
+        422,
+        "this adaptation would cost 0.0104 GFLOP (10 support rows x 100 inner steps of model "
+        "'sinusoid', 3441 FLOPs per row); the limit is 0.001 GFLOP: send fewer rows or "
+        "inner_steps",
+    )
+    assert client.post("/tasks", headers=alice, json=body | {"inner_steps": 5}).status_code == 201
+
+
+def test_stored_tasks_and_bytes_are_capped_per_client(client, db, alice, bob):
+    limit(db, alice, max_tasks=2)
+    create(client, alice)
+    create(client, alice)
+    x, y = sinusoid_task()
+    body = {"model": "sinusoid", "support": {"x": x, "y": y}}
+    r = client.post("/tasks", headers=alice, json=body)
+    assert_problem(
+        r,
+        429,
+        "you store 2 tasks, the most one client may (limit: 2); delete some (DELETE /tasks/{id})",
+    )
+    assert r.headers["retry-after"] == "1"
+    assert client.get("/tasks", headers=alice).json()["total"] == 2
+    limit(db, bob, max_stored_bytes=10_000)
+    create(client, bob)  # about 7 kB of weights
+    r = client.post("/tasks", headers=bob, json=body)
+    assert r.status_code == 429 and "the limit is 10000 bytes" in r.json()["detail"]
+    assert client.get("/tasks", headers=bob).json()["total"] == 1
+
+
+def test_limits_default_to_the_settings_and_take_overrides():
+    settings = Settings(rate_per_second=7, max_tasks_per_client=3)
+    assert Limits.of(settings).rate_per_second == 7 and Limits.of(settings).max_tasks == 3
+    mine = Limits.of(settings, {"max_tasks": 9, "unknown": 1})
+    assert mine.max_tasks == 9 and mine.rate_per_second == 7
+    with pytest.raises(ValueError, match="greater than 0"):
+        Limits.of(settings, {"rate_per_second": 0})
+
+
+def test_the_token_bucket_refills_at_its_rate(monkeypatch):
+    now = [100.0]
+    monkeypatch.setattr("app.services.limits.time.monotonic", lambda: now[0])
+    bucket = RateLimiter()
+    assert [bucket.take(1, 2.0, 3) for _ in range(3)] == [0, 0, 0]
+    assert bucket.take(1, 2.0, 3) == pytest.approx(0.5)
+    now[0] += 0.5
+    assert bucket.take(1, 2.0, 3) == 0 and bucket.take(2, 2.0, 3) == 0
