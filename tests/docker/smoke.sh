@@ -21,7 +21,7 @@ eval "$env_lines"
 # Offline build: torch's CPU wheel from this machine's disk into the (git-ignored) wheels/.
 ls wheels/torch-*.whl >/dev/null 2>&1 || python3 -m pip download -q --no-deps -d wheels torch==2.13.0
 
-compose() { API_PORT=$PORT docker compose -p "$PROJECT" "$@"; }
+compose() { API_PORT=$PORT POSTGRES_PASSWORD=smoke-$$ docker compose -p "$PROJECT" "$@"; }
 cleanup() { compose down -v --remove-orphans >/dev/null 2>&1 || true; }
 trap cleanup EXIT
 
