@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import tempfile
+from pathlib import Path
 
 from pydantic import ValidationError
 
@@ -14,6 +17,17 @@ from app.core.db import Database
 from app.core.errors import Conflict, NotFound
 from app.core.security import hash_key, new_key
 from app.services.limits import Limits
+
+
+def multiprocess_metrics() -> None:
+    """Each worker writes its metrics to files in PROMETHEUS_MULTIPROC_DIR (a fresh temporary
+    folder unless set, emptied at start: old files would count twice), and /metrics sums
+    them."""
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="metrics-")
+    os.makedirs(folder, exist_ok=True)
+    for stale in Path(folder).glob("*.db"):
+        stale.unlink()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,11 +65,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         import uvicorn
 
+        workers = args.workers or settings.workers
+        if workers > 1:
+            multiprocess_metrics()
         uvicorn.run(
             "app.main:app",
             host=args.host or settings.host,
             port=args.port or settings.port,
-            workers=args.workers or settings.workers,
+            workers=workers,
             log_level=settings.log_level.lower(),
         )
         return 0

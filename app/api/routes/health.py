@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from fastapi import APIRouter, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import DatabaseDep, MetricsDep, RegistryDep
@@ -34,5 +36,10 @@ async def readyz(db: DatabaseDep, registry: RegistryDep) -> dict[str, Any] | Res
 
 @router.get("/metrics")
 async def metrics(metrics: MetricsDep) -> Response:
-    """Prometheus metrics."""
-    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    """Prometheus metrics: every worker's, summed, when the service runs several
+    (prometheus-client's multiprocess mode, set up by ``python -m app serve``)."""
+    registry = metrics.registry
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
+import httpx
+import pytest
 from fastapi import FastAPI
 
 from app.services.cache import LRUCache
+from tests.conftest import ROOT
 from tests.utils.overrides import override_services
+from tests.utils.server import running_server
 from tests.utils.tasks import create
 
 
@@ -28,3 +34,16 @@ def test_health_readiness_and_metrics(client, alice):
     assert 'adaptations_total{model="sinusoid"} 1.0' in text
     assert "adapted_cache_hits_total 1.0" in text and "adapted_cache_misses_total 1.0" in text
     assert "http_request_duration_seconds_bucket" in text
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_metrics_count_every_worker(database_url, db):
+    env = os.environ | {"DATABASE_URL": database_url, "MODEL_DIR": str(ROOT / "models")}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    with running_server(env, "--workers", "2") as base:
+        for _ in range(40):  # a connection each: both workers answer some
+            assert httpx.get(f"{base}/healthz").status_code == 200
+        series = 'http_requests_total{method="GET",route="/healthz",status="200"}'
+        for _ in range(4):  # whichever worker answers the scrape
+            lines = httpx.get(f"{base}/metrics").text.splitlines()
+            assert f"{series} 40.0" in lines, [line for line in lines if "healthz" in line]
