@@ -3,6 +3,7 @@ caller's session scope (:meth:`app.core.db.Database.session`) does, once, at its
 
 from __future__ import annotations
 
+import reprlib
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -70,11 +71,21 @@ SHOWN = (
 )
 
 
+def _known(task_id: str) -> None:
+    """404 for an id no task can have (ids are UUIDs), before the database sees it: a NUL or
+    an oversized string is the client's mistake, not a database error."""
+    try:
+        uuid.UUID(task_id)
+    except ValueError:
+        raise NotFound(f"no task {reprlib.repr(task_id)}") from None
+
+
 def get_task(
     session: Session, *, client_id: int, task_id: str, with_weights: bool = False
 ) -> TaskRow:
     """The client's task, or 404 (another client's task is indistinguishable from none): what
     the API shows of it, or the whole row with its weights when asked for."""
+    _known(task_id)
     query = select(TaskRow).where(TaskRow.id == task_id, TaskRow.client_id == client_id)
     if not with_weights:
         query = query.options(load_only(*SHOWN, raiseload=True))
@@ -96,6 +107,7 @@ def stored(session: Session, *, client_id: int) -> tuple[int, int]:
 
 def task_exists(session: Session, *, client_id: int, task_id: str) -> bool:
     """A cheap check (no weights read) that the client's task is still there."""
+    _known(task_id)
     query = select(TaskRow.id).where(TaskRow.id == task_id, TaskRow.client_id == client_id)
     return session.scalar(query) is not None
 
@@ -120,6 +132,7 @@ def list_tasks(
 
 
 def delete_task(session: Session, *, client_id: int, task_id: str) -> None:
+    _known(task_id)
     result: Any = session.execute(
         delete(TaskRow).where(TaskRow.id == task_id, TaskRow.client_id == client_id)
     )

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import anyio.to_thread
 import torch
@@ -19,6 +20,7 @@ from app.core.config import Settings, get_settings
 from app.core.db import Database, migration_state
 from app.core.errors import install_handlers
 from app.core.metrics import Metrics
+from app.schemas import Problem
 from app.services.cache import LRUCache
 from app.services.keys import KeyCache
 from app.services.limits import RateLimiter
@@ -84,6 +86,21 @@ def mount(app: FastAPI, *routers: APIRouter) -> None:
     app.router.routes[:0] = ours
 
 
+def document_problems(app: FastAPI) -> None:
+    """Add the ``Problem`` body, which every route's error responses refer to, to the OpenAPI
+    schema's components (the routes declare it by reference: its media type is
+    problem+json, not FastAPI's application/json)."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schemas = generate().setdefault("components", {}).setdefault("schemas", {})
+            schemas["Problem"] = Problem.model_json_schema()
+        return app.openapi_schema or {}
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     metrics = Metrics()
@@ -133,6 +150,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="MAML adaptation service", version="0.1.0", lifespan=lifespan)
     install_handlers(app, settings.retry_after_seconds)
     mount(app, tasks.router, meta_models.router, health.router)  # the hot path's first
+    document_problems(app)
     # Outermost last: metrics see every answer; the body limit and the key come before the body.
     app.add_middleware(Authenticate, public=PUBLIC_PATHS)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)

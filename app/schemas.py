@@ -120,3 +120,39 @@ class MetaModelOut(BaseModel):
     def of(cls, meta_model: Artifact) -> MetaModelOut:
         """Read from the typed manifest, whose fields (and ``n_classes``) it shares."""
         return cls.model_validate(meta_model.manifest, from_attributes=True)
+
+
+class Problem(BaseModel):
+    """An error, as RFC 9457 problem details (``application/problem+json``)."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str = Field(description="what is wrong, and what to change")
+    errors: list[dict[str, str]] | None = Field(
+        None, description="for a body that fails validation: each problem's location and message"
+    )
+
+
+PROBLEM_WHEN = {
+    400: "The body is not valid JSON, or could not be read",
+    401: "No API key, or an invalid or revoked one",
+    404: "No such task or meta-model (another client's task is none)",
+    409: "The stored task cannot be used as it is (say how to fix it)",
+    413: "The body exceeds MAX_BODY_BYTES",
+    422: "The input is invalid for the meta-model or the service's limits",
+    429: "Over one of the client's limits (rate, work in flight, stored tasks or bytes)",
+    503: "Overloaded, or the database is unavailable; retry after Retry-After",
+}
+
+
+def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for these error statuses, each a problem+json ``Problem``."""
+    schema = {"$ref": "#/components/schemas/Problem"}
+    return {
+        status: {
+            "description": PROBLEM_WHEN[status],
+            "content": {"application/problem+json": {"schema": schema}},
+        }
+        for status in statuses
+    }

@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DataError, DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -135,6 +135,12 @@ def install_handlers(app: FastAPI, retry_after: int) -> None:
         return problem(
             exc.status_code, str(exc.detail), str(exc.detail), getattr(exc, "headers", None)
         )
+
+    @app.exception_handler(DataError)
+    async def _data(_: Request, exc: DataError) -> JSONResponse:
+        # A value the database refuses (a safety net: input is validated before it is stored).
+        log.warning("database refused a value: %s", exc.__class__.__name__)
+        return problem(422, "Invalid input", "a value in the request cannot be stored")
 
     @app.exception_handler(DBAPIError)
     @app.exception_handler(PoolTimeout)

@@ -6,14 +6,16 @@ import os
 from typing import Any
 
 from fastapi import APIRouter, Response
+from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import DatabaseDep, MetricsDep, RegistryDep
 from app.core.errors import problem
+from app.schemas import problems
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], responses=problems(413))
 
 
 @router.get("/healthz")
@@ -22,7 +24,7 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", response_model=None)
+@router.get("/readyz", response_model=None, responses=problems(503))
 async def readyz(db: DatabaseDep, registry: RegistryDep) -> dict[str, Any] | Response:
     """The database answers and the meta-models are loaded."""
     try:
@@ -34,7 +36,7 @@ async def readyz(db: DatabaseDep, registry: RegistryDep) -> dict[str, Any] | Res
     return {"status": "ready", "models": registry.names}
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse)
 async def metrics(metrics: MetricsDep) -> Response:
     """Prometheus metrics: every worker's, summed, when the service runs several
     (prometheus-client's multiprocess mode, set up by ``python -m app serve``)."""

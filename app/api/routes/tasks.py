@@ -31,10 +31,11 @@ from app.api.deps import (
     services_of,
 )
 from app.core.errors import AppError
-from app.schemas import PredictIn, PredictOut, TaskCreate, TaskOut, TaskPage
+from app.schemas import PredictIn, PredictOut, TaskCreate, TaskOut, TaskPage, problems
 from app.services import tasks as service
 
-router = APIRouter(prefix="/tasks", tags=["tasks"])
+# Every route here may answer these (the key, the body limit, the client's rate, the database).
+router = APIRouter(prefix="/tasks", tags=["tasks"], responses=problems(401, 413, 429, 503))
 MAX_OFFSET = 2**31 - 1  # beyond, databases overflow; no client has that many tasks
 
 
@@ -102,11 +103,12 @@ router.add_api_route(
     predict,
     methods=["POST"],
     response_model=PredictOut,
+    responses=problems(400, 404, 409, 422),
     route_class_override=PredictRoute,
 )
 
 
-@router.post("", response_model=TaskOut, status_code=201)
+@router.post("", response_model=TaskOut, status_code=201, responses=problems(400, 404, 422))
 async def create_task(
     body: TaskCreate,
     response: Response,
@@ -133,7 +135,7 @@ async def create_task(
     return TaskOut.of(row)
 
 
-@router.get("", response_model=TaskPage)
+@router.get("", response_model=TaskPage, responses=problems(422))
 def list_tasks(
     session: SessionDep,
     client_id: CurrentClient,
@@ -145,13 +147,13 @@ def list_tasks(
     return TaskPage(items=[TaskOut.of(t) for t in rows], total=total, limit=limit, offset=offset)
 
 
-@router.get("/{task_id}", response_model=TaskOut)
+@router.get("/{task_id}", response_model=TaskOut, responses=problems(404))
 def get_task(task: OwnedTask) -> TaskOut:
     """One task (404 if unknown or another client's)."""
     return TaskOut.of(task)
 
 
-@router.delete("/{task_id}", status_code=204)
+@router.delete("/{task_id}", status_code=204, responses=problems(404))
 def delete_task(
     task_id: str, session: SessionDep, client_id: CurrentClient, cache: CacheDep
 ) -> Response:

@@ -568,3 +568,94 @@ def test_a_predict_whose_client_left_mid_body_is_a_400_not_a_crash(client, alice
     anyio.run(app, scope, receive, send)
     assert sent[0]["status"] == 400
     assert json.loads(sent[1]["body"])["detail"] == "the request body could not be read"
+
+
+ROWS = json.dumps(image_rows(2))
+# Every bad input issue 10 reproduced, and its neighbours, as raw bodies: (method, path, body,
+# status). None may answer 5xx, store anything, or break the listing afterwards.
+CORPUS = [
+    (
+        "POST",
+        "/tasks",
+        f'{{"model":"omniglot-5w1s","support":{{"x":{ROWS},"y":["a","\\ud800"]}}}}',
+        422,
+    ),
+    (
+        "POST",
+        "/tasks",
+        f'{{"model":"omniglot-5w1s","support":{{"x":{ROWS},"y":[0,1]}},"query":{{"x":{ROWS},"y":[[0],[1]]}}}}',
+        422,
+    ),
+    (
+        "POST",
+        "/tasks",
+        f'{{"model":"omniglot-5w1s","support":{{"x":{ROWS},"y":[0,1]}},"query":{{"x":{ROWS},"y":[{{}},{{}}]}}}}',
+        422,
+    ),
+    (
+        "POST",
+        "/tasks",
+        f'{{"model":"omniglot-5w1s","support":{{"x":{ROWS},"y":[0,{2**60}]}}}}',
+        422,
+    ),
+    (
+        "POST",
+        "/tasks",
+        f'{{"model":"omniglot-5w1s","support":{{"x":{ROWS},"y":[0,"{"x" * 500_000}"]}}}}',
+        422,
+    ),
+    ("POST", "/tasks", '{"model":"sinusoid","support":{"x":[[1],[2]],"y":[3e38,-3e38]}}', 422),
+    (
+        "POST",
+        "/tasks",
+        '{"model":"sinusoid","support":{"x":[[1],[2]],"y":[1,2]},"inner_steps":100,"inner_lr":10}',
+        422,
+    ),
+    ("POST", "/tasks", '{"model":"sinusoid","support":{"x":[1,NaN],"y":[1,2]}}', 422),
+    ("POST", "/tasks", '{"model":"sinusoid","support":{"x":[1,Infinity],"y":[1,2]}}', 422),
+    ("POST", "/tasks", '{"model":"sinusoid","support":{"x":[1,1e39],"y":[1,2]}}', 422),
+    ("POST", "/tasks", '{"model":"sinusoid","support":{"x":[1,"2"],"y":[1,2]}}', 422),
+    ("POST", "/tasks", '{"model":"sinusoid","support":{"x":[[1],[2,3]],"y":[1,2]}}', 422),
+    ("POST", "/tasks", '{"model":"sinusoid","support":{"x":[1,2],"y":[1,' + "9" * 400 + "]}}", 422),
+    (
+        "POST",
+        "/tasks",
+        '{"model":"sinusoid","support":{"x":[1,2],"y":[1,2]},"inner_steps":1e99}',
+        422,
+    ),
+    ("POST", "/tasks", '{"model":"sinusoid","support":{"x":[1,2],"y":[1,2]},"inner_lr":-1}', 422),
+    ("POST", "/tasks", '{"model":"sinusoid","support":', 400),
+    ("POST", "/tasks", "[]", 422),
+    ("POST", "/tasks", '"\\ud800"', 422),
+    ("GET", "/tasks?offset=10000000000000000000000000", "", 422),
+    ("GET", "/tasks?limit=-1", "", 422),
+    ("GET", "/tasks/%00", "", 404),
+    ("DELETE", "/tasks/" + "x" * 5000, "", 404),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "raw", "status"), CORPUS)
+def test_the_bad_input_corpus(client, alice, method, path, raw, status):
+    headers = alice | {"content-type": "application/json"}
+    r = client.request(method, path, headers=headers, content=raw.encode("utf-8", "surrogatepass"))
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == PROBLEM
+    page = client.get("/tasks", headers=alice)
+    assert page.status_code == 200 and page.json()["total"] == 0
+
+
+def test_the_corpus_against_predict(client, alice):
+    tid = create(client, alice)["id"]
+    headers = alice | {"content-type": "application/json"}
+    for raw, status in [
+        ('{"x":[[0]]}', 200),
+        ('{"x":[{}]}', 422),
+        ('{"x":[[0],[1,2]]}', 422),
+        ('{"x":[3e38,-3e38]}', 422),
+        ('{"x":["\\ud800"]}', 400),  # not valid JSON text for the parser
+        ('{"x":' + "[" * 2000 + "]" * 2000 + "}", 400),  # nested beyond the parser's limit
+        ('{"x":' + "[" * 50 + "0" + "]" * 50 + "}", 422),
+        ('{"x":1}', 422),
+    ]:
+        r = client.post(f"/tasks/{tid}/predict", headers=headers, content=raw.encode())
+        assert r.status_code == status, (raw[:40], r.text)
