@@ -186,6 +186,88 @@ def omniglot_http(
     }
 
 
+def big_png(size: int = 2048) -> str:
+    """A large, cheaply compressed PNG: costly to decode and resize, small to send."""
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    ramp = np.linspace(0, 255, size, dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(np.add.outer(ramp, ramp) // 2).save(buf, "PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def fairness(base: str, light: dict, heavy: dict, task: str, seconds: int) -> dict:
+    """p50/p99 of a light client's predicts (one cached sinusoid task, 10 rows, one at a time)
+    and of /healthz, alone and while a heavy client's four threads send the heaviest requests
+    its limits allow: 20-way adaptations of 20 2048x2048 PNGs (5 steps) and predicts of 60."""
+    import threading
+
+    png = big_png()
+    support = {"x": [png] * 20, "y": list(range(20))}
+    with httpx.Client(base_url=base, headers=heavy, timeout=120) as client:
+        r = client.post("/tasks", json={"model": "omniglot-20w1s", "support": support})
+        r.raise_for_status()
+        heavy_task = r.json()["id"]
+    body = {"x": [random.Random(2).uniform(-5, 5) for _ in range(10)]}
+
+    def timed(stop_after: float) -> tuple[list[float], list[float]]:
+        predicts: list[float] = []
+        probes: list[float] = []
+
+        def probe() -> None:
+            with httpx.Client(base_url=base, timeout=60) as client:
+                while time.monotonic() < stop_after:
+                    start = time.perf_counter()
+                    client.get("/healthz").raise_for_status()
+                    probes.append(time.perf_counter() - start)
+                    time.sleep(0.02)
+
+        prober = threading.Thread(target=probe)
+        prober.start()
+        with httpx.Client(base_url=base, headers=light, timeout=60) as client:
+            while time.monotonic() < stop_after:
+                start = time.perf_counter()
+                client.post(f"/tasks/{task}/predict", json=body).raise_for_status()
+                predicts.append(time.perf_counter() - start)
+        prober.join()
+        return predicts, probes
+
+    alone = timed(time.monotonic() + seconds)
+    stop = threading.Event()
+    statuses: list[int] = []
+
+    def hammer(kind: str) -> None:
+        with httpx.Client(base_url=base, headers=heavy, timeout=120) as client:
+            while not stop.is_set():
+                if kind == "predict":
+                    r = client.post(f"/tasks/{heavy_task}/predict", json={"x": [png] * 60})
+                else:
+                    body = {"model": "omniglot-20w1s", "support": support, "inner_steps": 5}
+                    r = client.post("/tasks", json=body)
+                statuses.append(r.status_code)
+
+    threads = [threading.Thread(target=hammer, args=(k,)) for k in ("predict", "adapt") * 2]
+    for t in threads:
+        t.start()
+    time.sleep(1)
+    loaded = timed(time.monotonic() + seconds)
+    stop.set()
+    for t in threads:
+        t.join()
+    row: dict = {"measurement": "fairness", "seconds": seconds}
+    for when, (predicts, probes) in (("alone", alone), ("beside_heavy", loaded)):
+        row[f"light_predict_p50_ms_{when}"] = round(percentile(predicts, 50) * 1000, 2)
+        row[f"light_predict_p99_ms_{when}"] = round(percentile(predicts, 99) * 1000, 2)
+        row[f"healthz_p50_ms_{when}"] = round(percentile(probes, 50) * 1000, 2)
+        row[f"healthz_p99_ms_{when}"] = round(percentile(probes, 99) * 1000, 2)
+    row["heavy_statuses"] = {str(s): statuses.count(s) for s in sorted(set(statuses))}
+    return row
+
+
 def against_bare(base: str, key: str, task: str, args: argparse.Namespace) -> dict:
     """Predict on one cached sinusoid task against a bare FastAPI endpoint that parses the same
     body and returns the same ten floats (benchmarks/bare_app.py), both under the same uvicorn
@@ -263,6 +345,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10, help="per level (wrk)")
     parser.add_argument("--image-tasks", type=int, default=100, help="Omniglot tasks over HTTP")
     parser.add_argument(
+        "--fairness-seconds", type=int, default=10, help="per phase; 0 skips the fairness row"
+    )
+    parser.add_argument(
         "--bare-rounds", type=int, default=5, help="alternations of predict and the bare endpoint"
     )
     args = parser.parse_args()
@@ -274,6 +359,7 @@ def main() -> None:
         "MODEL_DIR": str(ROOT / "models"),
         "LOG_LEVEL": "WARNING",
         "CACHE_SIZE": str(args.tasks * 2),
+        "MAX_IMAGE_PIXELS": str(2048 * 2048),  # the fairness row's heavy images
     }
     subprocess.run(
         [sys.executable, "-m", "alembic", "upgrade", "head"],
@@ -282,18 +368,27 @@ def main() -> None:
         check=True,
         capture_output=True,
     )
-    key = (
-        subprocess.run(
-            [sys.executable, "-m", "app", "clients", "create", "bench"],
+
+    def cli(*args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "app", *args],
             env=env,
             cwd=ROOT,
             check=True,
             capture_output=True,
             text=True,
         )
-        .stdout.strip()
-        .splitlines()[-1]
-    )
+        return done.stdout.strip()
+
+    created = cli("clients", "create", "bench")
+    key = created.splitlines()[-1]
+    # The load generator is one client: lift its request rate and in-flight limits (the
+    # per-client limits are for fairness between clients; the fairness row measures them).
+    bench_id = created.split()[2]
+    cli("clients", "limits", bench_id, "--rate-per-second", "1e9", "--rate-burst", "1000000000")
+    cli("clients", "limits", bench_id, "--predict-in-flight", "1000")
+    cli("clients", "limits", bench_id, "--adapt-in-flight", "1000")
+    heavy_key = cli("clients", "create", "heavy").splitlines()[-1]
     server = subprocess.Popen(
         [sys.executable, "-m", "app", "serve", "--port", str(port), "--workers", str(args.workers)],
         env=env,
@@ -355,6 +450,10 @@ def main() -> None:
             )
         if shutil.which("wrk"):
             print(json.dumps(against_bare(base, key, tasks[0], args) | common), flush=True)
+        if args.fairness_seconds > 0:
+            heavy = {"Authorization": f"Bearer {heavy_key}"}
+            row = fairness(base, headers, heavy, tasks[0], args.fairness_seconds)
+            print(json.dumps(row | common), flush=True)
         models = [m["name"] for m in httpx.get(f"{base}/models", headers=headers).json()]
         for model, ways in (("omniglot-5w1s", 5), ("omniglot-20w1s", 20)):
             if model in models and args.image_tasks > 0:
