@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, load_only
 
 from app.core.errors import Conflict, NotFound
@@ -31,8 +31,12 @@ def create_task(
     metrics: dict[str, float],
     weights: bytes,
     weights_sha256: str,
+    quota: tuple[int, int] | None = None,
 ) -> TaskRow:
-    """Add a task and its weights to the session's transaction: all of it or nothing."""
+    """Add a task and its weights to the session's transaction, all of it or nothing, counted
+    against the client's storage (within ``quota``, most tasks and bytes, if given: else
+    :class:`OverQuota`)."""
+    _reserve(session, client_id, len(weights), quota)
     task = TaskRow(
         id=str(uuid.uuid4()),
         client_id=client_id,
@@ -95,14 +99,45 @@ def get_task(
     return task
 
 
+class OverQuota(Exception):
+    """The client would store more tasks or bytes than its limits allow."""
+
+    def __init__(self, task_count: int, stored_bytes: int) -> None:
+        self.task_count, self.stored_bytes = task_count, stored_bytes
+
+
 def stored(session: Session, *, client_id: int) -> tuple[int, int]:
     """How many tasks the client stores, and their weights' bytes."""
-    count, size = session.execute(
-        select(func.count(), func.coalesce(func.sum(TaskRow.weights_bytes), 0)).where(
-            TaskRow.client_id == client_id
-        )
+    row = session.execute(
+        select(ClientRow.task_count, ClientRow.stored_bytes).where(ClientRow.id == client_id)
     ).one()
-    return int(count), int(size)
+    return int(row[0]), int(row[1])
+
+
+def _reserve(session: Session, client_id: int, size: int, quota: tuple[int, int] | None) -> None:
+    """Count one more task of ``size`` bytes for the client; with ``quota`` (most tasks, most
+    bytes), only if it fits, in one conditional update (two writes cannot both pass a check
+    that only one of them fits), else :class:`OverQuota` with what the client stores."""
+    query = update(ClientRow).where(ClientRow.id == client_id)
+    if quota is not None:
+        query = query.where(
+            ClientRow.task_count + 1 <= quota[0], ClientRow.stored_bytes + size <= quota[1]
+        )
+    result: Any = session.execute(
+        query.values(
+            task_count=ClientRow.task_count + 1, stored_bytes=ClientRow.stored_bytes + size
+        )
+    )
+    if result.rowcount == 0:
+        raise OverQuota(*stored(session, client_id=client_id))
+
+
+def _release(session: Session, client_id: int, tasks: int, size: int) -> None:
+    session.execute(
+        update(ClientRow)
+        .where(ClientRow.id == client_id)
+        .values(task_count=ClientRow.task_count - tasks, stored_bytes=ClientRow.stored_bytes - size)
+    )
 
 
 def task_exists(session: Session, *, client_id: int, task_id: str) -> bool:
@@ -132,12 +167,16 @@ def list_tasks(
 
 
 def delete_task(session: Session, *, client_id: int, task_id: str) -> None:
+    """Delete the client's task and give its bytes back to the client's quota."""
     _known(task_id)
-    result: Any = session.execute(
-        delete(TaskRow).where(TaskRow.id == task_id, TaskRow.client_id == client_id)
+    size = session.scalar(
+        delete(TaskRow)
+        .where(TaskRow.id == task_id, TaskRow.client_id == client_id)
+        .returning(TaskRow.weights_bytes)
     )
-    if result.rowcount == 0:
+    if size is None:
         raise NotFound(f"no task {task_id!r}")
+    _release(session, client_id, 1, size)
 
 
 def create_client(session: Session, *, name: str, key_hash: str, key_prefix: str) -> ClientRow:
@@ -199,4 +238,5 @@ def purge_tasks(session: Session, *, client_id: int) -> int:
     if client.revoked_at is None:
         raise Conflict(f"client {client_id} is active; revoke it first")
     result: Any = session.execute(delete(TaskRow).where(TaskRow.client_id == client_id))
+    client.task_count, client.stored_bytes = 0, 0
     return int(result.rowcount)

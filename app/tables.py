@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     DateTime,
     Float,
     ForeignKey,
@@ -45,6 +46,9 @@ class ClientRow(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     # Overrides of the service's per-client limits (app/services/limits.py), or None.
     limits: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # What the client stores, kept by every task write (crud), for the storage quotas.
+    task_count: Mapped[int] = mapped_column(Integer, default=0)
+    stored_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class TaskRow(Base):
@@ -66,4 +70,4 @@ class TaskRow(Base):
     metrics: Mapped[dict[str, float]] = mapped_column(JSON)
     weights: Mapped[bytes] = mapped_column(LargeBinary)
     weights_sha256: Mapped[str] = mapped_column(String(64))
-    weights_bytes: Mapped[int] = mapped_column(Integer)  # len(weights), for the storage quota
+    weights_bytes: Mapped[int] = mapped_column(BigInteger)  # len(weights): the quota's unit

@@ -114,24 +114,24 @@ async def create_task(
     client_id, limits = caller.client_id, caller.limits
     check_cost(meta_model, body, limits, settings)
 
-    def quota(session: Session, adding: int = 0) -> None:
-        count, size = crud.stored(session, client_id=client_id)
-        if count + bool(adding) > limits.max_tasks:
-            raise TooManyRequests(
+    def over(count: int, size: int, adding: int) -> TooManyRequests:
+        if count + 1 > limits.max_tasks:
+            return TooManyRequests(
                 f"you store {count} tasks, the most one client may (limit: {limits.max_tasks}); "
                 "delete some (DELETE /tasks/{id})",
                 retry_after=settings.retry_after_seconds,
             )
-        if size + adding > limits.max_stored_bytes:
-            raise TooManyRequests(
-                f"your tasks' weights take {size} bytes, and this one {adding} more; the limit "
-                f"is {limits.max_stored_bytes} bytes: delete some tasks (DELETE /tasks/{{id}})",
-                retry_after=settings.retry_after_seconds,
-            )
+        return TooManyRequests(
+            f"your tasks' weights take {size} bytes, and this one {adding} more; the limit "
+            f"is {limits.max_stored_bytes} bytes: delete some tasks (DELETE /tasks/{{id}})",
+            retry_after=settings.retry_after_seconds,
+        )
 
     def early_quota() -> None:
         with db.session() as session:
-            quota(session)
+            count, size = crud.stored(session, client_id=client_id)
+        if count + 1 > limits.max_tasks or size > limits.max_stored_bytes:
+            raise over(count, size, 0)
 
     await run_in_threadpool(early_quota)  # before spending the CPU
 
@@ -145,7 +145,6 @@ async def create_task(
 
     def store() -> TaskRow:
         with db.session() as session:
-            quota(session, adding=len(data))
             return crud.create_task(
                 session,
                 client_id=client_id,
@@ -160,9 +159,13 @@ async def create_task(
                 metrics=adapted.metrics,
                 weights=data,
                 weights_sha256=digest,
+                quota=(limits.max_tasks, limits.max_stored_bytes),
             )
 
-    row = await run_in_threadpool(store)
+    try:
+        row = await run_in_threadpool(store)
+    except crud.OverQuota as full:
+        raise over(full.task_count, full.stored_bytes, len(data)) from None
     cache.put(row.id, AdaptedModel(client_id, meta_model, adapted.predict, support.labels))
     metrics.adaptations.labels(meta_model.name).inc()
     metrics.adapt_seconds.labels(meta_model.name).observe(adapted.adapt_ms / 1000)
