@@ -14,7 +14,7 @@ import torch
 from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
 
-from app.api.middleware import Authenticate, BodyLimit, RequestMetrics
+from app.api.middleware import Admission, RequestMetrics
 from app.api.routes import health, meta_models, tasks
 from app.core.config import Settings, get_settings
 from app.core.db import Database, migration_state
@@ -151,9 +151,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_handlers(app, settings.retry_after_seconds)
     mount(app, tasks.router, meta_models.router, health.router)  # the hot path's first
     document_problems(app)
-    # Outermost last: metrics see every answer; the body limit and the key come before the body.
-    app.add_middleware(Authenticate, public=PUBLIC_PATHS)
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    # Outermost last: metrics see every answer, admission's refusals included.
+    app.add_middleware(Admission, limit=settings.max_body_bytes, public=PUBLIC_PATHS)
     app.add_middleware(RequestMetrics, metrics=metrics)
     return app
 

@@ -244,6 +244,11 @@ class Artifact:
         return self.manifest.task_kind
 
     @functools.cached_property
+    def row_shape(self) -> tuple[int, ...]:
+        """:attr:`input_shape` as a tuple, computed once (the shape of one input row)."""
+        return tuple(self.manifest.input_shape)
+
+    @functools.cached_property
     def flops_per_example(self) -> int:
         """One example's forward pass, in floating-point operations (the architecture's)."""
         return self.manifest.architecture.flops

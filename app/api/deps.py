@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, FastAPI, Request
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -39,11 +39,12 @@ async def get_services(request: Request) -> Services:
     return services
 
 
-def services_of(request: Request) -> Services:
-    """``get_services`` for code that resolves its own dependencies (the predict route):
-    the app's container, or its replacement in ``app.dependency_overrides``."""
-    override = request.app.dependency_overrides.get(get_services)
-    services: Services = override() if override is not None else request.app.state.services
+def services_of(app: FastAPI) -> Services:
+    """``get_services`` for code that resolves its own dependencies (the admission middleware,
+    the predict route): the app's container, or its replacement in
+    ``app.dependency_overrides``."""
+    override = app.dependency_overrides.get(get_services)
+    services: Services = override() if override is not None else app.state.services
     return services
 
 
@@ -94,7 +95,7 @@ SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 async def authenticate(header: str, services: Services) -> Caller:
     """The calling client and its limits, from the ``Authorization: Bearer <key>`` header (401
-    otherwise), checked before anything reads the body (the ``Authenticate`` middleware calls
+    otherwise), checked before anything reads the body (the ``Admission`` middleware calls
     this). A key's verdict is remembered briefly (:class:`~app.services.keys.KeyCache`)."""
     scheme, _, key = header.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
@@ -122,7 +123,7 @@ async def authenticate(header: str, services: Services) -> Caller:
 
 
 async def current_caller(request: Request) -> Caller:
-    """The client the ``Authenticate`` middleware identified (app/api/middleware.py)."""
+    """The client the ``Admission`` middleware identified (app/api/middleware.py)."""
     caller: Caller | None = request.scope.get("state", {}).get(CALLER)
     if caller is None:  # a route left public by mistake must not run unauthenticated
         raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
@@ -130,7 +131,7 @@ async def current_caller(request: Request) -> Caller:
 
 
 async def current_client(request: Request) -> int:
-    """The id of the client the ``Authenticate`` middleware identified."""
+    """The id of the client the ``Admission`` middleware identified."""
     return (await current_caller(request)).client_id
 
 

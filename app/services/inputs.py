@@ -70,10 +70,10 @@ def to_inputs(
         a = as_float32(x, field, "a rectangular array of numbers")
     if a.ndim == 0 or a.shape[0] == 0:
         raise InvalidInput(f"{field} is empty")
-    shape = meta_model.input_shape
-    if shape == [1] and a.ndim == 1:
+    shape = meta_model.row_shape
+    if shape == (1,) and a.ndim == 1:
         a = a.reshape(-1, 1)
-    if list(a.shape[1:]) != shape:
+    if a.shape[1:] != shape:
         raise InvalidInput(
             f"{field} has shape {list(a.shape)}; model {meta_model.name!r} takes "
             f"[n, {', '.join(map(str, shape))}]"

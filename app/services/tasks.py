@@ -272,7 +272,8 @@ def predict_now(
     labels = adapted.labels
     if labels is None:
         values = out.reshape(-1).tolist() if meta_model.n_outputs == 1 else out.tolist()
-        return PredictOut(task_id=task_id, labels=None, predictions=values)
+        # Floats from a float32 array: nothing to validate (the schema still serializes it).
+        return PredictOut.model_construct(task_id=task_id, labels=None, predictions=values)
     logits = out[:, : len(labels)]  # the units of the task's classes
     exp = np.exp(logits - logits.max(axis=1, keepdims=True))
     probs = exp / exp.sum(axis=1, keepdims=True)

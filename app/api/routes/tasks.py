@@ -42,7 +42,7 @@ MAX_OFFSET = 2**31 - 1  # beyond, databases overflow; no client has that many ta
 # Predict first: requests are matched against routes in order, and predict is the hot path.
 class PredictRoute(APIRoute):
     """The predict route resolves its own arguments, in this order: the services, the caller
-    (identified by the ``Authenticate`` middleware before the body is read), the body
+    (identified by the ``Admission`` middleware before the body is read), the body
     (``PredictIn``: 400/422 exactly as FastAPI words them), the adapted model (404), and
     answers with the ``PredictOut`` it returns.
 
@@ -55,7 +55,7 @@ class PredictRoute(APIRoute):
         endpoint = self.endpoint
 
         async def handler(request: Request) -> Response:
-            services = services_of(request)
+            services = services_of(request.app)
             task_id: str = request.path_params["task_id"]
             caller = await current_caller(request)
             try:
