@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from sqlalchemy.exc import DataError, DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -115,6 +116,17 @@ def _location(loc: Sequence[Any]) -> str:
     return ".".join(parts) or "body"
 
 
+def allowed_methods(app: FastAPI, path: str) -> list[str]:
+    """The methods some route of ``app`` answers on ``path`` (each route has its own)."""
+    methods = {
+        method
+        for route in app.router.routes
+        if isinstance(route, APIRoute) and route.path_regex.match(path)
+        for method in route.methods or ()
+    }
+    return sorted(methods)
+
+
 def install_handlers(app: FastAPI, retry_after: int) -> None:
     @app.exception_handler(AppError)
     async def _app_error(_: Request, exc: AppError) -> JSONResponse:
@@ -131,10 +143,11 @@ def install_handlers(app: FastAPI, retry_after: int) -> None:
         return problem(422, "Invalid input", detail, errors=cleaned)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return problem(
-            exc.status_code, str(exc.detail), str(exc.detail), getattr(exc, "headers", None)
-        )
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 405:  # every method of the path, not only the first route's
+            headers["Allow"] = ", ".join(allowed_methods(app, request.url.path))
+        return problem(exc.status_code, str(exc.detail), str(exc.detail), headers)
 
     @app.exception_handler(DataError)
     async def _data(_: Request, exc: DataError) -> JSONResponse:

@@ -98,3 +98,12 @@ def test_every_answer_is_documented_and_none_is_a_server_error(
                 case.call_and_validate(headers=headers, excluded_checks=excluded)
 
             check()
+
+
+def test_a_wrong_method_lists_every_method_of_the_path(fuzz_key):
+    settings, headers = fuzz_key
+    with TestClient(create_app(settings)) as client:
+        r = client.request("OPTIONS", "/tasks", headers=headers)
+        assert r.status_code == 405 and r.headers["allow"] == "GET, POST"
+        r = client.put("/tasks/5c2d3d2e-2b4b-4a8e-9d33-2a7c1b0e9f10", headers=headers)
+        assert r.status_code == 405 and r.headers["allow"] == "DELETE, GET"
