@@ -1,4 +1,5 @@
-"""``python -m app serve`` and ``python -m app clients create|list|revoke|rotate|purge|limits``."""
+"""``python -m app serve``, ``python -m app clients create|list|revoke|rotate|purge|limits`` and
+``python -m app tasks purge-expired``."""
 
 from __future__ import annotations
 
@@ -56,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
         kind = int if field.annotation in (int, "int") else float
         limits.add_argument(f"--{name.replace('_', '-')}", type=kind, help=field.description)
     limits.add_argument("--reset", action="store_true", help="back to the service's defaults")
+    tasks = sub.add_parser("tasks", help="manage stored tasks")
+    tsub = tasks.add_subparsers(dest="action", required=True)
+    tsub.add_parser("purge-expired", help="delete every expired task now")
     args = parser.parse_args(argv)
     settings = get_settings()
     logging.basicConfig(
@@ -79,7 +83,11 @@ def main(argv: list[str] | None = None) -> int:
 
     db = Database(settings.database_url)
     try:
-        if args.action == "create":
+        if args.command == "tasks":
+            with db.session() as session:
+                purged = crud.purge_expired(session)
+            print(f"deleted {purged} expired tasks")
+        elif args.action == "create":
             key = new_key()
             with db.session() as session:
                 client = crud.create_client(

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import ColumnElement, delete, func, or_, select, update
 from sqlalchemy.orm import Session, load_only
 
 from app.core.errors import Conflict, NotFound
@@ -32,6 +32,7 @@ def create_task(
     weights: bytes,
     weights_sha256: str,
     quota: tuple[int, int] | None = None,
+    expires_at: datetime | None = None,
 ) -> TaskRow:
     """Add a task and its weights to the session's transaction, all of it or nothing, counted
     against the client's storage (within ``quota``, most tasks and bytes, if given: else
@@ -53,14 +54,21 @@ def create_task(
         weights=weights,
         weights_sha256=weights_sha256,
         weights_bytes=len(weights),
+        expires_at=expires_at,
     )
     session.add(task)
     session.flush()
     return task
 
 
+def live() -> ColumnElement[bool]:
+    """Tasks that have not expired: every read sees only these."""
+    return or_(TaskRow.expires_at.is_(None), TaskRow.expires_at > datetime.now(UTC))
+
+
 # What the API shows of a task (``TaskOut``): listing and getting read only these.
 SHOWN = (
+    TaskRow.expires_at,
     TaskRow.id,
     TaskRow.name,
     TaskRow.meta_model_name,
@@ -90,7 +98,7 @@ def get_task(
     """The client's task, or 404 (another client's task is indistinguishable from none): what
     the API shows of it, or the whole row with its weights when asked for."""
     _known(task_id)
-    query = select(TaskRow).where(TaskRow.id == task_id, TaskRow.client_id == client_id)
+    query = select(TaskRow).where(TaskRow.id == task_id, TaskRow.client_id == client_id, live())
     if not with_weights:
         query = query.options(load_only(*SHOWN, raiseload=True))
     task = session.scalar(query)
@@ -143,7 +151,7 @@ def _release(session: Session, client_id: int, tasks: int, size: int) -> None:
 def task_exists(session: Session, *, client_id: int, task_id: str) -> bool:
     """A cheap check (no weights read) that the client's task is still there."""
     _known(task_id)
-    query = select(TaskRow.id).where(TaskRow.id == task_id, TaskRow.client_id == client_id)
+    query = select(TaskRow.id).where(TaskRow.id == task_id, TaskRow.client_id == client_id, live())
     return session.scalar(query) is not None
 
 
@@ -153,12 +161,12 @@ def list_tasks(
     """A page of the client's tasks, newest first (only the columns the API shows), and their
     total."""
     total = session.scalar(
-        select(func.count()).select_from(TaskRow).where(TaskRow.client_id == client_id)
+        select(func.count()).select_from(TaskRow).where(TaskRow.client_id == client_id, live())
     )
     rows = session.scalars(
         select(TaskRow)
         .options(load_only(*SHOWN, raiseload=True))
-        .where(TaskRow.client_id == client_id)
+        .where(TaskRow.client_id == client_id, live())
         .order_by(TaskRow.created_at.desc(), TaskRow.id.desc())
         .limit(limit)
         .offset(offset)
@@ -177,6 +185,21 @@ def delete_task(session: Session, *, client_id: int, task_id: str) -> None:
     if size is None:
         raise NotFound(f"no task {task_id!r}")
     _release(session, client_id, 1, size)
+
+
+def purge_expired(session: Session) -> int:
+    """Delete every expired task, giving its bytes back to its client's quota; how many."""
+    now = datetime.now(UTC)
+    expired = TaskRow.expires_at.is_not(None) & (TaskRow.expires_at <= now)
+    freed = session.execute(
+        select(TaskRow.client_id, func.count(), func.sum(TaskRow.weights_bytes))
+        .where(expired)
+        .group_by(TaskRow.client_id)
+    ).all()
+    session.execute(delete(TaskRow).where(expired))
+    for client_id, count, size in freed:
+        _release(session, client_id, int(count), int(size or 0))
+    return sum(int(count) for _, count, _ in freed)
 
 
 def create_client(session: Session, *, name: str, key_hash: str, key_prefix: str) -> ClientRow:

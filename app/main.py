@@ -4,6 +4,7 @@ and reach routes only through :mod:`app.api.deps`."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,6 +22,7 @@ from app.core.db import Database, migration_state
 from app.core.errors import install_handlers
 from app.core.metrics import Metrics
 from app.schemas import Problem
+from app.services import tasks as task_service
 from app.services.cache import LRUCache
 from app.services.keys import KeyCache
 from app.services.limits import RateLimiter
@@ -137,12 +139,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             rates=RateLimiter(),
         )
         app.state.services = services
+        purging = asyncio.create_task(
+            task_service.purge_expired(db, settings.purge_interval_seconds)
+        )
         log.info(
             "ready: meta-models %s, database %s",
             services.registry.names,
             db.engine.url.render_as_string(hide_password=True),
         )
         yield
+        purging.cancel()
         services.pool.shutdown()
         services.predict_pool.shutdown()
         db.dispose()

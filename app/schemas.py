@@ -26,6 +26,13 @@ class TaskCreate(BaseModel):
     inner_steps: int | None = Field(None, description="default: the model's")
     inner_lr: float | None = Field(None, description="default: the model's (or learned) lr")
     name: str | None = Field(None, max_length=200)
+    ttl_seconds: int | None = Field(
+        None,
+        ge=1,
+        le=10 * 365 * 86400,
+        description="the task expires this long after it is made (default: TASK_TTL_SECONDS, "
+        "else never); an expired task answers 404 and is purged",
+    )
 
 
 def readable(labels: list[int | str] | None) -> list[int | str] | None:
@@ -58,6 +65,7 @@ class TaskOut(BaseModel):
     inner_lr: float | None
     adapt_ms: float
     metrics: dict[str, float]
+    expires_at: datetime | None = Field(description="when the task expires (null: never)")
 
     @classmethod
     def of(cls, row: TaskRow) -> TaskOut:
@@ -73,6 +81,7 @@ class TaskOut(BaseModel):
             inner_lr=row.inner_lr,
             adapt_ms=row.adapt_ms,
             metrics=row.metrics,
+            expires_at=row.expires_at,
         )
 
 

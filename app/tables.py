@@ -71,3 +71,7 @@ class TaskRow(Base):
     weights: Mapped[bytes] = mapped_column(LargeBinary)
     weights_sha256: Mapped[str] = mapped_column(String(64))
     weights_bytes: Mapped[int] = mapped_column(BigInteger)  # len(weights): the quota's unit
+    # None: kept until deleted. Past it, the task is gone to every read, and purged.
+    expires_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), nullable=True, index=True
+    )

@@ -74,6 +74,12 @@ class Settings(BaseSettings):
     max_image_bytes: int = Field(4 * 2**20, ge=1024, description="one encoded image")
     max_image_pixels: int = Field(4096 * 4096, ge=1, description="one image, before resizing")
     retry_after_seconds: int = Field(1, ge=1)
+    task_ttl_seconds: int | None = Field(
+        None, ge=1, description="a task's lifetime when its request names none (None: forever)"
+    )
+    purge_interval_seconds: float = Field(
+        60.0, gt=0, description="how often each process deletes expired tasks"
+    )
     # Per-client limits (defaults; `python -m app clients limits` overrides them per client).
     rate_per_second: float = Field(
         500.0, gt=0, description="a client's sustained requests per second, per process"

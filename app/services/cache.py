@@ -9,6 +9,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from meta_core.artifact import Artifact
 from meta_core.networks import Predictor
@@ -23,7 +24,14 @@ class AdaptedModel:
     client_id: int
     meta_model: Artifact
     predict: Predictor
+    expires_at: datetime | None  # past it the task is gone, cached or not
     labels: list[int | str] | None  # client label of each output unit (classification)
+
+    def expired(self) -> bool:
+        if self.expires_at is None:
+            return False
+        at = self.expires_at  # SQLite gives a stored time back without its zone: UTC
+        return (at if at.tzinfo else at.replace(tzinfo=UTC)) <= datetime.now(UTC)
 
 
 class LRUCache:

@@ -3,10 +3,12 @@ predict with it; delete it. Routes validate, call one of these, return."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -142,6 +144,8 @@ async def create_task(
         return support, adapted, *weights.serialize({k: adapted.params[k] for k in names})
 
     support, adapted, data, digest = await pool.run(work, client_id, limits.adapt_in_flight)
+    ttl = body.ttl_seconds or settings.task_ttl_seconds
+    expires_at = None if ttl is None else datetime.now(UTC) + timedelta(seconds=ttl)
 
     def store() -> TaskRow:
         with db.session() as session:
@@ -160,13 +164,17 @@ async def create_task(
                 weights=data,
                 weights_sha256=digest,
                 quota=(limits.max_tasks, limits.max_stored_bytes),
+                expires_at=expires_at,
             )
 
     try:
         row = await run_in_threadpool(store)
     except crud.OverQuota as full:
         raise over(full.task_count, full.stored_bytes, len(data)) from None
-    cache.put(row.id, AdaptedModel(client_id, meta_model, adapted.predict, support.labels))
+    cache.put(
+        row.id,
+        AdaptedModel(client_id, meta_model, adapted.predict, expires_at, support.labels),
+    )
     metrics.adaptations.labels(meta_model.name).inc()
     metrics.adapt_seconds.labels(meta_model.name).observe(adapted.adapt_ms / 1000)
     log.info(
@@ -194,6 +202,9 @@ async def load_adapted(
     CACHE_TTL_SECONDS old, as another worker may have deleted the task), else from the
     database, or 404."""
     adapted, fresh = cache.get(task_id)
+    if adapted is not None and adapted.expired():
+        cache.pop(task_id)
+        adapted = None
     if adapted is not None and adapted.client_id == client_id:
         metrics.cache_hits.inc()
         if not fresh:
@@ -219,7 +230,9 @@ async def load_adapted(
             )
         params = weights.deserialize(meta_model, task.weights, task.weights_sha256)
         predictor = meta_model.predictor(params)
-        return AdaptedModel(client_id, meta_model, predictor, readable(task.labels))
+        return AdaptedModel(
+            client_id, meta_model, predictor, task.expires_at, readable(task.labels)
+        )
 
     adapted = await run_in_threadpool(load)
     cache.put(task_id, adapted)
@@ -252,6 +265,22 @@ async def predict(
         return predict_now(task_id, adapted, x, settings)
     work = lambda: predict_now(task_id, adapted, x, settings)  # noqa: E731
     return await pool.run(work, caller.client_id, caller.limits.predict_in_flight)
+
+
+async def purge_expired(db: Database, every: float) -> None:
+    """Delete expired tasks every ``every`` seconds, for as long as the service runs."""
+    while True:
+
+        def purge() -> int:
+            with db.session() as session:
+                return crud.purge_expired(session)
+
+        try:
+            if purged := await run_in_threadpool(purge):
+                log.info("purged %d expired tasks", purged)
+        except Exception:  # a database hiccup must not end the loop
+            log.exception("purging expired tasks failed; retrying in %.0f s", every)
+        await asyncio.sleep(every)
 
 
 def predict_now(

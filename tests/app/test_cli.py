@@ -129,3 +129,4 @@ def test_client_limits_rotation_and_purge(database_url, db):
     run_cli(env, "clients", "revoke", client_id)
     purged = run_cli(env, "clients", "purge", client_id).stdout.strip()
     assert purged == f"deleted 1 tasks of client {client_id}"
+    assert run_cli(env, "tasks", "purge-expired").stdout.strip() == "deleted 0 expired tasks"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 import re
+import time
+from datetime import UTC, datetime, timedelta
 
 import anyio
 import pytest
@@ -659,3 +661,64 @@ def test_the_corpus_against_predict(client, alice):
     ]:
         r = client.post(f"/tasks/{tid}/predict", headers=headers, content=raw.encode())
         assert r.status_code == status, (raw[:40], r.text)
+
+
+def test_an_expired_task_is_gone_and_purged(client, db, alice, monkeypatch):
+    lasting = create(client, alice)
+    assert lasting["expires_at"] is None
+    brief = create(client, alice, ttl_seconds=60)
+    assert brief["expires_at"] is not None
+    url = f"/tasks/{brief['id']}"
+    assert client.post(f"{url}/predict", headers=alice, json={"x": [1.0]}).status_code == 200
+    later = datetime.now(UTC) + timedelta(seconds=61)
+
+    class Later(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return later
+
+    for module in ("app.crud", "app.services.cache"):
+        monkeypatch.setattr(f"{module}.datetime", Later)
+    assert_problem(client.get(url, headers=alice), 404, f"no task '{brief['id']}'")
+    r = client.post(f"{url}/predict", headers=alice, json={"x": [1.0]})  # cached, expired
+    assert_problem(r, 404, f"no task '{brief['id']}'")
+    page = client.get("/tasks", headers=alice).json()
+    assert page["total"] == 1 and page["items"][0]["id"] == lasting["id"]
+    with db.session() as session:
+        assert crud.stored(session, client_id=client_id_of(db, alice))[0] == 2
+        assert crud.purge_expired(session) == 1
+        assert crud.stored(session, client_id=client_id_of(db, alice))[0] == 1
+    assert client.delete(url, headers=alice).status_code == 404
+
+
+def test_the_service_purges_expired_tasks_by_itself(settings, db, alice):
+    art = load_artifact(ROOT / "models" / "sinusoid")
+    data, digest = weights.serialize(art.params)
+    with db.session() as session:
+        client_id = crud.active_client(session, key_hash=hash_key(alice["Authorization"][7:]))
+        assert client_id is not None
+        crud.create_task(
+            session,
+            client_id=client_id[0],
+            meta_model_name="sinusoid",
+            meta_model_version=art.version,
+            name=None,
+            support_size=1,
+            inner_steps=1,
+            inner_lr=None,
+            adapt_ms=1.0,
+            labels=None,
+            metrics={},
+            weights=data,
+            weights_sha256=digest,
+            expires_at=datetime.now(UTC) - timedelta(seconds=1),
+        )
+    quick = settings.model_copy(update={"purge_interval_seconds": 0.05})
+    with TestClient(create_app(quick)):
+        deadline = time.monotonic() + 10
+        while True:
+            with db.session() as session:
+                if crud.stored(session, client_id=client_id[0]) == (0, 0):
+                    break
+            assert time.monotonic() < deadline, "the expired task was not purged"
+            time.sleep(0.05)
