@@ -20,7 +20,7 @@ from torch import Tensor
 from app import crud
 from app.core.config import Settings
 from app.core.db import Database
-from app.core.errors import InvalidInput, NotFound, TooManyRequests
+from app.core.errors import Conflict, InvalidInput, NotFound, TooManyRequests
 from app.core.metrics import Metrics
 from app.schemas import ClassPrediction, PredictOut, TaskCreate, readable
 from app.services import weights
@@ -223,10 +223,15 @@ async def load_adapted(
     def load() -> AdaptedModel:
         with db.session() as session:
             task = crud.get_task(session, client_id=client_id, task_id=task_id, with_weights=True)
-        meta_model = registry.meta_models.get(task.meta_model_name)
-        if meta_model is None:
-            raise NotFound(
-                f"task {task_id!r} uses model {task.meta_model_name!r}, which is not loaded"
+        name, version = task.meta_model_name, task.meta_model_version
+        meta_model = registry.meta_models.get(name)
+        if meta_model is None or meta_model.version != version:
+            # Its weights belong to that version only (with ANIL, a head for that body).
+            serving = "none" if meta_model is None else f"version {meta_model.version}"
+            raise Conflict(
+                f"task {task_id!r} was adapted from meta-model {name!r} version {version}, "
+                f"which this service no longer serves ({name!r}: {serving}); adapt a new "
+                "task from its support set (POST /tasks) and delete this one"
             )
         params = weights.deserialize(meta_model, task.weights, task.weights_sha256)
         predictor = meta_model.predictor(params)

@@ -298,8 +298,8 @@ def stored_task(db: Database, client_id: int, meta_model: str, **fields) -> str:
         row = crud.create_task(
             session,
             client_id=client_id,
-            meta_model_name=art.name,
-            meta_model_version=art.version,
+            meta_model_name=fields.pop("meta_model_name", art.name),
+            meta_model_version=fields.pop("meta_model_version", art.version),
             name=None,
             support_size=2,
             inner_steps=1,
@@ -722,3 +722,21 @@ def test_the_service_purges_expired_tasks_by_itself(settings, db, alice):
                     break
             assert time.monotonic() < deadline, "the expired task was not purged"
             time.sleep(0.05)
+
+
+def test_a_task_whose_meta_model_version_is_not_served_is_a_409(client, db, alice):
+    me = client_id_of(db, alice)
+    older = stored_task(db, me, "sinusoid", meta_model_version="0.9.0")
+    r = client.post(f"/tasks/{older}/predict", headers=alice, json={"x": [1.0]})
+    assert_problem(
+        r,
+        409,
+        f"task '{older}' was adapted from meta-model 'sinusoid' version 0.9.0, which this "
+        "service no longer serves ('sinusoid': version 1.0.0); adapt a new task from its "
+        "support set (POST /tasks) and delete this one",
+    )
+    gone = stored_task(db, me, "sinusoid", meta_model_name="retired")
+    r = client.post(f"/tasks/{gone}/predict", headers=alice, json={"x": [1.0]})
+    assert r.status_code == 409 and "('retired': none)" in r.json()["detail"]
+    assert client.get(f"/tasks/{older}", headers=alice).status_code == 200
+    assert client.delete(f"/tasks/{gone}", headers=alice).status_code == 204
