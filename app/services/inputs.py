@@ -45,7 +45,8 @@ def as_float32(values: list[Any], field: str, what: str) -> np.ndarray:
         raise InvalidInput(f"{field} must be {what}") from None
     if a.dtype.kind not in "biuf":  # strings, None, objects and integers beyond int64
         raise InvalidInput(f"{field} must be {what}")
-    if a.dtype.kind == "f" and not (np.abs(a) <= FLOAT32_MAX).all():
+    # One reduction: NaN fails the comparison, as do infinities and numbers beyond float32.
+    if a.dtype.kind == "f" and a.size and not np.abs(a).max() <= FLOAT32_MAX:
         raise InvalidInput(f"{field} contains NaN or Inf, or a number beyond float32's range")
     return a.astype(np.float32)
 

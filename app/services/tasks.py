@@ -296,9 +296,9 @@ def predict_now(
     meta_model = adapted.meta_model
     inputs = to_inputs(meta_model, x, "x", settings.max_predict_rows, ImageLimits.of(settings))
     out = adapted.predict(inputs)
-    finite = np.isfinite(out)
-    if not finite.all():
-        bad = np.flatnonzero(~finite.reshape(len(out), -1).all(axis=1))
+    # One reduction: a float64 sum of finite float32 values is finite; NaN and inf are not.
+    if not math.isfinite(out.sum(dtype=np.float64)):
+        bad = np.flatnonzero(~np.isfinite(out).reshape(len(out), -1).all(axis=1))
         raise InvalidInput(
             f"the predictions for rows {bad[:5].tolist()} of x are not finite: those inputs "
             "are too large for the model's float32 arithmetic"
