@@ -33,6 +33,7 @@ def create_task(
     weights_sha256: str,
     quota: tuple[int, int] | None = None,
     expires_at: datetime | None = None,
+    meta_model_hash: str = "",
 ) -> TaskRow:
     """Add a task and its weights to the session's transaction, all of it or nothing, counted
     against the client's storage (within ``quota``, most tasks and bytes, if given: else
@@ -55,6 +56,7 @@ def create_task(
         weights_sha256=weights_sha256,
         weights_bytes=len(weights),
         expires_at=expires_at,
+        meta_model_hash=meta_model_hash,
     )
     session.add(task)
     session.flush()

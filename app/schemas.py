@@ -21,6 +21,9 @@ class TaskCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field(max_length=200)
+    model_version: str | None = Field(
+        None, max_length=50, description="default: the model's newest version served"
+    )
     support: Examples
     query: Examples | None = Field(None, description="labelled examples to measure adaptation")
     inner_steps: int | None = Field(None, description="default: the model's")
@@ -124,11 +127,19 @@ class MetaModelOut(BaseModel):
     inner_loop: InnerLoopSpec
     preprocessing: ImagePreprocessing | None
     evaluation: dict[str, Any]
+    content_hash: str = Field(description="what a task adapted from this version is pinned to")
+    default: bool = Field(
+        False, description="whether new tasks get this version when they name none"
+    )
+    versions: list[str] = Field(
+        default_factory=list, description="every version of this name served, oldest first"
+    )
 
     @classmethod
-    def of(cls, meta_model: Artifact) -> MetaModelOut:
+    def of(cls, meta_model: Artifact, *, default: bool, versions: list[str]) -> MetaModelOut:
         """Read from the typed manifest, whose fields (and ``n_classes``) it shares."""
-        return cls.model_validate(meta_model.manifest, from_attributes=True)
+        out = cls.model_validate(meta_model.manifest, from_attributes=True)
+        return out.model_copy(update={"default": default, "versions": versions})
 
 
 class Problem(BaseModel):

@@ -61,6 +61,9 @@ class TaskRow(Base):
     name: Mapped[str | None] = mapped_column(String(200), nullable=True)
     meta_model_name: Mapped[str] = mapped_column("model_name", String(200))
     meta_model_version: Mapped[str] = mapped_column("model_version", String(50))
+    # The artifact's content hash: with name and version, what the task is pinned to ("" for
+    # tasks made before it was recorded: name and version alone).
+    meta_model_hash: Mapped[str] = mapped_column("model_hash", String(80), default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     support_size: Mapped[int] = mapped_column(Integer)
     inner_steps: Mapped[int] = mapped_column(Integer)

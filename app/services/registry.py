@@ -13,22 +13,37 @@ from meta_core.artifact import Artifact, load_artifact
 log = logging.getLogger(__name__)
 
 
+def version_key(version: str) -> tuple[tuple[int, int | str], ...]:
+    """Order versions as numbers where they are ("1.10.0" after "1.9.0"), else as text."""
+    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in version.split("."))
+
+
 class MetaModelRegistry:
-    def __init__(self, meta_models: dict[str, Artifact]) -> None:
-        self.meta_models = meta_models
+    """Every version of every meta-model under MODEL_DIR; a name's default is its newest
+    version, which new tasks get unless they name one. A task keeps the version it was
+    adapted from (tasks.load_adapted)."""
+
+    def __init__(self, artifacts: list[Artifact]) -> None:
+        self.versions: dict[str, dict[str, Artifact]] = {}
+        for art in artifacts:
+            served = self.versions.setdefault(art.name, {})
+            if art.version in served:
+                raise RuntimeError(f"two artifacts of {art.name!r} version {art.version}")
+            served[art.version] = art
+        self.meta_models = {  # each name's default: its newest version
+            name: served[max(served, key=version_key)] for name, served in self.versions.items()
+        }
 
     @classmethod
     def load(cls, model_dir: Path) -> MetaModelRegistry:
         """Load every artifact directory; an invalid artifact stops the start (loudly)."""
         if not model_dir.is_dir():
             raise RuntimeError(f"MODEL_DIR {model_dir} is not a directory")
-        found: dict[str, Artifact] = {}
+        found = []
         for path in sorted(p.parent for p in model_dir.glob("*/manifest.json")):
             art = load_artifact(path)
-            if art.name in found:
-                raise RuntimeError(f"two artifacts named {art.name!r} in {model_dir}")
-            found[art.name] = art
             _warm_up(art)
+            found.append(art)
             log.info("loaded meta-model %s %s from %s", art.name, art.version, path)
         return cls(found)
 
@@ -36,15 +51,30 @@ class MetaModelRegistry:
     def names(self) -> list[str]:
         return sorted(self.meta_models)
 
-    def for_new_task(self, name: str) -> Artifact:
-        """The meta-model a new task names (422 if there is none: it is the body's fault)."""
-        try:
+    def version_names(self, name: str) -> list[str]:
+        """The versions of ``name`` served, oldest first."""
+        return sorted(self.versions.get(name, {}), key=version_key)
+
+    def for_new_task(self, name: str, version: str | None = None) -> Artifact:
+        """The meta-model a new task names, its default version unless it names one (422 if
+        there is none: it is the body's fault)."""
+        if name not in self.meta_models:
+            raise InvalidInput(f"unknown model {name!r}; available: {self.names}")
+        if version is None:
             return self.meta_models[name]
+        try:
+            return self.versions[name][version]
         except KeyError:
-            raise InvalidInput(f"unknown model {name!r}; available: {self.names}") from None
+            raise InvalidInput(
+                f"model {name!r} has no version {version!r}; served: {self.version_names(name)}"
+            ) from None
+
+    def exact(self, name: str, version: str) -> Artifact | None:
+        """The artifact of exactly this name and version, if served."""
+        return self.versions.get(name, {}).get(version)
 
     def get(self, name: str) -> Artifact:
-        """The meta-model at ``/models/{name}`` (404 if there is none)."""
+        """The meta-model at ``/models/{name}``: its default version (404 if there is none)."""
         try:
             return self.meta_models[name]
         except KeyError:

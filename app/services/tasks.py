@@ -112,7 +112,7 @@ async def create_task(
     """Check the caller's limits (the adaptation's cost, its stored tasks and bytes), validate
     and adapt (on the pool: inputs, images and the inner loop are CPU work), store row and
     weights in one transaction (checking the quotas again, in it), cache."""
-    meta_model = registry.for_new_task(body.model)
+    meta_model = registry.for_new_task(body.model, body.model_version)
     client_id, limits = caller.client_id, caller.limits
     check_cost(meta_model, body, limits, settings)
 
@@ -154,6 +154,7 @@ async def create_task(
                 client_id=client_id,
                 meta_model_name=meta_model.name,
                 meta_model_version=meta_model.version,
+                meta_model_hash=meta_model.manifest.content_hash,
                 name=body.name,
                 support_size=int(support.x.shape[0]),
                 inner_steps=support.steps,
@@ -224,13 +225,15 @@ async def load_adapted(
         with db.session() as session:
             task = crud.get_task(session, client_id=client_id, task_id=task_id, with_weights=True)
         name, version = task.meta_model_name, task.meta_model_version
-        meta_model = registry.meta_models.get(name)
-        if meta_model is None or meta_model.version != version:
-            # Its weights belong to that version only (with ANIL, a head for that body).
-            serving = "none" if meta_model is None else f"version {meta_model.version}"
+        meta_model = registry.exact(name, version)
+        pinned = task.meta_model_hash
+        if meta_model is None or (pinned and pinned != meta_model.manifest.content_hash):
+            # Its weights belong to that artifact only (with ANIL, a head for that body).
+            served = ", ".join(registry.version_names(name)) or "none"
+            what = "no longer serves" if meta_model is None else "serves a different artifact as"
             raise Conflict(
                 f"task {task_id!r} was adapted from meta-model {name!r} version {version}, "
-                f"which this service no longer serves ({name!r}: {serving}); adapt a new "
+                f"which this service {what} ({name!r} versions served: {served}); adapt a new "
                 "task from its support set (POST /tasks) and delete this one"
             )
         params = weights.deserialize(meta_model, task.weights, task.weights_sha256)

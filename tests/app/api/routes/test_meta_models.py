@@ -1,8 +1,21 @@
-"""GET /models and /models/{name}: the loaded meta-models."""
+"""GET /models and /models/{name}: the loaded meta-models, every version of each; tasks keep
+the version they were adapted from."""
 
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from safetensors.torch import load, save
+
+from app.main import create_app
+from meta_core.artifact import MANIFEST, WEIGHTS, content_hash
+from tests.conftest import ROOT
 from tests.utils.problem import assert_problem
+from tests.utils.tasks import sinusoid_task
 
 
 def test_models(client, alice):
@@ -18,3 +31,58 @@ def test_models(client, alice):
     assert omni20["n_classes"] == 20 and omni20["inner_loop"]["steps"] == 5
     assert_problem(client.get("/models/nope", headers=alice), 404, "no model 'nope'")
     assert client.get("/models").status_code == 401
+
+
+def new_version(source: Path, target: Path, version: str, *, nudge: float = 0.0) -> None:
+    """A copy of the artifact at ``source`` as another version (its weights nudged, if asked),
+    its content hash recomputed, as retraining would give."""
+    shutil.copytree(source, target)
+    raw = json.loads((target / MANIFEST).read_text())
+    raw["version"] = version
+    if nudge:
+        tensors = {k: v + nudge for k, v in load((target / WEIGHTS).read_bytes()).items()}
+        (target / WEIGHTS).write_bytes(save(tensors))
+    raw["content_hash"] = content_hash((target / WEIGHTS).read_bytes(), raw)
+    (target / MANIFEST).write_text(json.dumps(raw))
+
+
+@pytest.fixture
+def two_versions(tmp_path: Path) -> Path:
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copytree(ROOT / "models" / "sinusoid", models / "sinusoid")
+    new_version(models / "sinusoid", models / "sinusoid-1.1.0", "1.1.0", nudge=0.05)
+    return models
+
+
+def test_versions_default_to_the_newest_and_tasks_keep_theirs(settings, db, alice, two_versions):
+    with TestClient(create_app(settings.model_copy(update={"model_dir": two_versions}))) as c:
+        listed = c.get("/models", headers=alice).json()
+        assert [(m["version"], m["default"]) for m in listed] == [("1.0.0", False), ("1.1.0", True)]
+        one = c.get("/models/sinusoid", headers=alice).json()
+        assert one["version"] == "1.1.0" and one["versions"] == ["1.0.0", "1.1.0"]
+        assert one["content_hash"].startswith("sha256:")
+        x, y = sinusoid_task()
+        body = {"model": "sinusoid", "support": {"x": x, "y": y}}
+        new = c.post("/tasks", headers=alice, json=body).json()
+        old = c.post("/tasks", headers=alice, json=body | {"model_version": "1.0.0"}).json()
+        assert new["model_version"] == "1.1.0" and old["model_version"] == "1.0.0"
+        r = c.post("/tasks", headers=alice, json=body | {"model_version": "2.0"})
+        assert_problem(r, 422, "model 'sinusoid' has no version '2.0'; served: ['1.0.0', '1.1.0']")
+        ask = {"x": [0.5, 1.5]}
+        before = {
+            t["id"]: c.post(f"/tasks/{t['id']}/predict", headers=alice, json=ask).json()
+            for t in (new, old)
+        }
+        assert before[new["id"]]["predictions"] != before[old["id"]]["predictions"]
+    # A restart on the same versions: each task predicts exactly as before.
+    with TestClient(create_app(settings.model_copy(update={"model_dir": two_versions}))) as c:
+        for tid, answer in before.items():
+            assert c.post(f"/tasks/{tid}/predict", headers=alice, json=ask).json() == answer
+    # Version 1.0.0 replaced by a different artifact under the same version: its task refuses.
+    shutil.rmtree(two_versions / "sinusoid")
+    new_version(two_versions / "sinusoid-1.1.0", two_versions / "sinusoid", "1.0.0")
+    with TestClient(create_app(settings.model_copy(update={"model_dir": two_versions}))) as c:
+        r = c.post(f"/tasks/{old['id']}/predict", headers=alice, json=ask)
+        assert r.status_code == 409 and "serves a different artifact as" in r.json()["detail"]
+        assert c.post(f"/tasks/{new['id']}/predict", headers=alice, json=ask).status_code == 200
