@@ -128,6 +128,12 @@ class Manifest(_Record):
         return self.n_outputs if self.task_kind == "classification" else None
 
 
+def version_key(version: str) -> tuple[tuple[int, int | str], ...]:
+    """Order versions as numbers where they are ("1.10.0" after "1.9.0"), else as text; a
+    version ``meta-core train`` writes by default (YYYY.MM.DD.HHMMSS) is newer than "1.x"."""
+    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in version.split("."))
+
+
 def content_hash(weights: bytes, manifest: Mapping[str, Any]) -> str:
     """sha256 over the weights' bytes and the canonical JSON of the manifest sans its hash."""
     body = {k: v for k, v in manifest.items() if k != "content_hash"}

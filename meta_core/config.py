@@ -142,7 +142,9 @@ class Config(Section):
     name: str
     family: FamilyConfig
     model: ModelConfig
-    version: str = "1.0.0"
+    # None: the UTC time the artifact is written (YYYY.MM.DD.HHMMSS), so retraining a
+    # meta-model gives a newer version of its name, which a service serves beside the old.
+    version: str | None = None
     description: str = ""
     algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)

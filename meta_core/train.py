@@ -17,6 +17,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import IO, Any
@@ -249,7 +250,7 @@ class Run:
         save_artifact(
             self.out,
             name=cfg.name,
-            version=cfg.version,
+            version=cfg.version or datetime.now(UTC).strftime("%Y.%m.%d.%H%M%S"),
             architecture=self.spec,
             task_kind=self.family.kind,
             params={k[4:]: v for k, v in best.items() if k.startswith("net.")},

@@ -8,14 +8,9 @@ from pathlib import Path
 import torch
 
 from app.core.errors import InvalidInput, NotFound
-from meta_core.artifact import Artifact, load_artifact
+from meta_core.artifact import Artifact, load_artifact, version_key
 
 log = logging.getLogger(__name__)
-
-
-def version_key(version: str) -> tuple[tuple[int, int | str], ...]:
-    """Order versions as numbers where they are ("1.10.0" after "1.9.0"), else as text."""
-    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in version.split("."))
 
 
 class MetaModelRegistry:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from meta_core import algorithms
+from meta_core.artifact import version_key
 from meta_core.cli import main
 from meta_core.config import load_config
 from meta_core.train import train
@@ -96,6 +98,19 @@ def test_warm_start_from_an_artifact(tmp_path: Path):
     manifest = json.loads((same / "manifest.json").read_text())
     source = json.loads((first / "manifest.json").read_text())
     assert manifest["training"]["warm_start"]["content_hash"] == source["content_hash"]
+    # A retrained meta-model is a newer version of its name (the UTC time it was written),
+    # unless the preset names one.
+    assert re.fullmatch(r"\d{4}\.\d{2}\.\d{2}\.\d{6}", source["version"])
+    assert version_key(manifest["version"]) >= version_key(source["version"])
+    assert version_key(source["version"]) > version_key("1.1.0")
+    named = train(
+        load_config(
+            "sinusoid", TINY + ["train.iterations=0", "version=2.0.0", f"train.init_from={first}"]
+        ),
+        tmp_path / "named",
+        progress=False,
+    )
+    assert json.loads((named / "manifest.json").read_text())["version"] == "2.0.0"
     # More iterations move on from there.
     more = load_config("sinusoid", TINY + [f"train.init_from={first}"])
     moved = weights(train(more, tmp_path / "more", progress=False))
