@@ -46,17 +46,17 @@ class Admission:
             return await self.app(scope, receive, send)
         length, key = None, b""
         for name, value in scope["headers"]:
-            if name == b"content-length":
-                length = value
+            if name == b"content-length" and value.isdigit():
+                length = int(value)
             elif name == b"authorization":
                 key = value
-        if length is not None and length.isdigit() and int(length) > self.limit:
+        if length is not None and length > self.limit:
             return await self._too_large(scope, receive, send)
         if scope["path"] not in self.public:
             refused = await self._admit(scope, key.decode("latin-1"))
             if refused is not None:
                 return await render(refused)(scope, receive, send)
-        if length is not None and length.isdigit():
+        if length is not None:
             return await self.app(scope, receive, send)
         seen = 0
 

@@ -50,22 +50,25 @@ class RateLimiter:
     takes one. Idle buckets are dropped once full again, so memory follows active clients."""
 
     def __init__(self) -> None:
-        self._buckets: dict[int, tuple[float, float]] = {}  # client -> (tokens, at)
+        # client -> (tokens, at, rate, burst): each bucket refills at its own client's rate
+        self._buckets: dict[int, tuple[float, float, float, int]] = {}
         self._lock = threading.Lock()
 
     def take(self, client_id: int, rate: float, burst: int) -> float:
         """0 if the request may proceed, else the seconds until it could."""
         now = time.monotonic()
         with self._lock:
-            tokens, at = self._buckets.get(client_id, (float(burst), now))
+            tokens, at, _, _ = self._buckets.get(client_id, (float(burst), now, rate, burst))
             tokens = min(float(burst), tokens + (now - at) * rate)
             if tokens < 1:
-                self._buckets[client_id] = (tokens, now)
+                self._buckets[client_id] = (tokens, now, rate, burst)
                 return (1 - tokens) / rate
-            self._buckets[client_id] = (tokens - 1, now)
+            self._buckets[client_id] = (tokens - 1, now, rate, burst)
             if len(self._buckets) > 10_000:  # forget clients whose buckets have refilled
                 self._buckets = {
-                    c: (t, a) for c, (t, a) in self._buckets.items() if t + (now - a) * rate < burst
+                    c: bucket
+                    for c, bucket in self._buckets.items()
+                    if bucket[0] + (now - bucket[1]) * bucket[2] < bucket[3]
                 }
             return 0.0
 

@@ -12,6 +12,7 @@ from app import crud
 from app.core.security import hash_key
 from tests.conftest import ROOT
 from tests.utils.server import free_port, wait_ready
+from tests.utils.tasks import stored_task
 
 
 def run_cli(env: dict, *args: str) -> subprocess.CompletedProcess:
@@ -102,21 +103,7 @@ def test_client_limits_rotation_and_purge(database_url, db):
     with db.session() as session:
         assert crud.active_client(session, key_hash=old_hash) is None
         assert crud.active_client(session, key_hash=hash_key(new)) is not None
-        crud.create_task(
-            session,
-            client_id=int(client_id),
-            meta_model_name="sinusoid",
-            meta_model_version="1",
-            name=None,
-            support_size=1,
-            inner_steps=1,
-            inner_lr=None,
-            adapt_ms=1.0,
-            labels=None,
-            metrics={},
-            weights=b"w",
-            weights_sha256="0" * 64,
-        )
+    stored_task(db, int(client_id))
     active = subprocess.run(
         [sys.executable, "-m", "app", "clients", "purge", client_id],
         env=env,

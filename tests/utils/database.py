@@ -35,3 +35,11 @@ def make_key(db: Database, name: str) -> str:
     with db.session() as session:
         crud.create_client(session, name=name, key_hash=hash_key(key), key_prefix=key[:10])
     return key
+
+
+def client_id_of(db: Database, headers: dict[str, str]) -> int:
+    """The id of the client whose ``Authorization: Bearer <key>`` this is."""
+    with db.session() as session:
+        found = crud.active_client(session, key_hash=hash_key(headers["Authorization"][7:]))
+    assert found is not None
+    return found[0]

@@ -1,10 +1,18 @@
-"""Sinusoid tasks for the service tests."""
+"""Sinusoid tasks for the service tests, and task rows written straight to the database."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
+
+from app import crud
+from app.core.db import Database
+from app.services import weights
+from meta_core.artifact import load_artifact
+
+MODELS = Path(__file__).resolve().parents[2] / "models"
 
 
 def sinusoid_task(
@@ -24,3 +32,27 @@ def create(client: Any, headers: dict[str, str], **body: Any) -> dict[str, Any]:
     assert r.status_code == 201, r.text
     out: dict[str, Any] = r.json()
     return out
+
+
+def stored_task(db: Database, client_id: int, meta_model: str = "sinusoid", **fields: Any) -> str:
+    """A task row written straight to the database (no adaptation), as an older service may
+    have left it: the meta-model's own weights unless ``weights`` are given; any other
+    ``crud.create_task`` field may be given too."""
+    art = load_artifact(MODELS / meta_model)
+    data, digest = weights.serialize(fields.pop("weights", art.params))
+    row = {
+        "meta_model_name": art.name,
+        "meta_model_version": art.version,
+        "name": None,
+        "support_size": 2,
+        "inner_steps": 1,
+        "inner_lr": None,
+        "adapt_ms": 1.0,
+        "labels": None,
+        "metrics": {"support_loss_before": 1.0},
+    } | fields
+    with db.session() as session:
+        task = crud.create_task(
+            session, client_id=client_id, weights=data, weights_sha256=digest, **row
+        )
+        return task.id

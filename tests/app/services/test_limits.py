@@ -7,22 +7,15 @@ import pytest
 
 from app import crud
 from app.core.config import Settings
-from app.core.security import hash_key
 from app.services.limits import Limits, RateLimiter
+from tests.utils.database import client_id_of
 from tests.utils.problem import assert_problem
 from tests.utils.tasks import create, sinusoid_task
 
 
-def client_id(db, headers) -> int:
-    with db.session() as session:
-        found = crud.active_client(session, key_hash=hash_key(headers["Authorization"][7:]))
-    assert found is not None
-    return found[0]
-
-
 def limit(db, headers, **overrides) -> None:
     with db.session() as session:
-        crud.set_limits(session, client_id=client_id(db, headers), limits=overrides)
+        crud.set_limits(session, client_id=client_id_of(db, headers), limits=overrides)
 
 
 def test_a_client_over_its_rate_gets_429_and_others_do_not(client, db, alice, bob):
@@ -92,3 +85,15 @@ def test_the_token_bucket_refills_at_its_rate(monkeypatch):
     assert bucket.take(1, 2.0, 3) == pytest.approx(0.5)
     now[0] += 0.5
     assert bucket.take(1, 2.0, 3) == 0 and bucket.take(2, 2.0, 3) == 0
+
+
+def test_forgetting_idle_buckets_uses_each_clients_own_rate(monkeypatch):
+    now = [0.0]
+    monkeypatch.setattr("app.services.limits.time.monotonic", lambda: now[0])
+    bucket = RateLimiter()
+    assert bucket.take(1, 0.001, 2) == 0  # a slow client, one token left for a long time
+    for client in range(2, 10_002):  # many fast clients, full again a moment later
+        bucket.take(client, 1000.0, 2)
+    now[0] += 1.0
+    bucket.take(10_002, 1000.0, 2)  # past 10,000 buckets: the full ones are forgotten
+    assert bucket.take(1, 0.001, 2) == 0 and bucket.take(1, 0.001, 2) > 0  # not refilled

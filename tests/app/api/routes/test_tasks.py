@@ -18,16 +18,15 @@ from sqlalchemy import event
 from app import crud
 from app.core.db import Database
 from app.core.metrics import Metrics
-from app.core.security import hash_key
 from app.main import create_app
-from app.services import weights
 from app.services.cache import LRUCache
 from app.services.pool import WorkPool
 from meta_core.artifact import load_artifact
 from tests.conftest import ROOT
+from tests.utils.database import client_id_of
 from tests.utils.overrides import override_services
 from tests.utils.problem import PROBLEM, assert_problem
-from tests.utils.tasks import create, sinusoid_task
+from tests.utils.tasks import create, sinusoid_task, stored_task
 
 
 def test_sinusoid_end_to_end(client, alice):
@@ -288,36 +287,6 @@ def test_a_label_with_a_lone_surrogate_is_refused_and_stores_nothing(client, ali
     r = client.post("/tasks", headers=alice | {"content-type": "application/json"}, content=raw)
     assert_problem(r, 422, "support.y holds a label that is not valid Unicode (a lone surrogate)")
     assert client.get("/tasks", headers=alice).json()["total"] == 0
-
-
-def stored_task(db: Database, client_id: int, meta_model: str, **fields) -> str:
-    """A task row written straight to the database, as an older service may have left it."""
-    art = load_artifact(ROOT / "models" / meta_model)
-    data, digest = weights.serialize(fields.pop("weights", art.params))
-    with db.session() as session:
-        row = crud.create_task(
-            session,
-            client_id=client_id,
-            meta_model_name=fields.pop("meta_model_name", art.name),
-            meta_model_version=fields.pop("meta_model_version", art.version),
-            name=None,
-            support_size=2,
-            inner_steps=1,
-            inner_lr=None,
-            adapt_ms=1.0,
-            labels=fields.pop("labels", None),
-            metrics=fields.pop("metrics", {"support_loss_before": 1.0}),
-            weights=data,
-            weights_sha256=digest,
-        )
-        return row.id
-
-
-def client_id_of(db: Database, headers: dict[str, str]) -> int:
-    with db.session() as session:
-        found = crud.active_client(session, key_hash=hash_key(headers["Authorization"][7:]))
-    assert found is not None
-    return found[0]
 
 
 def test_a_stored_label_json_cannot_carry_never_breaks_a_response(client, db, alice):
@@ -692,33 +661,14 @@ def test_an_expired_task_is_gone_and_purged(client, db, alice, monkeypatch):
 
 
 def test_the_service_purges_expired_tasks_by_itself(settings, db, alice):
-    art = load_artifact(ROOT / "models" / "sinusoid")
-    data, digest = weights.serialize(art.params)
-    with db.session() as session:
-        client_id = crud.active_client(session, key_hash=hash_key(alice["Authorization"][7:]))
-        assert client_id is not None
-        crud.create_task(
-            session,
-            client_id=client_id[0],
-            meta_model_name="sinusoid",
-            meta_model_version=art.version,
-            name=None,
-            support_size=1,
-            inner_steps=1,
-            inner_lr=None,
-            adapt_ms=1.0,
-            labels=None,
-            metrics={},
-            weights=data,
-            weights_sha256=digest,
-            expires_at=datetime.now(UTC) - timedelta(seconds=1),
-        )
+    client_id = client_id_of(db, alice)
+    stored_task(db, client_id, expires_at=datetime.now(UTC) - timedelta(seconds=1))
     quick = settings.model_copy(update={"purge_interval_seconds": 0.05})
     with TestClient(create_app(quick)):
         deadline = time.monotonic() + 10
         while True:
             with db.session() as session:
-                if crud.stored(session, client_id=client_id[0]) == (0, 0):
+                if crud.stored(session, client_id=client_id) == (0, 0):
                     break
             assert time.monotonic() < deadline, "the expired task was not purged"
             time.sleep(0.05)
