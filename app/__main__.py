@@ -1,5 +1,5 @@
-"""``python -m app serve``, ``python -m app clients create|list|revoke|rotate|purge|limits`` and
-``python -m app tasks purge-expired``."""
+"""``python -m app serve``, ``python -m app clients create|list|revoke|rotate|purge|limits``,
+``python -m app tasks purge-expired`` and ``python -m app models list|reload``."""
 
 from __future__ import annotations
 
@@ -13,11 +13,12 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from app import crud
-from app.core.config import get_settings
+from app.core.config import Settings, get_settings
 from app.core.db import Database
 from app.core.errors import Conflict, NotFound
 from app.core.security import hash_key, new_key
 from app.services.limits import Limits
+from app.services.registry import MetaModelRegistry
 
 
 def multiprocess_metrics() -> None:
@@ -60,6 +61,14 @@ def main(argv: list[str] | None = None) -> int:
     tasks = sub.add_parser("tasks", help="manage stored tasks")
     tsub = tasks.add_subparsers(dest="action", required=True)
     tsub.add_parser("purge-expired", help="delete every expired task now")
+    models = sub.add_parser("models", help="the meta-models in the model folders")
+    msub = models.add_subparsers(dest="action", required=True)
+    msub.add_parser("list", help="check every artifact; list what is served and what is refused")
+    msub.add_parser(
+        "reload",
+        help="check every artifact, then have every API process on the database scan its "
+        "folders now (PostgreSQL; on SQLite each process does within MODEL_POLL_SECONDS)",
+    )
     args = parser.parse_args(argv)
     settings = get_settings()
     logging.basicConfig(
@@ -78,8 +87,14 @@ def main(argv: list[str] | None = None) -> int:
             port=args.port or settings.port,
             workers=workers,
             log_level=settings.log_level.lower(),
+            # RequestMetrics logs each failed request (every request at DEBUG): uvicorn's
+            # access line would say it twice, and costs the predict path its formatting.
+            access_log=False,
         )
         return 0
+
+    if args.command == "models":
+        return models_command(args.action, settings)
 
     db = Database(settings.database_url)
     try:
@@ -143,6 +158,38 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         db.dispose()
     return 0
+
+
+def models_command(action: str, settings: Settings) -> int:
+    """``models list`` and ``models reload``: 1 if an artifact is refused (it is not served;
+    what is served stays), else 0."""
+    registry = MetaModelRegistry(
+        [], [f for f in (settings.model_dir, settings.trained_model_dir) if f is not None]
+    )
+    report = registry.reload()
+    for name in registry.names:
+        for version in registry.version_names(name):
+            art = registry.versions[name][version]
+            mark = "  (default)" if registry.meta_models[name] is art else ""
+            print(f"{name}\t{version}\t{art.manifest.content_hash[:19]}\t{art.path}{mark}")
+    for why in report.refused:
+        print(f"refused: {why}", file=sys.stderr)
+    if action == "reload":
+        db = Database(settings.database_url)
+        try:
+            with db.session() as session:
+                crud.meta_models_changed(session)
+            notified = db.engine.dialect.name == "postgresql"
+        finally:
+            db.dispose()
+        if notified:
+            print("every API process on the database scans its model folders now")
+        else:
+            print(
+                "SQLite: each API process scans its model folders within MODEL_POLL_SECONDS "
+                f"({settings.model_poll_seconds:g} s)"
+            )
+    return 1 if report.refused else 0
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from sqlalchemy import ColumnElement, delete, func, or_, select, update
 from sqlalchemy.orm import Session, load_only
 
 from app.core.errors import Conflict, NotFound
+from app.core.events import announce
 from app.tables import ClientRow, TaskRow
 
 
@@ -34,11 +35,14 @@ def create_task(
     quota: tuple[int, int] | None = None,
     expires_at: datetime | None = None,
     meta_model_hash: str = "",
+    support: tuple[bytes, str] | None = None,
 ) -> TaskRow:
-    """Add a task and its weights to the session's transaction, all of it or nothing, counted
-    against the client's storage (within ``quota``, most tasks and bytes, if given: else
-    :class:`OverQuota`)."""
-    _reserve(session, client_id, len(weights), quota)
+    """Add a task, its weights and its support set (bytes and sha256) to the session's
+    transaction, all of it or nothing, counted against the client's storage (within
+    ``quota``, most tasks and bytes, if given: else :class:`OverQuota`)."""
+    support_data, support_sha256 = support if support is not None else (None, None)
+    support_bytes = len(support_data) if support_data is not None else 0
+    _reserve(session, client_id, len(weights) + support_bytes, quota)
     task = TaskRow(
         id=str(uuid.uuid4()),
         client_id=client_id,
@@ -57,6 +61,10 @@ def create_task(
         weights_bytes=len(weights),
         expires_at=expires_at,
         meta_model_hash=meta_model_hash,
+        support=support_data,
+        support_sha256=support_sha256,
+        support_bytes=support_bytes,
+        revision=1,
     )
     session.add(task)
     session.flush()
@@ -82,6 +90,17 @@ SHOWN = (
     TaskRow.adapt_ms,
     TaskRow.labels,
     TaskRow.metrics,
+    TaskRow.revision,
+    TaskRow.updated_at,
+    TaskRow.support_bytes,
+)
+# What predicting needs: the shown columns, the pin and the weights (not the support set).
+ADAPTED = (
+    *SHOWN,
+    TaskRow.client_id,
+    TaskRow.meta_model_hash,
+    TaskRow.weights,
+    TaskRow.weights_sha256,
 )
 
 
@@ -95,14 +114,20 @@ def _known(task_id: str) -> None:
 
 
 def get_task(
-    session: Session, *, client_id: int, task_id: str, with_weights: bool = False
+    session: Session,
+    *,
+    client_id: int,
+    task_id: str,
+    with_weights: bool = False,
+    with_support: bool = False,
 ) -> TaskRow:
     """The client's task, or 404 (another client's task is indistinguishable from none): what
-    the API shows of it, or the whole row with its weights when asked for."""
+    the API shows of it, with its weights (and pin), or with everything (its support set
+    too) when asked for."""
     _known(task_id)
     query = select(TaskRow).where(TaskRow.id == task_id, TaskRow.client_id == client_id, live())
-    if not with_weights:
-        query = query.options(load_only(*SHOWN, raiseload=True))
+    if not with_support:
+        query = query.options(load_only(*(ADAPTED if with_weights else SHOWN), raiseload=True))
     task = session.scalar(query)
     if task is None:
         raise NotFound(f"no task {task_id!r}")
@@ -142,6 +167,54 @@ def _reserve(session: Session, client_id: int, size: int, quota: tuple[int, int]
         raise OverQuota(*stored(session, client_id=client_id))
 
 
+class StaleRevision(Exception):
+    """The task changed (or went) since the revision an update was computed from."""
+
+
+def update_task(
+    session: Session,
+    *,
+    client_id: int,
+    task_id: str,
+    revision: int,
+    stored_bytes: int,
+    quota: int | None,
+    values: dict[str, Any],
+) -> None:
+    """Replace the task's adapted model (``values``: its columns) if it is still at
+    ``revision`` (else :class:`StaleRevision`), one revision on, and its bytes in the
+    client's storage (``stored_bytes`` were counted for it; within ``quota`` bytes, else
+    :class:`OverQuota`). One transaction: both or neither."""
+    new_bytes = len(values["weights"]) + len(values.get("support") or b"")
+    result: Any = session.execute(
+        update(TaskRow)
+        .where(
+            TaskRow.id == task_id,
+            TaskRow.client_id == client_id,
+            TaskRow.revision == revision,
+            live(),
+        )
+        .values(
+            **values,
+            weights_bytes=len(values["weights"]),
+            support_bytes=len(values.get("support") or b""),
+            revision=revision + 1,
+            updated_at=datetime.now(UTC),
+        )
+    )
+    if result.rowcount == 0:
+        raise StaleRevision
+    announce(session, "task", task_id)
+    grow = update(ClientRow).where(ClientRow.id == client_id)
+    if quota is not None and new_bytes > stored_bytes:
+        grow = grow.where(ClientRow.stored_bytes + (new_bytes - stored_bytes) <= quota)
+    result = session.execute(
+        grow.values(stored_bytes=ClientRow.stored_bytes + (new_bytes - stored_bytes))
+    )
+    if result.rowcount == 0:
+        raise OverQuota(*stored(session, client_id=client_id))
+
+
 def _release(session: Session, client_id: int, tasks: int, size: int) -> None:
     session.execute(
         update(ClientRow)
@@ -176,17 +249,24 @@ def list_tasks(
     return rows, total or 0
 
 
-def delete_task(session: Session, *, client_id: int, task_id: str) -> None:
-    """Delete the client's task and give its bytes back to the client's quota."""
+def delete_task(
+    session: Session, *, client_id: int, task_id: str, revision: int | None = None
+) -> None:
+    """Delete the client's task (only at ``revision``, if given: else :class:`StaleRevision`)
+    and give its bytes back to the client's quota."""
     _known(task_id)
-    size = session.scalar(
-        delete(TaskRow)
-        .where(TaskRow.id == task_id, TaskRow.client_id == client_id)
-        .returning(TaskRow.weights_bytes)
-    )
-    if size is None:
+    query = delete(TaskRow).where(TaskRow.id == task_id, TaskRow.client_id == client_id)
+    if revision is not None:
+        query = query.where(TaskRow.revision == revision)
+    sizes = session.execute(
+        query.returning(TaskRow.weights_bytes, TaskRow.support_bytes)
+    ).one_or_none()
+    if sizes is None:
+        if revision is not None:
+            raise StaleRevision
         raise NotFound(f"no task {task_id!r}")
-    _release(session, client_id, 1, size)
+    announce(session, "task", task_id)
+    _release(session, client_id, 1, sizes[0] + sizes[1])
 
 
 def purge_expired(session: Session) -> int:
@@ -194,7 +274,11 @@ def purge_expired(session: Session) -> int:
     now = datetime.now(UTC)
     expired = TaskRow.expires_at.is_not(None) & (TaskRow.expires_at <= now)
     freed = session.execute(
-        select(TaskRow.client_id, func.count(), func.sum(TaskRow.weights_bytes))
+        select(
+            TaskRow.client_id,
+            func.count(),
+            func.sum(TaskRow.weights_bytes + TaskRow.support_bytes),
+        )
         .where(expired)
         .group_by(TaskRow.client_id)
     ).all()
@@ -221,6 +305,7 @@ def revoke_client(session: Session, *, client_id: int) -> ClientRow:
     """Mark the client's key revoked (404 if there is no such client)."""
     client = get_client(session, client_id=client_id)
     client.revoked_at = datetime.now(UTC)
+    announce(session, "client", client_id)
     return client
 
 
@@ -245,6 +330,7 @@ def set_limits(session: Session, *, client_id: int, limits: dict[str, Any] | Non
     """Replace the client's limit overrides (None: the service's defaults)."""
     client = get_client(session, client_id=client_id)
     client.limits = limits or None
+    announce(session, "client", client_id)
     return client
 
 
@@ -254,6 +340,7 @@ def rotate_key(session: Session, *, client_id: int, key_hash: str, key_prefix: s
     if client.revoked_at is not None:
         raise Conflict(f"client {client_id} is revoked; create a new client instead")
     client.key_hash, client.key_prefix = key_hash, key_prefix
+    announce(session, "client", client_id)
     return client
 
 
@@ -265,3 +352,8 @@ def purge_tasks(session: Session, *, client_id: int) -> int:
     result: Any = session.execute(delete(TaskRow).where(TaskRow.client_id == client_id))
     client.task_count, client.stored_bytes = 0, 0
     return int(result.rowcount)
+
+
+def meta_models_changed(session: Session) -> None:
+    """Have every API process on the database scan its model folders (when this commits)."""
+    announce(session, "meta_models")

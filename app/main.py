@@ -1,11 +1,13 @@
-"""The ASGI app: ``app.main:app``. Meta-models load once at start; the database must be
-migrated. The shared objects (:class:`~app.services.state.Services`) live on ``app.state``
-and reach routes only through :mod:`app.api.deps`."""
+"""The ASGI app: ``app.main:app``. Meta-models load at start and are rescanned while it runs;
+the database must be migrated. The shared objects (:class:`~app.services.state.Services`) live
+on ``app.state`` and reach routes only through :mod:`app.api.deps`."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -14,12 +16,14 @@ import anyio.to_thread
 import torch
 from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
+from starlette.concurrency import run_in_threadpool
 
 from app.api.middleware import Admission, RequestMetrics
 from app.api.routes import health, meta_models, tasks
 from app.core.config import Settings, get_settings
 from app.core.db import Database, migration_state
 from app.core.errors import install_handlers
+from app.core.events import Listener, libpq_url
 from app.core.metrics import Metrics
 from app.schemas import Problem
 from app.services import tasks as task_service
@@ -103,6 +107,54 @@ def document_problems(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
+def listen(services: Services) -> Listener | None:
+    """On PostgreSQL, the process's listener for change announcements (app/core/events.py):
+    it drops what they name from the caches and, while it is connected, lets the caches be
+    trusted without their TTL re-checks. None on SQLite."""
+    conninfo = libpq_url(services.settings.database_url)
+    if conninfo is None:
+        return None
+    settings, cache, keys = services.settings, services.cache, services.keys
+
+    def handle(kind: str, key: str) -> None:
+        if kind == "task":
+            cache.pop(key)
+        elif kind == "client":
+            keys.forget_client(int(key))
+        elif kind == "meta_models":
+            threading.Thread(target=services.registry.reload, name="reload").start()
+
+    def on_state(live: bool) -> None:
+        # Up: announcements will say what changes, so a cached entry needs no re-check (a TTL
+        # of 0, "never cache", stays 0). Down, or back up: some may have been missed.
+        lift = float("inf") if live else None
+        cache.ttl = lift if lift and settings.cache_ttl_seconds > 0 else settings.cache_ttl_seconds
+        keys.accept_seconds = (
+            lift if lift and settings.auth_cache_seconds > 0 else settings.auth_cache_seconds
+        )
+        cache.clear()
+        keys.clear()
+        log.info("change announcements %s", "live" if live else "down: caches use their TTLs")
+
+    listener = Listener(conninfo, handle, on_state)
+    listener.start()
+    listener.wait_live(timeout=5)
+    return listener
+
+
+async def poll_models(registry: MetaModelRegistry, every: float) -> None:
+    """Scan the model folders every ``every`` seconds (0: never), for as long as the service
+    runs."""
+    if every <= 0:
+        return
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await run_in_threadpool(registry.reload)
+        except Exception:  # a scan that fails must not end the polling
+            log.exception("scanning the model folders failed")
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     metrics = Metrics()
@@ -118,7 +170,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         services = Services(
             settings=settings,
             db=db,
-            registry=MetaModelRegistry.load(settings.model_dir),
+            registry=MetaModelRegistry.load(settings.model_dir, settings.trained_model_dir),
             cache=LRUCache(settings.cache_size, settings.cache_ttl_seconds),
             pool=WorkPool(
                 "adaptations",
@@ -138,10 +190,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             keys=KeyCache(settings.auth_cache_seconds, settings.auth_reject_seconds),
             rates=RateLimiter(),
         )
+        listener = listen(services)
+        services = dataclasses.replace(services, listener=listener)
         app.state.services = services
         purging = asyncio.create_task(
             task_service.purge_expired(db, settings.purge_interval_seconds)
         )
+        polling = asyncio.create_task(poll_models(services.registry, settings.model_poll_seconds))
         log.info(
             "ready: meta-models %s, database %s",
             services.registry.names,
@@ -149,6 +204,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         yield
         purging.cancel()
+        polling.cancel()
+        if listener is not None:
+            listener.stop()
         services.pool.shutdown()
         services.predict_pool.shutdown()
         db.dispose()

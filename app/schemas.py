@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -38,6 +38,11 @@ class TaskCreate(BaseModel):
     )
 
 
+def utc(at: datetime) -> datetime:
+    """A stored time in UTC (SQLite gives it back without its zone)."""
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
 def readable(labels: list[int | str] | None) -> list[int | str] | None:
     """Stored labels as JSON can carry them: a string with a lone surrogate (stored before the
     service refused them) has it replaced by U+FFFD, so no stored row can break a response."""
@@ -69,6 +74,14 @@ class TaskOut(BaseModel):
     adapt_ms: float
     metrics: dict[str, float]
     expires_at: datetime | None = Field(description="when the task expires (null: never)")
+    revision: int = Field(
+        description="one more at each update (examples, re-adaptation); the ETag header"
+    )
+    updated_at: datetime | None = Field(description="the last update (null: none since made)")
+    readaptable: bool = Field(
+        description="whether the task keeps its support set (tasks made before it was kept "
+        "cannot take examples or be re-adapted)"
+    )
 
     @classmethod
     def of(cls, row: TaskRow) -> TaskOut:
@@ -77,15 +90,51 @@ class TaskOut(BaseModel):
             model=row.meta_model_name,
             model_version=row.meta_model_version,
             name=row.name,
-            created_at=row.created_at,
+            created_at=utc(row.created_at),
             support_size=row.support_size,
             labels=readable(row.labels),
             inner_steps=row.inner_steps,
             inner_lr=row.inner_lr,
             adapt_ms=row.adapt_ms,
             metrics=row.metrics,
-            expires_at=row.expires_at,
+            expires_at=row.expires_at and utc(row.expires_at),
+            revision=row.revision,
+            updated_at=row.updated_at and utc(row.updated_at),
+            readaptable=row.support_bytes > 0,
         )
+
+    @property
+    def etag(self) -> str:
+        return etag(self.revision)
+
+
+def etag(revision: int) -> str:
+    """A task revision's entity tag (strong: each revision is one exact adapted model)."""
+    return f'"{revision}"'
+
+
+class ExamplesIn(Examples):
+    """Labelled examples to add to a task's support set (``POST /tasks/{id}/examples``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    inner_steps: int | None = Field(None, description="default: the task's")
+    inner_lr: float | None = Field(None, description="default: the task's")
+
+
+class ReadaptIn(BaseModel):
+    """``POST /tasks/{id}/readapt``: adapt again from the stored support set."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model_version: str | None = Field(
+        None,
+        max_length=50,
+        description="move the task to this version of its meta-model (default: the version it "
+        'is pinned to; "latest": the newest served)',
+    )
+    inner_steps: int | None = Field(None, description="default: the task's")
+    inner_lr: float | None = Field(None, description="default: the task's")
 
 
 class TaskPage(BaseModel):
@@ -159,6 +208,7 @@ PROBLEM_WHEN = {
     401: "No API key, or an invalid or revoked one",
     404: "No such task or meta-model (another client's task is none)",
     409: "The stored task cannot be used as it is (say how to fix it)",
+    412: "If-Match names a revision of the task other than its current one (its ETag)",
     413: "The body exceeds MAX_BODY_BYTES",
     422: "The input is invalid for the meta-model or the service's limits",
     429: "Over one of the client's limits (rate, work in flight, stored tasks or bytes)",

@@ -73,7 +73,16 @@ class TaskRow(Base):
     metrics: Mapped[dict[str, float]] = mapped_column(JSON)
     weights: Mapped[bytes] = mapped_column(LargeBinary)
     weights_sha256: Mapped[str] = mapped_column(String(64))
-    weights_bytes: Mapped[int] = mapped_column(BigInteger)  # len(weights): the quota's unit
+    weights_bytes: Mapped[int] = mapped_column(BigInteger)  # len(weights), for the quota
+    # The support set as validated (images as their preprocessed arrays): safetensors bytes
+    # ``x`` and ``y`` (targets, or indices into ``labels``), for re-adaptation; None for tasks
+    # made before it was kept. Counted in the quota with the weights.
+    support: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    support_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    support_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    # One more at each update (examples, re-adaptation): the task's ETag, for If-Match.
+    revision: Mapped[int] = mapped_column(Integer, default=1)
+    updated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     # None: kept until deleted. Past it, the task is gone to every read, and purged.
     expires_at: Mapped[datetime | None] = mapped_column(
         DateTime(timezone=True), nullable=True, index=True

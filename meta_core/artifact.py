@@ -15,8 +15,10 @@ from __future__ import annotations
 import copy
 import functools
 import hashlib
+import io
 import json
 import math
+import tarfile
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -105,8 +107,31 @@ class Framework(_Record):
     meta_core: str
 
 
+class Origin(_Record):
+    """The meta-model an exported task was adapted from."""
+
+    name: str
+    version: str
+    content_hash: str
+
+
+class TaskRecord(_Record):
+    """An adapted task exported by the service (``GET /tasks/{id}/model``): its weights are
+    the artifact's; ``labels`` names each output unit (classification)."""
+
+    id: str
+    revision: int
+    adapted_from: Origin
+    labels: list[int | str] | None
+    support_size: int
+    inner_steps: int
+    inner_lr: float | None
+    metrics: dict[str, float]
+
+
 class Manifest(_Record):
-    """Every field of ``manifest.json``; a loader fails loudly on a missing or wrong one."""
+    """Every field of ``manifest.json``; a loader fails loudly on a missing or wrong one
+    (``task`` alone is optional: only an exported task has it)."""
 
     schema_version: Literal[1]
     name: str = Field(min_length=1, max_length=200)
@@ -122,6 +147,7 @@ class Manifest(_Record):
     evaluation: dict[str, Any]
     framework: Framework
     content_hash: str
+    task: TaskRecord | None = None
 
     @property
     def n_classes(self) -> int | None:
@@ -315,19 +341,75 @@ class Artifact:
         return predictor(self.materialize(params))
 
 
+MAX_ARCHIVE_MEMBER = 2**31  # bytes; no artifact's weights come near
+
+
+def export_task(meta_model: Artifact, params: Mapping[str, Tensor], task: TaskRecord) -> bytes:
+    """An adapted task as a standalone artifact in one tar archive (``manifest.json`` and
+    ``weights.safetensors``): the meta-model's manifest and learned rates with the task's
+    parameters, named ``<meta-model>-task-<id>``, version its revision, ``task`` saying what
+    it was adapted from. :func:`load_artifact` reads it; ``predictor(params)`` predicts
+    exactly as the service does."""
+    tensors = {f"net.{k}": v.detach().float().cpu().contiguous() for k, v in params.items()}
+    tensors |= {f"lr.{k}": v.detach().float().cpu().contiguous() for k, v in meta_model.lrs.items()}
+    weights = save(tensors)
+    manifest = meta_model.manifest.model_dump(mode="json") | {
+        "name": f"{meta_model.name}-task-{task.id}",
+        "version": str(task.revision),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "task": task.model_dump(mode="json"),
+    }
+    manifest["content_hash"] = content_hash(weights, manifest)
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        for name, data in (
+            (MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode()),
+            (WEIGHTS, weights),
+        ):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+def _read_files(path: Path) -> tuple[bytes, bytes]:
+    """``manifest.json`` and ``weights.safetensors`` from an artifact directory, or from a tar
+    archive (an exported task): only those two regular files at its top are read, never
+    extracted."""
+    if not path.is_file():
+        return (path / MANIFEST).read_bytes(), (path / WEIGHTS).read_bytes()
+    found: dict[str, bytes] = {}
+    try:
+        with tarfile.open(path, mode="r:*") as tar:
+            for member in tar:
+                if member.name in (MANIFEST, WEIGHTS) and member.isfile():
+                    if member.size > MAX_ARCHIVE_MEMBER:
+                        raise ArtifactError(f"{path}: {member.name} is too large")
+                    stream = tar.extractfile(member)
+                    assert stream is not None  # a regular file
+                    found[member.name] = stream.read()
+    except tarfile.TarError as exc:
+        raise ArtifactError(f"{path}: not an artifact directory or archive ({exc})") from None
+    for name in (MANIFEST, WEIGHTS):
+        if name not in found:
+            raise FileNotFoundError(2, "missing", name)
+    return found[MANIFEST], found[WEIGHTS]
+
+
 def read_manifest(directory: Path | str) -> tuple[Manifest, dict[str, Any], bytes]:
-    """The typed manifest, its raw JSON (what the hash covers) and the weights' bytes."""
+    """The typed manifest, its raw JSON (what the hash covers) and the weights' bytes, from an
+    artifact directory or an exported task's archive."""
     directory = Path(directory)
     try:
-        raw = json.loads((directory / MANIFEST).read_text())
-        weights = (directory / WEIGHTS).read_bytes()
+        text, weights = _read_files(directory)
+        raw = json.loads(text.decode("utf-8"))
     except FileNotFoundError as exc:
         raise ArtifactError(f"{directory}: missing {Path(str(exc.filename)).name}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"{directory}: {MANIFEST} is not valid JSON ({exc})") from None
     if not isinstance(raw, dict):
         raise ArtifactError(f"{directory}: manifest must be a JSON object")
-    missing = [f for f in Manifest.model_fields if f not in raw]
+    missing = [f for f in Manifest.model_fields if f not in raw and f != "task"]
     if missing:
         raise ArtifactError(f"{directory}: manifest lacks required field {missing[0]!r}")
     if raw["schema_version"] != SCHEMA_VERSION:
@@ -350,7 +432,8 @@ def read_manifest(directory: Path | str) -> tuple[Manifest, dict[str, Any], byte
 
 
 def load_artifact(directory: Path | str, device: torch.device | str = "cpu") -> Artifact:
-    """Load and validate an artifact; raise :class:`ArtifactError` saying what is wrong."""
+    """Load and validate an artifact (a directory, or an exported task's tar archive); raise
+    :class:`ArtifactError` saying what is wrong."""
     directory = Path(directory)
     manifest, raw, weights = read_manifest(directory)
     if content_hash(weights, raw) != manifest.content_hash:

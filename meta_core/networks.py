@@ -156,13 +156,14 @@ def predictor(module: nn.Module) -> Predictor:
         *hidden, (w_out, b_out) = layers
 
         def mlp(x: np.ndarray) -> np.ndarray:
+            # np.dot, not @: on a few rows its dispatch is the cheaper (about 1.1 against 1.4 us)
             # Overflow gives inf and NaN, as torch does, for the caller to check, unwarned.
             with np.errstate(over="ignore", invalid="ignore"):
                 for w, b in hidden:
-                    x = x @ w  # a new array: the caller's is never written
+                    x = np.dot(x, w)  # a new array: the caller's is never written
                     x += b
                     np.maximum(x, 0, out=x)
-                out: np.ndarray = x @ w_out + b_out
+                out: np.ndarray = np.dot(x, w_out) + b_out
             return out
 
         return mlp

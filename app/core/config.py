@@ -20,6 +20,17 @@ class Settings(BaseSettings):
     environment: Literal["development", "production"] = "development"
     database_url: str = SQLITE_DEFAULT
     model_dir: Path = Path("models")
+    trained_model_dir: Path | None = Field(
+        None,
+        description="a second folder of meta-models, served beside MODEL_DIR's: where "
+        "meta-models trained after the image was built go (compose's `models` volume)",
+    )
+    model_poll_seconds: float = Field(
+        10.0,
+        ge=0,
+        description="how often each process scans the model folders for new, changed or "
+        "removed meta-models (0: only at start and on `python -m app models reload`)",
+    )
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = Field(1, ge=1)

@@ -51,6 +51,12 @@ class Conflict(AppError):
     status, title = 409, "Conflict"
 
 
+class PreconditionFailed(AppError):
+    """The request's If-Match names a revision of the task other than its current one."""
+
+    status, title = 412, "Precondition failed"
+
+
 class PayloadTooLarge(AppError):
     status, title = 413, "Payload too large"
 

@@ -85,12 +85,12 @@ def to_inputs(
 def to_targets(meta_model: Artifact, y: list[Any], n: int, field: str) -> Tensor:
     """Regression targets as ``[n, n_outputs]``."""
     a = as_float32(y, field, "an array of numbers")
-    outputs = meta_model.n_outputs
+    outputs, sent = meta_model.n_outputs, list(a.shape)
     if a.ndim == 1 and outputs == 1:
         a = a.reshape(-1, 1)
     if list(a.shape) != [n, outputs]:
         raise InvalidInput(
-            f"{field} has shape {list(a.shape)}; expected [{n}] or [{n}, {outputs}] to match x"
+            f"{field} has shape {sent}; expected [{n}] or [{n}, {outputs}] to match x"
         )
     return torch.from_numpy(a)
 
@@ -143,11 +143,18 @@ def to_label_indices(
 
 
 def check_cost(meta_model: Artifact, body: TaskCreate, limits: Limits, settings: Settings) -> None:
+    """:func:`check_adapt_cost` for ``POST /tasks``'s body."""
+    steps = inner_steps(meta_model, body.inner_steps, settings)
+    query = len(body.query.x) if body.query else 0
+    check_adapt_cost(meta_model, len(body.support.x), query, steps, limits)
+
+
+def check_adapt_cost(
+    meta_model: Artifact, rows: int, query: int, steps: int, limits: Limits
+) -> None:
     """422 for an adaptation over the caller's cost budget, before any of it is done: the
     model's FLOPs per row x (3 x support rows x inner steps (forward and backward) + 2 x
     (support + query rows) (scored before and after))."""
-    steps = inner_steps(meta_model, body, settings)
-    rows, query = len(body.support.x), len(body.query.x) if body.query else 0
     flops = meta_model.flops_per_example * (3 * rows * steps + 2 * (rows + query))
     if flops > limits.max_adapt_flops:
         raise InvalidInput(
@@ -158,8 +165,9 @@ def check_cost(meta_model: Artifact, body: TaskCreate, limits: Limits, settings:
         )
 
 
-def inner_steps(meta_model: Artifact, body: TaskCreate, settings: Settings) -> int:
-    steps = meta_model.manifest.inner_loop.steps if body.inner_steps is None else body.inner_steps
+def inner_steps(meta_model: Artifact, requested: int | None, settings: Settings) -> int:
+    """The steps asked for (else the meta-model's), within MAX_INNER_STEPS."""
+    steps = meta_model.manifest.inner_loop.steps if requested is None else requested
     if not 0 <= steps <= settings.max_inner_steps:
         raise InvalidInput(
             f"inner_steps must be between 0 and {settings.max_inner_steps}, got {steps}"
@@ -204,8 +212,46 @@ def prepare(meta_model: Artifact, body: TaskCreate, settings: Settings) -> Suppo
         else:
             qy = to_targets(meta_model, body.query.y, qx.shape[0], "query.y")
         query = (qx, qy)
-    steps = inner_steps(meta_model, body, settings)
-    lr = body.inner_lr
+    steps = inner_steps(meta_model, body.inner_steps, settings)
+    return SupportSet(sx, sy, query, labels, steps, inner_lr(body.inner_lr, settings))
+
+
+def inner_lr(lr: float | None, settings: Settings) -> float | None:
     if lr is not None and not (0 < lr <= settings.max_inner_lr and math.isfinite(lr)):
         raise InvalidInput(f"inner_lr must be in (0, {settings.max_inner_lr}], got {lr}")
-    return SupportSet(sx, sy, query, labels, steps, lr)
+    return lr
+
+
+def grow(
+    meta_model: Artifact,
+    support: tuple[Tensor, Tensor],
+    labels: list[Label] | None,
+    examples: Any,
+    settings: Settings,
+) -> tuple[Tensor, Tensor, list[Label] | None]:
+    """A stored support set with ``examples`` (``x`` and ``y``) added, validated as
+    ``POST /tasks`` validates its support set: new classes may join up to the model's ways
+    (the classes stay sorted, so stored label indices are renumbered)."""
+    x, y = support
+    room = settings.max_support - len(x)
+    if len(examples.x) > room:
+        raise InvalidInput(
+            f"the task has {len(x)} examples and x adds {len(examples.x)}; a support set holds "
+            f"at most {settings.max_support}"
+        )
+    images = ImageLimits.of(settings)
+    new_x = torch.from_numpy(to_inputs(meta_model, examples.x, "x", room, images))
+    if labels is None:
+        new_y = to_targets(meta_model, examples.y, len(new_x), "y")
+        return torch.cat([x, new_x]), torch.cat([y, new_y]), None
+    chars = settings.max_label_chars
+    added = label_order(examples.y, "y", meta_model.n_outputs, chars)
+    order = sorted(set(labels) | set(added), key=lambda v: (isinstance(v, str), v))
+    if len(order) > meta_model.n_outputs:
+        raise InvalidInput(
+            f"y brings the task to {len(order)} classes; model {meta_model.name!r} takes at "
+            f"most {meta_model.n_outputs}"
+        )
+    renumber = torch.tensor([order.index(v) for v in labels], dtype=torch.long)
+    new_y = to_label_indices(examples.y, order, len(new_x), "y", chars)
+    return torch.cat([x, new_x]), torch.cat([renumber[y], new_y]), order

@@ -1,8 +1,11 @@
-"""The meta-models the service serves: every artifact under MODEL_DIR, loaded once at start."""
+"""The meta-models the service serves: every artifact under MODEL_DIR (the image's) and
+TRAINED_MODEL_DIR (trained since), loaded at start and reloaded while it runs."""
 
 from __future__ import annotations
 
 import logging
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -13,34 +16,132 @@ from meta_core.artifact import Artifact, load_artifact, version_key
 log = logging.getLogger(__name__)
 
 
-class MetaModelRegistry:
-    """Every version of every meta-model under MODEL_DIR; a name's default is its newest
-    version, which new tasks get unless they name one. A task keeps the version it was
-    adapted from (tasks.load_adapted)."""
+@dataclass
+class Reload:
+    """What one scan of the model folders changed."""
 
-    def __init__(self, artifacts: list[Artifact]) -> None:
+    added: list[str] = field(default_factory=list)  # "name version (path)"
+    removed: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)  # "path: why"
+
+
+class MetaModelRegistry:
+    """Every version of every meta-model in the model folders; a name's default is its newest
+    version, which new tasks get unless they name one. A task keeps the version it was
+    adapted from (tasks.load_adapted).
+
+    :meth:`reload` scans the folders again (every MODEL_POLL_SECONDS, on an announcement, or
+    at the operator's ``python -m app models reload``): a new artifact is loaded and served; an
+    invalid one is refused with a log line and never replaces what is served; a version
+    already served keeps its artifact (a version is immutable: another artifact under the
+    same name and version is refused); an artifact whose folder is gone stops being served."""
+
+    def __init__(self, artifacts: list[Artifact], folders: list[Path] | None = None) -> None:
+        self.folders = folders or []
+        self._lock = threading.Lock()  # one reload at a time
+        self._seen: dict[Path, tuple[tuple[int, int], Artifact | None]] = {}
         self.versions: dict[str, dict[str, Artifact]] = {}
+        self.meta_models: dict[str, Artifact] = {}
+        self._serve(artifacts)
+
+    def _serve(self, artifacts: list[Artifact]) -> list[Artifact]:
+        """Serve these artifacts; those refused as a second artifact of a served version."""
+        versions: dict[str, dict[str, Artifact]] = {}
+        refused = []
         for art in artifacts:
-            served = self.versions.setdefault(art.name, {})
-            if art.version in served:
-                raise RuntimeError(f"two artifacts of {art.name!r} version {art.version}")
-            served[art.version] = art
-        self.meta_models = {  # each name's default: its newest version
-            name: served[max(served, key=version_key)] for name, served in self.versions.items()
+            served = versions.setdefault(art.name, {})
+            other = served.get(art.version)
+            if other is None:
+                served[art.version] = art
+            elif other.manifest.content_hash != art.manifest.content_hash:
+                refused.append(art)
+        defaults = {  # each name's default: its newest version
+            name: served[max(served, key=version_key)] for name, served in versions.items()
         }
+        self.versions, self.meta_models = versions, defaults
+        return refused
 
     @classmethod
-    def load(cls, model_dir: Path) -> MetaModelRegistry:
-        """Load every artifact directory; an invalid artifact stops the start (loudly)."""
-        if not model_dir.is_dir():
-            raise RuntimeError(f"MODEL_DIR {model_dir} is not a directory")
-        found = []
-        for path in sorted(p.parent for p in model_dir.glob("*/manifest.json")):
-            art = load_artifact(path)
-            _warm_up(art)
-            found.append(art)
-            log.info("loaded meta-model %s %s from %s", art.name, art.version, path)
-        return cls(found)
+    def load(cls, *folders: Path | None) -> MetaModelRegistry:
+        """Every artifact in the folders (the first must exist); invalid ones are refused
+        with a log line, as in :meth:`reload`."""
+        found = [f for f in folders if f is not None]
+        if not found or not found[0].is_dir():
+            raise RuntimeError(f"MODEL_DIR {found[0] if found else None} is not a directory")
+        registry = cls([], found)
+        registry.reload()
+        return registry
+
+    def reload(self) -> Reload:
+        """Scan the folders again; what changed (each change is logged)."""
+        with self._lock:
+            return self._reload()
+
+    def _reload(self) -> Reload:
+        report = Reload()
+        paths = sorted(
+            p.parent
+            for folder in self.folders
+            if folder.is_dir()
+            for p in folder.glob("*/manifest.json")
+        )
+        current: dict[Path, Artifact] = {}
+        for path in paths:
+            try:
+                stamp = _stamp(path)
+            except OSError:
+                continue  # removed while scanning
+            seen = self._seen.get(path)
+            if seen is not None and seen[0] == stamp:
+                if seen[1] is not None:
+                    current[path] = seen[1]
+                continue
+            try:
+                art = load_artifact(path)
+                _warm_up(art)
+            except Exception as exc:  # any reason: refused, and what is served stays
+                why = f"{path}: {exc}"
+                report.refused.append(why)
+                log.error("meta-model refused, not served: %s", why)
+                self._seen[path] = (stamp, None)
+                if seen is not None and seen[1] is not None:
+                    current[path] = seen[1]  # the working artifact it was stays served
+                continue
+            self._seen[path] = (stamp, art)
+            current[path] = art
+        for path in list(self._seen):
+            if path not in paths:
+                del self._seen[path]
+        before = {
+            (a.name, a.version, a.manifest.content_hash): a
+            for served in self.versions.values()
+            for a in served.values()
+        }
+        # Versions served already come first: a newcomer never displaces one.
+        ordered = sorted(
+            current.values(),
+            key=lambda a: (a.name, a.version, a.manifest.content_hash) not in before,
+        )
+        for art in self._serve(ordered):
+            why = (
+                f"{art.path}: {art.name!r} version {art.version} is already served from "
+                f"another artifact ({self.versions[art.name][art.version].path}); a version "
+                "is immutable: write a new version instead"
+            )
+            report.refused.append(why)
+            log.error("meta-model refused, not served: %s", why)
+        after = {
+            (a.name, a.version, a.manifest.content_hash): a
+            for served in self.versions.values()
+            for a in served.values()
+        }
+        for key in after.keys() - before.keys():
+            report.added.append(f"{key[0]} {key[1]} ({after[key].path})")
+            log.info("serving meta-model %s %s from %s", key[0], key[1], after[key].path)
+        for key in before.keys() - after.keys():
+            report.removed.append(f"{key[0]} {key[1]} ({before[key].path})")
+            log.warning("no longer serving meta-model %s %s: its folder is gone", *key[:2])
+        return report
 
     @property
     def names(self) -> list[str]:
@@ -76,8 +177,16 @@ class MetaModelRegistry:
             raise NotFound(f"no model {name!r}") from None
 
 
+def _stamp(path: Path) -> tuple[int, int]:
+    """When the artifact's files last changed: (manifest, weights) modification times. An
+    artifact is written weights first, manifest last (meta_core.artifact.save_artifact)."""
+    return (path / "manifest.json").stat().st_mtime_ns, (
+        path / "weights.safetensors"
+    ).stat().st_mtime_ns
+
+
 def _warm_up(art: Artifact) -> None:
-    """One adaptation at start, so the first client request does not pay torch's set-up."""
+    """One adaptation at load, so the first client request does not pay torch's set-up."""
     x = torch.zeros(2, *art.input_shape)
     y = (
         torch.zeros(2, dtype=torch.long)

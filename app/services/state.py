@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from app.core.config import Settings
 from app.core.db import Database
+from app.core.events import Listener
 from app.core.metrics import Metrics
 from app.services.cache import LRUCache
 from app.services.keys import KeyCache
@@ -25,3 +26,4 @@ class Services:
     metrics: Metrics
     keys: KeyCache
     rates: RateLimiter
+    listener: Listener | None = None  # PostgreSQL's change announcements (events.py)

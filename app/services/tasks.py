@@ -20,17 +20,33 @@ from torch import Tensor
 from app import crud
 from app.core.config import Settings
 from app.core.db import Database
-from app.core.errors import Conflict, InvalidInput, NotFound, TooManyRequests
+from app.core.errors import (
+    Conflict,
+    InvalidInput,
+    NotFound,
+    PreconditionFailed,
+    TooManyRequests,
+)
 from app.core.metrics import Metrics
-from app.schemas import ClassPrediction, PredictOut, TaskCreate, readable
+from app.schemas import ClassPrediction, Examples, PredictOut, TaskCreate, etag, readable
 from app.services import weights
 from app.services.cache import AdaptedModel, LRUCache
-from app.services.inputs import ImageLimits, SupportSet, check_cost, prepare, to_inputs
+from app.services.inputs import (
+    ImageLimits,
+    SupportSet,
+    check_adapt_cost,
+    check_cost,
+    grow,
+    inner_lr,
+    inner_steps,
+    prepare,
+    to_inputs,
+)
 from app.services.keys import Caller
 from app.services.pool import WorkPool
 from app.services.registry import MetaModelRegistry
 from app.tables import TaskRow
-from meta_core.artifact import Artifact
+from meta_core.artifact import Artifact, Origin, TaskRecord, export_task
 from meta_core.networks import Predictor
 from meta_core.scoring import adapt_and_score
 
@@ -124,7 +140,7 @@ async def create_task(
                 retry_after=settings.retry_after_seconds,
             )
         return TooManyRequests(
-            f"your tasks' weights take {size} bytes, and this one {adding} more; the limit "
+            f"your tasks take {size} bytes, and this one {adding} more; the limit "
             f"is {limits.max_stored_bytes} bytes: delete some tasks (DELETE /tasks/{{id}})",
             retry_after=settings.retry_after_seconds,
         )
@@ -137,13 +153,13 @@ async def create_task(
 
     await run_in_threadpool(early_quota)  # before spending the CPU
 
-    def work() -> tuple[SupportSet, Adaptation, bytes, str]:
+    def work() -> tuple[SupportSet, Adaptation, tuple[bytes, str], tuple[bytes, str]]:
         support = prepare(meta_model, body, settings)
         adapted = adapt(meta_model, support)
-        names = meta_model.adapt_names or list(adapted.params)
-        return support, adapted, *weights.serialize({k: adapted.params[k] for k in names})
+        stored = weights.serialize_support(support.x, support.y)
+        return support, adapted, changed_weights(meta_model, adapted), stored
 
-    support, adapted, data, digest = await pool.run(work, client_id, limits.adapt_in_flight)
+    support, adapted, (data, digest), kept = await pool.run(work, client_id, limits.adapt_in_flight)
     ttl = body.ttl_seconds or settings.task_ttl_seconds
     expires_at = None if ttl is None else datetime.now(UTC) + timedelta(seconds=ttl)
 
@@ -166,12 +182,13 @@ async def create_task(
                 weights_sha256=digest,
                 quota=(limits.max_tasks, limits.max_stored_bytes),
                 expires_at=expires_at,
+                support=kept,
             )
 
     try:
         row = await run_in_threadpool(store)
     except crud.OverQuota as full:
-        raise over(full.task_count, full.stored_bytes, len(data)) from None
+        raise over(full.task_count, full.stored_bytes, len(data) + len(kept[0])) from None
     cache.put(
         row.id,
         AdaptedModel(client_id, meta_model, adapted.predict, expires_at, support.labels),
@@ -188,6 +205,213 @@ async def create_task(
         adapted.metrics["support_loss_after"],
     )
     return row
+
+
+def if_match_holds(if_match: str | None, revision: int) -> bool:
+    """Whether an ``If-Match`` header allows changing the task at ``revision``: absent, ``*``,
+    or a list naming its ETag (strong comparison: a weak tag never matches)."""
+    if if_match is None:
+        return True
+    tags = [tag.strip() for tag in if_match.split(",")]
+    return "*" in tags or etag(revision) in tags
+
+
+def check_if_match(if_match: str | None, revision: int) -> None:
+    if not if_match_holds(if_match, revision):
+        raise PreconditionFailed(
+            f"If-Match {if_match} does not name the task's current revision, {etag(revision)}: "
+            "it changed since you read it; GET it again and retry"
+        )
+
+
+UPDATE_ATTEMPTS = 3  # a change without If-Match is redone on the newer revision this often
+
+
+@dataclass(frozen=True)
+class Update:
+    """What ``POST /tasks/{id}/examples`` or ``/readapt`` asks of a task."""
+
+    examples: Examples | None = None  # to add to the support set
+    model_version: str | None = None  # None: the pinned one; "latest": the newest served
+    inner_steps: int | None = None  # None: the task's
+    inner_lr: float | None = None  # None: the task's
+    if_match: str | None = None
+
+
+async def update_task(
+    task_id: str,
+    change: Update,
+    *,
+    caller: Caller,
+    settings: Settings,
+    registry: MetaModelRegistry,
+    pool: WorkPool,
+    cache: LRUCache,
+    metrics: Metrics,
+    db: Database,
+) -> TaskRow:
+    """Adapt the task again from the meta-initialization on its stored support set (with
+    ``change.examples`` added, onto ``change.model_version`` if named) and replace its model,
+    one revision on. The write is conditional on the revision the work started from: with
+    If-Match, a change in between is a 412; without, the update is redone on the newer
+    revision (so concurrent additions all land), up to UPDATE_ATTEMPTS times, then 409."""
+    for _ in range(UPDATE_ATTEMPTS):
+        row = await _update_once(
+            task_id,
+            change,
+            caller=caller,
+            settings=settings,
+            registry=registry,
+            pool=pool,
+            cache=cache,
+            metrics=metrics,
+            db=db,
+        )
+        if row is not None:
+            return row
+    raise Conflict(
+        f"task {task_id!r} changed {UPDATE_ATTEMPTS} times while this update was adapting; retry"
+    )
+
+
+async def _update_once(
+    task_id: str,
+    change: Update,
+    *,
+    caller: Caller,
+    settings: Settings,
+    registry: MetaModelRegistry,
+    pool: WorkPool,
+    cache: LRUCache,
+    metrics: Metrics,
+    db: Database,
+) -> TaskRow | None:
+    """One attempt of :func:`update_task`: the updated row, or None if the task changed
+    while it adapted (without If-Match)."""
+    client_id, limits = caller.client_id, caller.limits
+
+    def read() -> TaskRow:
+        with db.session() as session:
+            return crud.get_task(session, client_id=client_id, task_id=task_id, with_support=True)
+
+    task = await run_in_threadpool(read)
+    check_if_match(change.if_match, task.revision)
+    if task.support is None or task.support_sha256 is None:
+        raise Conflict(
+            f"task {task_id!r} was made before tasks kept their support sets, so it cannot "
+            "be re-adapted: adapt a new task from its examples (POST /tasks) and delete "
+            "this one"
+        )
+    meta_model = target_meta_model(task, change.model_version, registry)
+    steps = inner_steps(
+        meta_model,
+        task.inner_steps if change.inner_steps is None else change.inner_steps,
+        settings,
+    )
+    lr = inner_lr(task.inner_lr if change.inner_lr is None else change.inner_lr, settings)
+    added = len(change.examples.x) if change.examples else 0
+    check_adapt_cost(meta_model, task.support_size + added, 0, steps, limits)
+    support_data, support_sha256 = task.support, task.support_sha256
+    labels = readable(task.labels)
+
+    def work() -> tuple[SupportSet, Adaptation, tuple[bytes, str], tuple[bytes, str]]:
+        x, y = weights.deserialize_support(support_data, support_sha256)
+        fits(meta_model, task, x, labels)
+        new_labels = labels
+        if change.examples is not None:
+            x, y, new_labels = grow(meta_model, (x, y), labels, change.examples, settings)
+        support = SupportSet(x, y, None, new_labels, steps, lr)
+        adapted = adapt(meta_model, support)
+        kept = weights.serialize_support(x, y)
+        return support, adapted, changed_weights(meta_model, adapted), kept
+
+    support, adapted, (data, digest), kept = await pool.run(work, client_id, limits.adapt_in_flight)
+    values = {
+        "meta_model_version": meta_model.version,
+        "meta_model_hash": meta_model.manifest.content_hash,
+        "support_size": int(support.x.shape[0]),
+        "inner_steps": steps,
+        "inner_lr": lr,
+        "adapt_ms": round(adapted.adapt_ms, 3),
+        "labels": support.labels,
+        "metrics": adapted.metrics,
+        "weights": data,
+        "weights_sha256": digest,
+        "support": kept[0],
+        "support_sha256": kept[1],
+    }
+    revision, size = task.revision, task.weights_bytes + task.support_bytes
+
+    def store() -> TaskRow:
+        with db.session() as session:
+            crud.update_task(
+                session,
+                client_id=client_id,
+                task_id=task_id,
+                revision=revision,
+                stored_bytes=size,
+                quota=limits.max_stored_bytes,
+                values=values,
+            )
+            return crud.get_task(session, client_id=client_id, task_id=task_id)
+
+    try:
+        row = await run_in_threadpool(store)
+    except crud.StaleRevision:
+        check_if_match(change.if_match, revision + 1)  # the 412, as it changed
+        return None
+    except crud.OverQuota as full:
+        raise TooManyRequests(
+            f"your tasks take {full.stored_bytes} bytes, and this update "
+            f"{len(data) + len(kept[0]) - size} more; the limit is "
+            f"{limits.max_stored_bytes} bytes: delete some tasks (DELETE /tasks/{{id}})",
+            retry_after=settings.retry_after_seconds,
+        ) from None
+    cache.pop(task_id)  # a read that began before the write must not come back
+    cache.put(
+        task_id,
+        AdaptedModel(client_id, meta_model, adapted.predict, row.expires_at, support.labels),
+    )
+    metrics.adaptations.labels(meta_model.name).inc()
+    metrics.adapt_seconds.labels(meta_model.name).observe(adapted.adapt_ms / 1000)
+    log.info(
+        "task %s: re-adapted (revision %d) from %s %s on %d examples in %.1f ms",
+        task_id,
+        row.revision,
+        meta_model.name,
+        meta_model.version,
+        row.support_size,
+        adapted.adapt_ms,
+    )
+    return row
+
+
+def target_meta_model(task: TaskRow, version: str | None, registry: MetaModelRegistry) -> Artifact:
+    """The meta-model an update adapts from: the task's own (pinned; 409 if gone), or the
+    version named ("latest": the newest served; 422 if not served)."""
+    if version is None:
+        return pinned_meta_model(task, registry)
+    name = task.meta_model_name
+    if name not in registry.meta_models:
+        raise Conflict(f"no version of meta-model {name!r} is served: the task cannot move")
+    return registry.for_new_task(name, None if version == "latest" else version)
+
+
+def fits(meta_model: Artifact, task: TaskRow, x: Tensor, labels: list[Any] | None) -> None:
+    """422 when the task's support set cannot adapt ``meta_model`` (another version of its
+    meta-model with another input shape, kind or fewer classes)."""
+    where = f"version {meta_model.version} of {meta_model.name!r}"
+    if tuple(x.shape[1:]) != meta_model.row_shape:
+        raise InvalidInput(
+            f"{where} takes rows of shape {list(meta_model.row_shape)}; the task's support set "
+            f"has {list(x.shape[1:])}"
+        )
+    if (labels is not None) != (meta_model.task_kind == "classification"):
+        raise InvalidInput(f"{where} is a {meta_model.task_kind} model; the task is not")
+    if labels is not None and len(labels) > meta_model.n_outputs:
+        raise InvalidInput(
+            f"{where} takes at most {meta_model.n_outputs} classes; the task has {len(labels)}"
+        )
 
 
 async def load_adapted(
@@ -220,22 +444,12 @@ async def load_adapted(
             cache.touch(task_id)
         return adapted
     metrics.cache_misses.inc()
+    read_at = time.monotonic()
 
     def load() -> AdaptedModel:
         with db.session() as session:
             task = crud.get_task(session, client_id=client_id, task_id=task_id, with_weights=True)
-        name, version = task.meta_model_name, task.meta_model_version
-        meta_model = registry.exact(name, version)
-        pinned = task.meta_model_hash
-        if meta_model is None or (pinned and pinned != meta_model.manifest.content_hash):
-            # Its weights belong to that artifact only (with ANIL, a head for that body).
-            served = ", ".join(registry.version_names(name)) or "none"
-            what = "no longer serves" if meta_model is None else "serves a different artifact as"
-            raise Conflict(
-                f"task {task_id!r} was adapted from meta-model {name!r} version {version}, "
-                f"which this service {what} ({name!r} versions served: {served}); adapt a new "
-                "task from its support set (POST /tasks) and delete this one"
-            )
+        meta_model = pinned_meta_model(task, registry)
         params = weights.deserialize(meta_model, task.weights, task.weights_sha256)
         predictor = meta_model.predictor(params)
         return AdaptedModel(
@@ -243,8 +457,69 @@ async def load_adapted(
         )
 
     adapted = await run_in_threadpool(load)
-    cache.put(task_id, adapted)
+    cache.put(task_id, adapted, read_at)
     return adapted
+
+
+def pinned_meta_model(task: TaskRow, registry: MetaModelRegistry) -> Artifact:
+    """The exact artifact the task was adapted from (name, version and content hash), or 409
+    saying how to move the task: its weights belong to that artifact only (with ANIL, a head
+    for that body)."""
+    name, version = task.meta_model_name, task.meta_model_version
+    meta_model = registry.exact(name, version)
+    pinned = task.meta_model_hash
+    if meta_model is None or (pinned and pinned != meta_model.manifest.content_hash):
+        served = registry.version_names(name)
+        what = "no longer serves" if meta_model is None else "serves a different artifact as"
+        if not served:
+            how = f"no version of {name!r} is served: delete the task"
+        elif task.support_bytes:
+            how = (
+                f"move it with POST /tasks/{task.id}/readapt and "
+                f'{{"model_version": "{served[-1]}"}} (or "latest")'
+            )
+        else:
+            how = (
+                "it was made before tasks kept their support sets: adapt a new task from its "
+                "examples (POST /tasks) and delete this one"
+            )
+        raise Conflict(
+            f"task {task.id!r} was adapted from meta-model {name!r} version {version}, which "
+            f"this service {what} ({name!r} versions served: {', '.join(served) or 'none'}); "
+            f"{how}"
+        )
+    return meta_model
+
+
+def export(
+    session: Session, *, client_id: int, task_id: str, registry: MetaModelRegistry
+) -> tuple[bytes, TaskRow]:
+    """The task's adapted model as a standalone artifact archive
+    (:func:`meta_core.artifact.export_task`), and its row."""
+    task = crud.get_task(session, client_id=client_id, task_id=task_id, with_weights=True)
+    meta_model = pinned_meta_model(task, registry)
+    params = weights.deserialize(meta_model, task.weights, task.weights_sha256)
+    record = TaskRecord(
+        id=task.id,
+        revision=task.revision,
+        adapted_from=Origin(
+            name=meta_model.name,
+            version=meta_model.version,
+            content_hash=meta_model.manifest.content_hash,
+        ),
+        labels=readable(task.labels),
+        support_size=task.support_size,
+        inner_steps=task.inner_steps,
+        inner_lr=task.inner_lr,
+        metrics=task.metrics,
+    )
+    return export_task(meta_model, params, record), task
+
+
+def changed_weights(meta_model: Artifact, adapted: Adaptation) -> tuple[bytes, str]:
+    """The stored form of an adaptation: the tensors it changed (with ANIL, the head)."""
+    names = meta_model.adapt_names or list(adapted.params)
+    return weights.serialize({k: adapted.params[k] for k in names})
 
 
 INLINE_BODY_BYTES = 64 * 2**10  # a body this small parses and converts in microseconds
@@ -321,6 +596,22 @@ def predict_now(
     return PredictOut(task_id=task_id, labels=labels, predictions=rows)
 
 
-def delete_task(session: Session, *, client_id: int, task_id: str, cache: LRUCache) -> None:
-    crud.delete_task(session, client_id=client_id, task_id=task_id)
+def delete_task(
+    session: Session,
+    *,
+    client_id: int,
+    task_id: str,
+    cache: LRUCache,
+    if_match: str | None = None,
+) -> None:
+    """Delete the task (412 if ``if_match`` does not name its current revision)."""
+    if if_match is not None:
+        task = crud.get_task(session, client_id=client_id, task_id=task_id)
+        check_if_match(if_match, task.revision)
+        try:
+            crud.delete_task(session, client_id=client_id, task_id=task_id, revision=task.revision)
+        except crud.StaleRevision:
+            check_if_match(if_match, task.revision + 1)  # the 412, as it changed
+    else:
+        crud.delete_task(session, client_id=client_id, task_id=task_id)
     cache.pop(task_id)

@@ -1,4 +1,5 @@
-"""An adapted model's tensors as stored bytes: safetensors (never a pickle) with a sha256."""
+"""A task's stored tensors (its adapted weights, its support set) as bytes: safetensors (never a
+pickle) with a sha256."""
 
 from __future__ import annotations
 
@@ -36,3 +37,23 @@ def deserialize(meta_model: Artifact, data: bytes, sha256: str) -> dict[str, Ten
                 "before the service refused such adaptations): delete it and adapt again"
             )
     return meta_model.params | tensors
+
+
+def serialize_support(x: Tensor, y: Tensor) -> tuple[bytes, str]:
+    """A validated support set (inputs, and targets or label indices) as safetensors bytes."""
+    return serialize({"x": x, "y": y})
+
+
+def deserialize_support(data: bytes, sha256: str) -> tuple[Tensor, Tensor]:
+    """A stored support set (inputs, and targets or label indices), checked against its
+    sha256; the caller checks it against the meta-model it adapts."""
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise StoredWeightsCorrupt("the stored support set failed its sha256 check")
+    try:
+        tensors = load(data)
+    except (SafetensorError, ValueError) as exc:
+        raise StoredWeightsCorrupt(f"the stored support set is unreadable ({exc})") from None
+    x, y = tensors.get("x"), tensors.get("y")
+    if x is None or y is None or len(x) != len(y):
+        raise StoredWeightsCorrupt("the stored support set lacks x or y, or they disagree")
+    return x, y

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from app.core.db import Database, alembic_config
 from app.main import create_app
 from tests.conftest import ROOT
 from tests.utils.database import POSTGRES_URL, drop_all, empty, make_key
+from tests.utils.meta_models import new_version
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
@@ -69,3 +71,13 @@ def alice(db: Database) -> dict[str, str]:
 @pytest.fixture
 def bob(db: Database) -> dict[str, str]:
     return {"Authorization": f"Bearer {make_key(db, 'bob')}"}
+
+
+@pytest.fixture
+def two_versions(tmp_path: Path) -> Path:
+    """A model folder serving sinusoid 1.0.0 (the shipped one) and 1.1.0 (weights nudged)."""
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copytree(ROOT / "models" / "sinusoid", models / "sinusoid")
+    new_version(models / "sinusoid", models / "sinusoid-1.1.0", "1.1.0", nudge=0.05)
+    return models

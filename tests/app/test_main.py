@@ -80,7 +80,7 @@ def test_every_answer_is_documented_and_none_is_a_server_error(
     with TestClient(app):  # the lifespan: meta-models, database, pools
         schema = schemathesis.openapi.from_asgi("/openapi.json", app)
         operations = [result.ok() for result in schema.get_all_operations()]
-        assert len(operations) == 10
+        assert len(operations) == 13
         for operation in operations:
 
             @hypothesis.given(case=operation.as_strategy())

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import ValidationError
@@ -31,12 +31,43 @@ from app.api.deps import (
     services_of,
 )
 from app.core.errors import AppError
-from app.schemas import PredictIn, PredictOut, TaskCreate, TaskOut, TaskPage, problems
+from app.schemas import (
+    Examples,
+    ExamplesIn,
+    PredictIn,
+    PredictOut,
+    ReadaptIn,
+    TaskCreate,
+    TaskOut,
+    TaskPage,
+    etag,
+    problems,
+)
 from app.services import tasks as service
+from app.services.keys import Caller
+from app.services.state import Services
 
 # Every route here may answer these (the key, the body limit, the client's rate, the database).
 router = APIRouter(prefix="/tasks", tags=["tasks"], responses=problems(401, 413, 429, 503))
 MAX_OFFSET = 2**31 - 1  # beyond, databases overflow; no client has that many tasks
+IfMatch = Annotated[
+    str | None,
+    Header(
+        alias="If-Match",
+        max_length=1000,
+        description="the task's ETag as you last read it: the change is refused (412) if the "
+        "task has changed since",
+    ),
+]
+# The ETag of a task's answer (OpenAPI).
+WITH_ETAG = {
+    "headers": {"ETag": {"description": "the task's revision", "schema": {"type": "string"}}}
+}
+
+
+def tagged(task: TaskOut, response: Response) -> TaskOut:
+    response.headers["ETag"] = task.etag
+    return task
 
 
 # Predict first: requests are matched against routes in order, and predict is the hot path.
@@ -108,7 +139,12 @@ router.add_api_route(
 )
 
 
-@router.post("", response_model=TaskOut, status_code=201, responses=problems(400, 404, 422))
+@router.post(
+    "",
+    response_model=TaskOut,
+    status_code=201,
+    responses={201: WITH_ETAG, **problems(400, 404, 422)},
+)
 async def create_task(
     body: TaskCreate,
     response: Response,
@@ -132,7 +168,7 @@ async def create_task(
         db=db,
     )
     response.headers["Location"] = f"/tasks/{row.id}"
-    return TaskOut.of(row)
+    return tagged(TaskOut.of(row), response)
 
 
 @router.get("", response_model=TaskPage, responses=problems(422))
@@ -147,16 +183,111 @@ def list_tasks(
     return TaskPage(items=[TaskOut.of(t) for t in rows], total=total, limit=limit, offset=offset)
 
 
-@router.get("/{task_id}", response_model=TaskOut, responses=problems(404))
-def get_task(task: OwnedTask) -> TaskOut:
-    """One task (404 if unknown or another client's)."""
-    return TaskOut.of(task)
+@router.get("/{task_id}", response_model=TaskOut, responses={200: WITH_ETAG, **problems(404)})
+def get_task(task: OwnedTask, response: Response) -> TaskOut:
+    """One task (404 if unknown or another client's), with its revision as the ETag."""
+    return tagged(TaskOut.of(task), response)
 
 
-@router.delete("/{task_id}", status_code=204, responses=problems(404))
+@router.delete("/{task_id}", status_code=204, responses=problems(404, 412))
 def delete_task(
-    task_id: str, session: SessionDep, client_id: CurrentClient, cache: CacheDep
+    task_id: str,
+    session: SessionDep,
+    client_id: CurrentClient,
+    cache: CacheDep,
+    if_match: IfMatch = None,
 ) -> Response:
-    """Delete a task and its adapted model."""
-    service.delete_task(session, client_id=client_id, task_id=task_id, cache=cache)
+    """Delete a task, its adapted model and its support set."""
+    service.delete_task(
+        session, client_id=client_id, task_id=task_id, cache=cache, if_match=if_match
+    )
     return Response(status_code=204)
+
+
+@router.get(
+    "/{task_id}/model",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "the adapted model as a standalone artifact: a tar archive of "
+            "manifest.json and weights.safetensors, which meta_core.artifact.load_artifact "
+            "reads",
+            "content": {"application/x-tar": {"schema": {"type": "string", "format": "binary"}}},
+            "headers": WITH_ETAG["headers"],
+        },
+        **problems(404, 409),
+    },
+)
+def export_model(
+    task_id: str, session: SessionDep, client_id: CurrentClient, registry: RegistryDep
+) -> Response:
+    """Download the task's adapted model, to predict offline exactly as the service does."""
+    archive, task = service.export(session, client_id=client_id, task_id=task_id, registry=registry)
+    return Response(
+        archive,
+        media_type="application/x-tar",
+        headers={
+            "Content-Disposition": f'attachment; filename="task-{task.id}.tar"',
+            "ETag": etag(task.revision),
+        },
+    )
+
+
+UPDATE_PROBLEMS = {200: WITH_ETAG, **problems(400, 404, 409, 412, 422)}
+
+
+@router.post("/{task_id}/examples", response_model=TaskOut, responses=UPDATE_PROBLEMS)
+async def add_examples(
+    task_id: str,
+    body: ExamplesIn,
+    response: Response,
+    services: ServicesDep,
+    caller: CurrentCaller,
+    if_match: IfMatch = None,
+) -> TaskOut:
+    """Add labelled examples to the task's support set (new classes allowed, up to the
+    meta-model's ways) and adapt again from the meta-initialization on the whole set."""
+    examples = Examples(x=body.x, y=body.y)
+    change = service.Update(
+        examples=examples, inner_steps=body.inner_steps, inner_lr=body.inner_lr, if_match=if_match
+    )
+    return tagged(await _update(task_id, change, services, caller), response)
+
+
+@router.post("/{task_id}/readapt", response_model=TaskOut, responses=UPDATE_PROBLEMS)
+async def readapt(
+    task_id: str,
+    response: Response,
+    services: ServicesDep,
+    caller: CurrentCaller,
+    body: ReadaptIn | None = None,
+    if_match: IfMatch = None,
+) -> TaskOut:
+    """Adapt the task again on its stored support set: onto another version of its
+    meta-model (``model_version``; how a task moves off a version that is retired), or with
+    other inner-loop settings."""
+    body = body or ReadaptIn()
+    change = service.Update(
+        model_version=body.model_version,
+        inner_steps=body.inner_steps,
+        inner_lr=body.inner_lr,
+        if_match=if_match,
+    )
+    return tagged(await _update(task_id, change, services, caller), response)
+
+
+async def _update(
+    task_id: str, change: service.Update, services: Services, caller: Caller
+) -> TaskOut:
+    row = await service.update_task(
+        task_id,
+        change,
+        caller=caller,
+        settings=services.settings,
+        registry=services.registry,
+        pool=services.pool,
+        cache=services.cache,
+        metrics=services.metrics,
+        db=services.db,
+    )
+    return TaskOut.of(row)

@@ -3,17 +3,12 @@ the version they were adapted from."""
 
 from __future__ import annotations
 
-import json
 import shutil
-from pathlib import Path
 
-import pytest
 from fastapi.testclient import TestClient
-from safetensors.torch import load, save
 
 from app.main import create_app
-from meta_core.artifact import MANIFEST, WEIGHTS, content_hash
-from tests.conftest import ROOT
+from tests.utils.meta_models import new_version
 from tests.utils.problem import assert_problem
 from tests.utils.tasks import sinusoid_task
 
@@ -31,28 +26,6 @@ def test_models(client, alice):
     assert omni20["n_classes"] == 20 and omni20["inner_loop"]["steps"] == 5
     assert_problem(client.get("/models/nope", headers=alice), 404, "no model 'nope'")
     assert client.get("/models").status_code == 401
-
-
-def new_version(source: Path, target: Path, version: str, *, nudge: float = 0.0) -> None:
-    """A copy of the artifact at ``source`` as another version (its weights nudged, if asked),
-    its content hash recomputed, as retraining would give."""
-    shutil.copytree(source, target)
-    raw = json.loads((target / MANIFEST).read_text())
-    raw["version"] = version
-    if nudge:
-        tensors = {k: v + nudge for k, v in load((target / WEIGHTS).read_bytes()).items()}
-        (target / WEIGHTS).write_bytes(save(tensors))
-    raw["content_hash"] = content_hash((target / WEIGHTS).read_bytes(), raw)
-    (target / MANIFEST).write_text(json.dumps(raw))
-
-
-@pytest.fixture
-def two_versions(tmp_path: Path) -> Path:
-    models = tmp_path / "models"
-    models.mkdir()
-    shutil.copytree(ROOT / "models" / "sinusoid", models / "sinusoid")
-    new_version(models / "sinusoid", models / "sinusoid-1.1.0", "1.1.0", nudge=0.05)
-    return models
 
 
 def test_versions_default_to_the_newest_and_tasks_keep_theirs(settings, db, alice, two_versions):

@@ -182,7 +182,7 @@ BAD = [
     (
         {"support": {"x": X, "y": Y[:3]}},
         422,
-        "support.y has shape [3, 1]; expected [4] or [4, 1] to match x",
+        "support.y has shape [3]; expected [4] or [4, 1] to match x",
     ),
     (
         {"support": {"x": [[1.0], [2.0, 3.0]], "y": [1.0, 2.0]}},
@@ -682,11 +682,14 @@ def test_a_task_whose_meta_model_version_is_not_served_is_a_409(client, db, alic
         r,
         409,
         f"task '{older}' was adapted from meta-model 'sinusoid' version 0.9.0, which this "
-        "service no longer serves ('sinusoid' versions served: 1.0.0); adapt a new task from "
-        "its support set (POST /tasks) and delete this one",
+        "service no longer serves ('sinusoid' versions served: 1.0.0); it was made before "
+        "tasks kept their support sets: adapt a new task from its examples (POST /tasks) and "
+        "delete this one",
     )
     gone = stored_task(db, me, "sinusoid", meta_model_name="retired")
     r = client.post(f"/tasks/{gone}/predict", headers=alice, json={"x": [1.0]})
-    assert r.status_code == 409 and "('retired' versions served: none)" in r.json()["detail"]
+    assert r.json()["detail"].endswith(
+        "('retired' versions served: none); no version of 'retired' is served: delete the task"
+    )
     assert client.get(f"/tasks/{older}", headers=alice).status_code == 200
     assert client.delete(f"/tasks/{gone}", headers=alice).status_code == 204

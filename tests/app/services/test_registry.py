@@ -1,0 +1,109 @@
+"""Hot reload of the model folders: what is added, refused, kept and dropped."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+
+from app.__main__ import main
+from app.services.registry import MetaModelRegistry
+from tests.conftest import ROOT
+from tests.utils.meta_models import new_version
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copytree(ROOT / "models" / "sinusoid", models / "sinusoid")
+    return models
+
+
+def test_a_new_version_is_served_and_becomes_the_default(folder: Path):
+    registry = MetaModelRegistry.load(folder)
+    assert registry.version_names("sinusoid") == ["1.0.0"]
+    unchanged = registry.reload()
+    assert unchanged.added == unchanged.removed == unchanged.refused == []
+    new_version(folder / "sinusoid", folder / "sinusoid-1.1.0", "1.1.0", nudge=0.05)
+    report = registry.reload()
+    assert report.added == [f"sinusoid 1.1.0 ({folder / 'sinusoid-1.1.0'})"]
+    assert registry.for_new_task("sinusoid").version == "1.1.0"
+    assert registry.exact("sinusoid", "1.0.0") is not None
+
+
+def test_an_invalid_artifact_is_refused_and_never_replaces_a_working_one(folder, caplog):
+    registry = MetaModelRegistry.load(folder)
+    served = registry.exact("sinusoid", "1.0.0")
+    # A broken new artifact: refused, logged, not served.
+    shutil.copytree(folder / "sinusoid", folder / "broken")
+    (folder / "broken" / "weights.safetensors").write_bytes(b"garbage")
+    with caplog.at_level(logging.ERROR):
+        report = registry.reload()
+    assert len(report.refused) == 1 and "broken" in report.refused[0]
+    assert "content hash mismatch" in report.refused[0]
+    assert "meta-model refused, not served" in caplog.text
+    # The working artifact's own files corrupted in place: it stays served as it was loaded.
+    (folder / "sinusoid" / "manifest.json").write_text("{")
+    report = registry.reload()
+    assert any("not valid JSON" in why for why in report.refused)
+    assert registry.exact("sinusoid", "1.0.0") is served
+    # Refused once per change of its files, not at every scan.
+    assert registry.reload().refused == []
+
+
+def test_a_version_is_immutable(folder: Path):
+    registry = MetaModelRegistry.load(folder)
+    served = registry.exact("sinusoid", "1.0.0")
+    new_version(folder / "sinusoid", folder / "impostor", "1.0.0", nudge=0.1)
+    report = registry.reload()
+    assert (
+        len(report.refused) == 1 and "is already served from another artifact" in report.refused[0]
+    )
+    assert registry.exact("sinusoid", "1.0.0") is served
+    # The same artifact twice (an image's copy and a volume's): served once, refused never.
+    shutil.rmtree(folder / "impostor")
+    shutil.copytree(folder / "sinusoid", folder / "copy")
+    assert registry.reload().refused == []
+    assert registry.version_names("sinusoid") == ["1.0.0"]
+
+
+def test_a_removed_folder_stops_being_served(folder: Path):
+    new_version(folder / "sinusoid", folder / "sinusoid-1.1.0", "1.1.0", nudge=0.05)
+    registry = MetaModelRegistry.load(folder)
+    shutil.rmtree(folder / "sinusoid-1.1.0")
+    report = registry.reload()
+    assert report.removed == [f"sinusoid 1.1.0 ({folder / 'sinusoid-1.1.0'})"]
+    assert registry.for_new_task("sinusoid").version == "1.0.0"
+
+
+def test_two_folders_image_and_trained(folder: Path, tmp_path: Path):
+    trained = tmp_path / "trained"
+    trained.mkdir()
+    registry = MetaModelRegistry.load(folder, trained)
+    new_version(folder / "sinusoid", trained / "sinusoid-2", "2.0.0", nudge=0.05)
+    assert registry.reload().added == [f"sinusoid 2.0.0 ({trained / 'sinusoid-2'})"]
+    shutil.rmtree(trained)  # the second folder may be missing: it holds nothing then
+    assert registry.reload().removed and registry.version_names("sinusoid") == ["1.0.0"]
+
+
+def test_cli_models_list_and_reload(folder, monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("MODEL_DIR", str(folder))
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'cli.db'}")
+    from app.core.config import get_settings
+
+    get_settings.cache_clear()
+    try:
+        assert main(["models", "list"]) == 0
+        out = capsys.readouterr().out
+        assert out.startswith("sinusoid\t1.0.0\tsha256:") and out.rstrip().endswith("(default)")
+        shutil.copytree(folder / "sinusoid", folder / "broken")
+        (folder / "broken" / "manifest.json").write_text("[]")
+        assert main(["models", "reload"]) == 1
+        captured = capsys.readouterr()
+        assert "refused:" in captured.err and "broken" in captured.err
+        assert "within MODEL_POLL_SECONDS" in captured.out
+    finally:
+        get_settings.cache_clear()
