@@ -110,9 +110,9 @@ def document_problems(app: FastAPI) -> None:
 def listen(services: Services) -> Listener | None:
     """On PostgreSQL, the process's listener for change announcements (app/core/events.py):
     it drops what they name from the caches and, while it is connected, lets the caches be
-    trusted without their TTL re-checks. None on SQLite."""
+    trusted without their TTL re-checks. None on SQLite, or with ANNOUNCEMENTS=false."""
     conninfo = libpq_url(services.settings.database_url)
-    if conninfo is None:
+    if conninfo is None or not services.settings.announcements:
         return None
     settings, cache, keys = services.settings, services.cache, services.keys
 

@@ -101,9 +101,15 @@ class MetaLearner:
         return self.lrs if self.lrs else self.algo.inner_lr
 
     def meta_loss(
-        self, batch: TaskBatch, *, strategy: str = "vmap", step_weights: Tensor | None = None
+        self,
+        batch: TaskBatch,
+        *,
+        strategy: str = "vmap",
+        step_weights: Tensor | None = None,
+        first_order: bool | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """Mean query loss and metric over the meta-batch (Finn et al. 2017, eq. 3)."""
+        """Mean query loss and metric over the meta-batch (Finn et al. 2017, eq. 3);
+        ``first_order`` overrides the algorithm's (MAML++'s derivative-order annealing)."""
         # The learned rates reach the loop by closure: the meta-gradient flows to them as to
         # ``params``, which vmap takes unbatched (in_dims None).
         loop = InnerLoop(
@@ -112,7 +118,7 @@ class MetaLearner:
             self.algo.inner_steps,
             self.inner_lr(),
             adapt_names=self.adapt_names,
-            first_order=self.algo.first_order,
+            first_order=self.algo.first_order if first_order is None else first_order,
         )
         fn = partial(task_loss, loop)
         tensors = (batch.support_x, batch.support_y, batch.query_x, batch.query_y)
@@ -148,3 +154,10 @@ def choose_strategy(requested: str, arch_type: str, device: torch.device) -> str
 def cosine_lr(base: float, floor: float, iteration: int, total: int) -> float:
     """Cosine annealing of the outer lr from ``base`` to ``floor`` over ``total`` iterations."""
     return floor + 0.5 * (base - floor) * (1 + math.cos(math.pi * min(iteration, total) / total))
+
+
+def first_order_at(algo: AlgorithmConfig, iteration: int) -> bool:
+    """Whether the meta-gradient at ``iteration`` is first order: always with ``first_order``;
+    else for the first ``first_order_iterations`` (MAML++'s derivative-order annealing,
+    Antoniou et al. 2019, section 4: cheaper early iterations, then the full gradient)."""
+    return algo.first_order or iteration < algo.first_order_iterations

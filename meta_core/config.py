@@ -37,6 +37,9 @@ class AlgorithmConfig(Section):
     lslr: StrictBool = False  # MAML++: a learned lr per parameter tensor and inner step
     multi_step_loss: StrictBool = False  # MAML++: query loss after every step, annealed weights
     msl_iterations: int = Field(10_000, ge=1)  # iterations over which those weights anneal
+    # MAML++ derivative-order annealing: first order for this many iterations, then second
+    # order (0: second order throughout, unless ``first_order``).
+    first_order_iterations: int = Field(0, ge=0)
 
 
 class TrainConfig(Section):
@@ -55,7 +58,7 @@ class TrainConfig(Section):
     # random initialization, with a fresh optimizer and schedule (a new cosine cycle).
     init_from: str = ""
     device: str = "auto"  # auto | cpu | cuda[:N]
-    bf16: StrictBool = False  # bf16 autocast on CUDA
+    bf16: StrictBool = False  # bf16 autocast of the meta-step (meant for CUDA)
     strategy: Strategy = "auto"  # how a meta-batch is executed
     compile: StrictBool = False  # torch.compile the meta-loss (and so its backward)
     threads: int = Field(0, ge=0)  # torch CPU threads (0 = torch's default)

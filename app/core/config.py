@@ -62,6 +62,12 @@ class Settings(BaseSettings):
         description="a numeric predict of at most rows x the model's FLOPs per row this many "
         "runs on the event loop (microseconds); larger ones and any images, on the pool",
     )
+    announcements: bool = Field(
+        True,
+        description="on PostgreSQL, hear other processes' changes through LISTEN/NOTIFY and "
+        "trust the caches meanwhile; false: rely on the TTLs (e.g. behind a pooler in "
+        "transaction mode, where LISTEN does not work)",
+    )
     cache_size: int = Field(1024, ge=0, description="adapted models kept in memory (LRU)")
     cache_ttl_seconds: float = Field(
         5.0, ge=0, description="how long a cached model is served before its task is re-checked"

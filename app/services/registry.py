@@ -34,7 +34,9 @@ class MetaModelRegistry:
     at the operator's ``python -m app models reload``): a new artifact is loaded and served; an
     invalid one is refused with a log line and never replaces what is served; a version
     already served keeps its artifact (a version is immutable: another artifact under the
-    same name and version is refused); an artifact whose folder is gone stops being served."""
+    same name and version, or its own folder changed in place, is refused); an artifact whose
+    folder is gone stops being served. Folders whose names start with "." are skipped: copy an
+    artifact in under such a name, then rename it into place."""
 
     def __init__(self, artifacts: list[Artifact], folders: list[Path] | None = None) -> None:
         self.folders = folders or []
@@ -84,6 +86,7 @@ class MetaModelRegistry:
             for folder in self.folders
             if folder.is_dir()
             for p in folder.glob("*/manifest.json")
+            if not p.parent.name.startswith(".")  # being copied in: renamed into place after
         )
         current: dict[Path, Artifact] = {}
         for path in paths:
@@ -106,6 +109,22 @@ class MetaModelRegistry:
                 self._seen[path] = (stamp, None)
                 if seen is not None and seen[1] is not None:
                     current[path] = seen[1]  # the working artifact it was stays served
+                continue
+            was = seen[1] if seen is not None else None
+            if (
+                was is not None
+                and (was.name, was.version) == (art.name, art.version)
+                and was.manifest.content_hash != art.manifest.content_hash
+            ):
+                why = (
+                    f"{path}: changed in place, but {art.name!r} version {art.version} is "
+                    "already served from it; a version is immutable: write a new version "
+                    "(its own folder) instead"
+                )
+                report.refused.append(why)
+                log.error("meta-model refused, not served: %s", why)
+                self._seen[path] = (stamp, was)
+                current[path] = was
                 continue
             self._seen[path] = (stamp, art)
             current[path] = art

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from meta_core.algorithms import MetaLearner, multi_step_weights
+from meta_core.algorithms import MetaLearner, first_order_at, multi_step_weights
 from meta_core.config import AlgorithmConfig
 from meta_core.inner_loop import InnerLoop, forward, mse_loss
 from meta_core.networks import build_network
@@ -72,6 +72,25 @@ def test_second_order_differs_from_first_order():
     learner.algo.first_order = True
     first = grads_of(learner.meta_loss(batch)[0], learner)
     assert max((a - b).abs().max().item() for a, b in zip(second, first, strict=True)) > 1e-4
+
+
+@pytest.mark.parametrize("strategy", ["vmap", "loop"])
+def test_derivative_order_annealing_is_first_order_then_second(strategy):
+    algo = AlgorithmConfig(inner_steps=2, inner_lr=0.1, first_order_iterations=3)
+    learner, batch = make(algo)
+    refs = {
+        order: grads_of(
+            reference_meta_loss(learner.params, batch, steps=2, lr=0.1, first_order=order),
+            learner,
+        )
+        for order in (True, False)
+    }
+    for iteration, order in ((0, True), (2, True), (3, False), (100, False)):
+        assert first_order_at(algo, iteration) is order
+        loss = learner.meta_loss(batch, strategy=strategy, first_order=order)[0]
+        for a, b in zip(grads_of(loss, learner), refs[order], strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    assert first_order_at(AlgorithmConfig(first_order=True), 10**6)
 
 
 def test_second_order_meta_gradient_matches_finite_differences():

@@ -11,7 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import DatabaseDep, MetricsDep, RegistryDep
+from app.api.deps import MetricsDep, ServicesDep
 from app.core.errors import problem
 from app.schemas import problems
 
@@ -25,15 +25,19 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", response_model=None, responses=problems(503))
-async def readyz(db: DatabaseDep, registry: RegistryDep) -> dict[str, Any] | Response:
-    """The database answers and the meta-models are loaded."""
+async def readyz(services: ServicesDep) -> dict[str, Any] | Response:
+    """The database answers and the meta-models are loaded. ``announcements`` says whether
+    this process hears other processes' changes (PostgreSQL's LISTEN/NOTIFY: "live"; "down":
+    its caches re-check after their TTLs until it is back; "none": SQLite)."""
+    db, registry, listener = services.db, services.registry, services.listener
     try:
         await run_in_threadpool(db.ping)
     except Exception as exc:  # any failure to reach the database means not ready
         return problem(503, "Not ready", f"database unreachable ({exc.__class__.__name__})")
     if not registry.names:
         return problem(503, "Not ready", "no models loaded")
-    return {"status": "ready", "models": registry.names}
+    heard = "none" if listener is None else "live" if listener.live else "down"
+    return {"status": "ready", "models": registry.names, "announcements": heard}
 
 
 @router.get("/metrics", response_class=PlainTextResponse)

@@ -5,6 +5,7 @@ nothing but the announcements can explain it."""
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import subprocess
@@ -15,14 +16,19 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
+import pytest
 from alembic import command
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, text
 
+from app.core.config import Settings
 from app.core.db import Database, alembic_config
+from app.main import create_app
 from tests.conftest import ROOT
 from tests.utils.database import POSTGRES_URL, empty, make_key
 from tests.utils.meta_models import new_version
 from tests.utils.server import running_server
-from tests.utils.tasks import sinusoid_task
+from tests.utils.tasks import create, sinusoid_task
 
 ASK = {"x": [0.5, 1.5]}
 
@@ -115,3 +121,58 @@ def test_two_processes_on_postgresql_agree(tmp_path: Path):
     print({k: f"{v * 1000:.0f} ms" for k, v in took.items()})
     # The target is 100 ms; the assertion leaves room for a loaded CI machine.
     assert all(v < 2.0 for v in took.values()), took
+
+
+def test_a_lost_connection_empties_the_caches_and_brings_back_the_ttls(alice_on_postgres):
+    settings, headers = alice_on_postgres
+    with TestClient(create_app(settings)) as c:
+        services = c.app.state.services
+        listener = services.listener
+        assert listener is not None and listener.live
+        assert services.cache.ttl == math.inf and services.keys.accept_seconds == math.inf
+        tid = create(c, headers)["id"]
+        assert c.post(f"/tasks/{tid}/predict", headers=headers, json=ASK).status_code == 200
+        assert len(services.cache) == 1 and len(services.keys) == 1
+        engine = create_engine(POSTGRES_URL)
+        with engine.begin() as conn:
+            killed = conn.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE query = 'LISTEN maml_service'"
+                )
+            ).all()
+        engine.dispose()
+        assert killed
+        seconds_until(lambda: not listener.live)
+        # Down: announcements may be missed, so nothing cached is trusted past its TTL.
+        assert services.cache.ttl == 5.0 and services.keys.accept_seconds == 5.0
+        assert len(services.cache) == 0 and len(services.keys) == 0
+        seconds_until(lambda: listener.live)
+        assert services.cache.ttl == math.inf
+        assert c.post(f"/tasks/{tid}/predict", headers=headers, json=ASK).status_code == 200
+
+
+def test_sqlite_has_no_listener(tmp_path: Path):
+    url = f"sqlite:///{tmp_path / 'one.db'}"
+    command.upgrade(alembic_config(url), "head")
+    settings = Settings(database_url=url, model_dir=ROOT / "models", cache_ttl_seconds=5.0)
+    with TestClient(create_app(settings)) as c:
+        assert c.app.state.services.listener is None
+        assert c.app.state.services.cache.ttl == 5.0
+        assert c.get("/readyz").json()["announcements"] == "none"
+
+
+@pytest.fixture
+def alice_on_postgres() -> tuple[Settings, dict[str, str]]:
+    command.upgrade(alembic_config(POSTGRES_URL), "head")
+    db = Database(POSTGRES_URL)
+    empty(db)
+    key = make_key(db, "alice")
+    db.dispose()
+    settings = Settings(
+        database_url=POSTGRES_URL,
+        model_dir=ROOT / "models",
+        cache_ttl_seconds=5.0,
+        auth_cache_seconds=5.0,
+    )
+    return settings, {"Authorization": f"Bearer {key}"}

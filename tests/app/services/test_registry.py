@@ -107,3 +107,18 @@ def test_cli_models_list_and_reload(folder, monkeypatch, capsys, tmp_path):
         assert "within MODEL_POLL_SECONDS" in captured.out
     finally:
         get_settings.cache_clear()
+
+
+def test_a_served_version_changed_in_place_is_refused(folder: Path):
+    registry = MetaModelRegistry.load(folder)
+    served = registry.exact("sinusoid", "1.0.0")
+    shutil.rmtree(folder / "sinusoid")
+    new_version(ROOT / "models" / "sinusoid", folder / "sinusoid", "1.0.0", nudge=0.1)
+    report = registry.reload()
+    assert len(report.refused) == 1 and "changed in place" in report.refused[0]
+    assert registry.exact("sinusoid", "1.0.0") is served
+    # Being copied in under a dot name: not looked at until renamed into place.
+    new_version(ROOT / "models" / "sinusoid", folder / ".incoming", "3.0.0")
+    assert registry.reload().added == []
+    (folder / ".incoming").rename(folder / "sinusoid-3")
+    assert registry.reload().added == [f"sinusoid 3.0.0 ({folder / 'sinusoid-3'})"]

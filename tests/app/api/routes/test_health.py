@@ -15,11 +15,12 @@ from tests.utils.server import running_server
 from tests.utils.tasks import create
 
 
-def test_health_readiness_and_metrics(client, alice):
+def test_health_readiness_and_metrics(client, alice, database_url):
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").json() == {
         "status": "ready",
         "models": ["omniglot-20w1s", "omniglot-5w1s", "sinusoid"],
+        "announcements": "live" if database_url.startswith("postgresql") else "none",
     }
     cache = LRUCache(8)
     app: FastAPI = client.app
