@@ -11,6 +11,15 @@
 #       train.init_from=models/omniglot-20w1s --set train.outer_lr=0.0005" \
 #       bash benchmarks/gpu_lease.sh                  # a second cosine cycle from the shipped one
 #
+# A schedule longer than one lease, in windows: RESUME names a run directory kept in the
+# repository (checkpoint/, metrics.jsonl, the artifact). The first lease starts it (PRESET,
+# ITERS: the whole schedule, e.g. the paper's 60,000), each lease trains it for BUDGET seconds
+# and writes the updated run under $OUT/run/, to be copied back over RESUME and committed; the
+# next lease resumes it where it stopped (weights, Adam, schedule position, random streams).
+# NPROC=N trains with torchrun on N GPUs (the run must keep its number of processes).
+#   OUT=runs/gpu BUDGET=480 RESUME=runs/omniglot-20w1s-60k PRESET=omniglot-20w1s ITERS=60000 \
+#       bash benchmarks/gpu_lease.sh                  # then: cp -r runs/gpu/run/. runs/omniglot-20w1s-60k/
+#
 # The Omniglot cache (data/cache/omniglot28.safetensors) travels with the run (device `carry`).
 set -euo pipefail
 OUT=${OUT:?set OUT}
@@ -34,6 +43,35 @@ RUN=$(mktemp -d)/$PRESET
 { nvidia-smi --query-gpu=name,memory.total,clocks.sm --format=csv 2>/dev/null || true
   $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 } | tee "$OUT/lease.log"
+
+NPROC=${NPROC:-1}
+TRAIN=(-m meta_core)
+if [ "$NPROC" -gt 1 ]; then TRAIN=(-m torch.distributed.run --standalone --nproc_per_node "$NPROC" -m meta_core.cli); fi
+
+if [ -n "${RESUME:-}" ]; then  # one window of a schedule kept in the repository
+    if [ -f "$RESUME/checkpoint/state.json" ]; then
+        cp -r "$RESUME/." "$RUN/"
+        echo "resuming $RESUME for ${BUDGET}s" | tee -a "$OUT/lease.log"
+        $PY "${TRAIN[@]}" train --resume --out "$RUN" --no-progress \
+            --set train.device="$DEVICE" --set train.max_seconds="$BUDGET" 2>&1 | tee -a "$OUT/lease.log"
+    else
+        echo "starting $RESUME: $PRESET, ${ITERS:?set ITERS, the whole schedule} iterations" | tee -a "$OUT/lease.log"
+        $PY "${TRAIN[@]}" train --preset "$PRESET" --out "$RUN" --no-progress \
+            --set train.device="$DEVICE" --set train.iterations="$ITERS" --set train.cosine=true \
+            --set train.max_seconds="$BUDGET" --set train.val_every=500 \
+            --set train.checkpoint_every=500 $TRAIN_ARGS 2>&1 | tee -a "$OUT/lease.log"
+    fi
+    mkdir -p "$OUT/run/checkpoint"
+    cp "$RUN"/checkpoint/state.{safetensors,json} "$OUT/run/checkpoint/"
+    cp "$RUN"/{weights.safetensors,manifest.json,metrics.jsonl} "$OUT/run/"
+    $PY - "$RUN/checkpoint/state.json" <<'PY' | tee -a "$OUT/lease.log"
+import json, sys
+state = json.load(open(sys.argv[1]))
+total = state["config"]["train"]["iterations"]
+print(f"at iteration {state['iteration']} of {total}; best validation at {state['best_iteration']}")
+PY
+    exit 0
+fi
 
 if [ -z "${ITERS:-}" ]; then  # ITERS set: skip the benchmark, train that many iterations
 $PY benchmarks/meta_train.py --device "$DEVICE" --workload "$WORKLOAD" $BENCH_ARGS \

@@ -2,7 +2,8 @@
 
 - how long a change made through process A (or the CLI) takes to reach process B, which has
   it cached: a deletion, a re-adaptation, a revocation (medians and maxima over ``--trials``);
-- B's predict throughput (wrk, concurrency 64, 20 cached tasks) three ways: with the
+- predict throughput (wrk, concurrency 64, 20 cached tasks; three servers loaded in turn,
+  ``--rounds`` times, medians) three ways: with the
   change announcements (LISTEN/NOTIFY, the default), with no freshness check at all (TTLs of an
   hour, announcements off: stale for up to an hour), and with the check a fresh answer needed
   before (CACHE_TTL_SECONDS=0 and AUTH_CACHE_SECONDS=0, announcements off: a database read per
@@ -10,7 +11,7 @@
 
 Uses a database of its own (``--database``, created if missing) on the local PostgreSQL.
 
-    python benchmarks/replicas.py --trials 20 --seconds 5
+    python benchmarks/replicas.py --trials 20 --seconds 5 --rounds 5
 """
 
 from __future__ import annotations
@@ -68,6 +69,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--seconds", type=int, default=5, help="per wrk run")
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="alternations of the three throughput regimes"
+    )
     parser.add_argument("--database", default="maml_bench_replicas")
     args = parser.parse_args()
     url = ensure_database(args.database)
@@ -162,22 +166,28 @@ def main() -> None:
             "ANNOUNCEMENTS": "false",
         },
     }
-    for name, extra in regimes.items():
-        with running_server(base_env | extra) as base:
+    with ExitStack() as stack:  # all three up at once, loaded in turn, round after round
+        bases = {
+            name: stack.enter_context(running_server(base_env | extra))
+            for name, extra in regimes.items()
+        }
+        for base in bases.values():
             for tid in tasks:  # warm the cache
                 httpx.post(f"{base}/tasks/{tid}/predict", json=ask, headers=auth).raise_for_status()
             wrk_load(base, key, tasks, 64, 1, random.Random(1))
-            rounds = [
-                wrk_load(base, key, tasks, 64, args.seconds, random.Random(1)) for _ in range(3)
-            ]
+        rounds: dict[str, list[dict]] = {name: [] for name in regimes}
+        for _ in range(args.rounds):
+            for name, base in bases.items():
+                rounds[name].append(wrk_load(base, key, tasks, 64, args.seconds, random.Random(1)))
+    for name, runs in rounds.items():
         print(
             json.dumps(
                 {
                     "measurement": "predict_throughput",
                     "regime": name,
-                    "requests_per_s": [r["requests_per_s"] for r in rounds],
-                    "median_requests_per_s": statistics.median(r["requests_per_s"] for r in rounds),
-                    "p50_ms": statistics.median(r["p50_ms"] for r in rounds),
+                    "requests_per_s": [r["requests_per_s"] for r in runs],
+                    "median_requests_per_s": statistics.median(r["requests_per_s"] for r in runs),
+                    "p50_ms": statistics.median(r["p50_ms"] for r in runs),
                     "cpus": os.cpu_count(),
                     "workers": 1,
                 }

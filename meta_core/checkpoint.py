@@ -1,8 +1,9 @@
 """Checkpoints of a training run: everything ``--resume`` needs to continue exactly.
 
 ``checkpoint/state.safetensors`` holds the tensors (meta-parameters, the best validated ones,
-Adam's moments, the sampler's RNG state) and ``checkpoint/state.json`` the rest (iteration,
-best validation, elapsed time, Adam's hyper-parameters, the config). Both are replaced
+Adam's moments, the task sampler's RNG state: ``rng``, and under torchrun each other rank's as
+``rng.<rank>``) and ``checkpoint/state.json`` the rest (iteration, best validation, elapsed
+time, Adam's hyper-parameters, the number of processes, the config). Both are replaced
 atomically, the JSON last, so a crash mid-write leaves the previous checkpoint readable.
 Nothing is pickled.
 """
@@ -20,11 +21,13 @@ from torch import Tensor
 
 from meta_core.algorithms import MetaLearner
 from meta_core.artifact import WarmStart
-from meta_core.config import Config
+from meta_core.config import Config, apply_overrides
+from meta_core.distributed import World
 
 CHECKPOINT = "checkpoint"
 # Settings that change how a run executes, not what it computes: --resume may change them.
-EXECUTION_FIELDS = ("compile", "strategy", "threads", "device", "max_seconds")
+EXECUTION_FIELDS = ("compile", "strategy", "threads", "device", "max_seconds", "stop_after")
+WINDOW_FIELDS = ("max_seconds", "stop_after")  # one invocation's limits
 
 
 @dataclass
@@ -52,11 +55,12 @@ def save_checkpoint(
     cfg: Config,
     learner: MetaLearner,
     opt: torch.optim.Optimizer,
-    gen: torch.Generator,
+    rngs: list[Tensor],
     state: RunState,
     best: dict[str, Tensor],
 ) -> None:
-    """Tensors to safetensors, the rest to JSON; both replaced atomically (JSON last)."""
+    """Tensors to safetensors, the rest to JSON; both replaced atomically (JSON last).
+    ``rngs``: each rank's task-sampler state, in rank order (one for a single process)."""
     folder = out / CHECKPOINT
     folder.mkdir(exist_ok=True)
     tensors = {k: v.cpu().contiguous() for k, v in snapshot(learner).items()}
@@ -65,7 +69,8 @@ def save_checkpoint(
     for idx, slots in opt_state["state"].items():
         for slot, value in slots.items():
             tensors[f"optim.{idx}.{slot}"] = torch.as_tensor(value).cpu().contiguous()
-    tensors["rng"] = gen.get_state()
+    tensors["rng"] = rngs[0]
+    tensors |= {f"rng.{rank}": rng for rank, rng in enumerate(rngs) if rank}
     tmp = folder / "state.safetensors.tmp"
     save_file(tensors, str(tmp))
     tmp.replace(folder / "state.safetensors")
@@ -76,6 +81,7 @@ def save_checkpoint(
         "elapsed": state.elapsed,
         "warm_start": state.warm_start.model_dump() if state.warm_start else None,
         "param_groups": opt_state["param_groups"],
+        "processes": len(rngs),
         "config": cfg.to_dict(),
     }
     tmp = folder / "state.json.tmp"
@@ -84,10 +90,17 @@ def save_checkpoint(
 
 
 def load_checkpoint(
-    out: Path, cfg: Config, learner: MetaLearner, opt: torch.optim.Optimizer, gen: torch.Generator
+    out: Path,
+    cfg: Config,
+    learner: MetaLearner,
+    opt: torch.optim.Optimizer,
+    gen: torch.Generator,
+    world: World | None = None,
 ) -> tuple[RunState, dict[str, Tensor]]:
-    """Restore ``learner``, ``opt`` and ``gen`` in place; return the run state and the best
-    validated meta-parameters. The config must compute the same thing as the checkpoint's."""
+    """Restore ``learner``, ``opt`` and ``gen`` (this rank's stream) in place; return the run
+    state and the best validated meta-parameters. The config must compute the same thing as
+    the checkpoint's, with as many processes."""
+    world = world or World()
     folder = out / CHECKPOINT
     if not (folder / "state.json").exists():
         raise FileNotFoundError(f"no checkpoint in {folder} to resume from")
@@ -96,7 +109,14 @@ def load_checkpoint(
         raise ValueError(
             "the checkpoint was made with another configuration; resume with the "
             "same preset and overrides (only train.compile, strategy, threads, "
-            "device and max_seconds may change)"
+            "device, max_seconds and stop_after may change)"
+        )
+    processes = meta.get("processes", 1)
+    if processes != world.size:
+        raise ValueError(
+            f"the checkpoint was made by {processes} processes; resume with as many "
+            f"(torchrun --nproc_per_node {processes}), not {world.size}: each holds its own "
+            "random stream of tasks"
         )
     tensors = load_file(str(folder / "state.safetensors"))
     device = next(iter(learner.params.values())).device
@@ -111,7 +131,7 @@ def load_checkpoint(
             _, idx, slot = key.split(".", 2)
             slots.setdefault(int(idx), {})[slot] = value if slot == "step" else value.to(device)
     opt.load_state_dict({"state": slots, "param_groups": meta["param_groups"]})
-    gen.set_state(tensors["rng"])
+    gen.set_state(tensors["rng" if world.main else f"rng.{world.rank}"])
     best = {k[5:]: v.to(device) for k, v in tensors.items() if k.startswith("best.")}
     warm = meta.get("warm_start")
     state = RunState(
@@ -122,6 +142,19 @@ def load_checkpoint(
         WarmStart.model_validate(warm) if warm else None,
     )
     return state, best
+
+
+def recorded_config(out: Path, overrides: list[str]) -> Config:
+    """The config a run's checkpoint records, with ``overrides`` (``--resume`` without
+    ``--preset``: only execution fields may change, as ever). The last window's limits
+    (``stop_after``, ``max_seconds``) are not carried over: each window sets its own."""
+    state = out / CHECKPOINT / "state.json"
+    if not state.exists():
+        raise FileNotFoundError(f"no checkpoint in {out / CHECKPOINT} to resume from")
+    config = json.loads(state.read_text())["config"]
+    for window in WINDOW_FIELDS:
+        config["train"].pop(window, None)
+    return Config.from_dict(apply_overrides(config, overrides))
 
 
 def _maths(config: dict[str, Any]) -> dict[str, Any]:

@@ -14,7 +14,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="meta-core", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     tr = sub.add_parser("train", help="meta-train from a preset and write an artifact")
-    tr.add_argument("--preset", required=True, help="preset name (meta_core/presets) or path")
+    tr.add_argument(
+        "--preset",
+        help="preset name (meta_core/presets) or path; with --resume, default: the run's own",
+    )
     tr.add_argument("--out", required=True, type=Path, help="run and artifact directory")
     tr.add_argument(
         "--set",
@@ -42,9 +45,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
     if args.command == "train":
+        from meta_core.checkpoint import recorded_config
         from meta_core.train import train
 
-        cfg = load_config(args.preset, args.overrides)
+        if args.preset is None and not args.resume:
+            parser.error("train needs --preset (only --resume reads the run's own config)")
+        if args.preset is None:
+            cfg = recorded_config(args.out, args.overrides)
+        else:
+            cfg = load_config(args.preset, args.overrides)
         try:
             train(cfg, args.out, resume=args.resume, progress=not args.no_progress)
         except KeyboardInterrupt:

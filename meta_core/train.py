@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import signal
 import threading
 import time
@@ -26,7 +27,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from meta_core import checkpoint
+from meta_core import checkpoint, distributed
 from meta_core.algorithms import (
     MetaLearner,
     choose_strategy,
@@ -56,29 +57,45 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+STOP_TIME, STOP_INTERRUPT = 1, 2  # why the loop stops early (the larger wins across ranks)
+
+
 def train(cfg: Config, out: Path | str, *, resume: bool = False, progress: bool = True) -> Path:
-    """Meta-train as ``cfg`` says and write the artifact into ``out``; return ``out``."""
+    """Meta-train as ``cfg`` says and write the artifact into ``out``; return ``out``. Under
+    ``torchrun`` each process is a rank of one data-parallel run (:mod:`meta_core.distributed`)."""
     run = Run(cfg, Path(out), resume=resume)
-    tc = cfg.train
-    bar = run.progress_bar(progress)
-    interrupt = _DeferredInterrupt()
     try:
-        with interrupt, run.metrics_path.open("a") as metrics:
+        _loop(run, progress)
+        run.finish()
+    finally:
+        distributed.shutdown(run.world)
+    return run.out
+
+
+def _loop(run: Run, progress: bool) -> None:
+    tc = run.cfg.train
+    bar = run.progress_bar(progress and run.world.main)
+    interrupt = _DeferredInterrupt()
+    # Rank 0 logs; the others' lines would repeat its own.
+    metrics_file = run.metrics_path if run.world.main else Path(os.devnull)
+    try:
+        with interrupt, metrics_file.open("a") as metrics:
             while run.state.iteration < tc.iterations:
-                if interrupt.requested:
+                stop = run.stop_reason(interrupt.requested)
+                if stop == STOP_INTERRUPT:
                     run.save_checkpoint()
                     log.warning(
                         "interrupted at iteration %d; checkpoint saved: continue with --resume",
                         run.state.iteration,
                     )
                     raise KeyboardInterrupt
-                if run.out_of_time():
+                if stop == STOP_TIME:
                     break
                 loss, met = run.step()
                 bar.update(1)
                 done = run.state.iteration
                 if done == 1 and tc.compile:
-                    bar.set_description(cfg.name)
+                    bar.set_description(run.cfg.name)
                 if done % tc.log_every == 0 or done == tc.iterations:
                     rate = run.log_training(metrics, loss, met)
                     bar.set_postfix(loss=f"{loss.item():.4f}", tasks_s=f"{rate:.0f}")
@@ -89,8 +106,6 @@ def train(cfg: Config, out: Path | str, *, resume: bool = False, progress: bool 
                     run.save_checkpoint()
     finally:
         bar.close()
-    run.finish()
-    return run.out
 
 
 class Run:
@@ -101,7 +116,10 @@ class Run:
         if tc.threads:
             torch.set_num_threads(tc.threads)
         self.cfg, self.out = cfg, out
-        self.device = resolve_device(tc.device)
+        self.world, device = distributed.init(tc.device)
+        self.device = resolve_device(device)
+        if not self.world.main:
+            log.setLevel(logging.WARNING)  # rank 0 says it
         self.family = build_family(cfg.family).to(self.device)
         self.spec = architecture(cfg.model, self.family.input_shape, self.family.n_outputs)
         torch.manual_seed(tc.seed)
@@ -109,17 +127,22 @@ class Run:
         self.learner = MetaLearner.create(model, self.family.kind, cfg.algorithm)
         self.strategy = choose_strategy(tc.strategy, self.spec.type, self.device)
         self.opt = torch.optim.Adam(self.learner.meta_parameters(), lr=tc.outer_lr)
-        self.gen = torch.Generator().manual_seed(tc.seed)
-        self.val_batch = self.family.sample(
-            tc.val_tasks, torch.Generator().manual_seed(tc.seed + 1), split="val"
-        ).to(self.device)
+        self.gen = torch.Generator().manual_seed(self.world.seed(tc.seed))
+        self.local_batch = self.world.share(tc.meta_batch)
+        self.val_batch = (  # rank 0 validates
+            self.family.sample(
+                tc.val_tasks, torch.Generator().manual_seed(tc.seed + 1), split="val"
+            ).to(self.device)
+            if self.world.main
+            else None
+        )
         self.state = RunState()
         self.best: dict[str, Tensor] = {}
         out.mkdir(parents=True, exist_ok=True)
         self.metrics_path = out / "metrics.jsonl"
         if resume:  # the checkpoint already holds a warm start's parameters
             self.state, self.best = checkpoint.load_checkpoint(
-                out, cfg, self.learner, self.opt, self.gen
+                out, cfg, self.learner, self.opt, self.gen, self.world
             )
             checkpoint.truncate_metrics(self.metrics_path, self.state.iteration)
             log.info("resumed %s at iteration %d", out, self.state.iteration)
@@ -128,15 +151,21 @@ class Run:
         else:
             if tc.init_from:
                 self.state.warm_start = warm_start(self.learner, self.spec, tc.init_from)
-            self.metrics_path.write_text("")
+            if self.world.main:
+                self.metrics_path.write_text("")
+        if self.world.distributed:  # one start for all: rank 0's
+            distributed.broadcast_parameters(self.learner.meta_parameters())
         log.info(
-            "training %s on %s (%s, strategy %s%s, %d threads)",
+            "training %s on %s (%s, strategy %s%s, %d threads%s)",
             cfg.name,
             self.device,
             cfg.algorithm.name,
             self.strategy,
             " compiled" if tc.compile else "",
             torch.get_num_threads(),
+            f"; {self.world.size} processes, {self.local_batch} tasks each"
+            if self.world.distributed
+            else "",
         )
         self.meta_loss: Callable[..., tuple[Tensor, Tensor]] = self.learner.meta_loss
         if tc.compile:
@@ -159,7 +188,20 @@ class Run:
             dynamic_ncols=True,
         )
 
+    def stop_reason(self, interrupted: bool) -> int:
+        """Why to stop before the next iteration (0: no reason), agreed by every rank."""
+        reason = STOP_INTERRUPT if interrupted else STOP_TIME if self.out_of_time() else 0
+        if self.world.distributed:
+            reason = distributed.most(reason, str(self.device))
+        return reason
+
     def out_of_time(self) -> bool:
+        """Whether this invocation's window is over: its time budget (``max_seconds``) or its
+        last iteration (``stop_after``)."""
+        stop_after = self.cfg.train.stop_after
+        if stop_after and self.state.iteration >= stop_after:
+            log.info("stopping at iteration %d (train.stop_after)", self.state.iteration)
+            return True
         budget = self.cfg.train.max_seconds
         if budget and time.perf_counter() - self.started > budget:
             log.info("time budget of %.0f s reached at iteration %d", budget, self.state.iteration)
@@ -178,7 +220,7 @@ class Run:
             weights = multi_step_weights(
                 cfg.algorithm.inner_steps, it, cfg.algorithm.msl_iterations
             ).to(self.device)
-        batch = self.family.sample(cfg.train.meta_batch, self.gen).to(self.device)
+        batch = self.family.sample(self.local_batch, self.gen).to(self.device)
         first = first_order_at(cfg.algorithm, it)
         with self.amp:
             loss, met = self.meta_loss(
@@ -186,6 +228,10 @@ class Run:
             )
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
+        if self.world.distributed:  # the gradient of the mean over the whole meta-batch
+            share = self.local_batch / cfg.train.meta_batch
+            distributed.reduce_gradients(self.learner.meta_parameters(), share)
+            loss, met = distributed.reduce_mean(torch.stack([loss, met]), share)
         if cfg.train.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.learner.meta_parameters(), cfg.train.grad_clip)
         self.opt.step()
@@ -211,7 +257,9 @@ class Run:
         return rate
 
     def validate(self, metrics: IO[str]) -> None:
-        """Validate on the held-out tasks; keep the best meta-parameters."""
+        """Validate on the held-out tasks; keep the best meta-parameters (rank 0)."""
+        if self.val_batch is None:
+            return
         done = self.state.iteration
         val_loss, val_metric = validate(self.learner, self.val_batch)
         if val_loss < self.state.best_val:
@@ -234,21 +282,31 @@ class Run:
         )
 
     def save_checkpoint(self) -> None:
+        """Rank 0 writes the checkpoint, with every rank's random stream; under torchrun every
+        rank first checks its parameters are rank 0's, bit for bit."""
         self.state.elapsed = time.perf_counter() - self.started
-        checkpoint.save_checkpoint(
-            self.out, self.cfg, self.learner, self.opt, self.gen, self.state, self.best
-        )
+        rngs = [self.gen.get_state()]
+        if self.world.distributed:
+            distributed.check_identical(self.learner.meta_parameters(), self.world.rank)
+            rngs = distributed.gather_states(rngs[0], str(self.device))
+        if self.world.main:
+            checkpoint.save_checkpoint(
+                self.out, self.cfg, self.learner, self.opt, rngs, self.state, self.best
+            )
 
     def finish(self) -> None:
         """Validate the final parameters if not yet done, checkpoint, write the artifact."""
         state = self.state
-        if not self.best or state.best_iteration != state.iteration:
+        if self.val_batch is not None and (
+            not self.best or state.best_iteration != state.iteration
+        ):
             val_loss, _ = validate(self.learner, self.val_batch)
             if val_loss < state.best_val or not self.best:
                 state.best_val, state.best_iteration = val_loss, state.iteration
                 self.best = snapshot(self.learner)
         self.save_checkpoint()
-        self.write_artifact()
+        if self.world.main:
+            self.write_artifact()
 
     def write_artifact(self) -> None:
         cfg, state, best = self.cfg, self.state, self.best

@@ -39,3 +39,15 @@ def test_migrations_match_the_orm_on_postgresql():
         )
     engine.dispose()
     assert current is not None and diff == []
+
+
+def test_migrations_downgrade_and_upgrade_on_postgresql():
+    """Every migration is reversible on PostgreSQL too: down to nothing, then up again."""
+    cfg = alembic_config(POSTGRES_URL)
+    command.upgrade(cfg, "head")
+    command.downgrade(cfg, "base")
+    engine = create_engine(POSTGRES_URL)
+    assert not {"tasks", "clients"} & set(inspect(engine).get_table_names())
+    command.upgrade(cfg, "head")
+    assert {"tasks", "clients"} <= set(inspect(engine).get_table_names())
+    engine.dispose()
