@@ -38,7 +38,7 @@ for d in ../shared/data/omniglot shared/data/omniglot; do
     if [ -z "${OMNIGLOT_DIR:-}" ] && [ -d "$d" ]; then export OMNIGLOT_DIR=$PWD/$d; fi
 done
 mkdir -p "$OUT/$PRESET"
-RUN=$(mktemp -d)/$PRESET
+RUN=$(mktemp -d)/$(basename "${RESUME:-$PRESET}")
 
 { nvidia-smi --query-gpu=name,memory.total,clocks.sm --format=csv 2>/dev/null || true
   $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"

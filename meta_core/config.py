@@ -62,7 +62,9 @@ class TrainConfig(Section):
     strategy: Strategy = "auto"  # how a meta-batch is executed
     compile: StrictBool = False  # torch.compile the meta-loss (and so its backward)
     threads: int = Field(0, ge=0)  # torch CPU threads (0 = torch's default)
-    max_seconds: float = Field(0.0, ge=0)  # stop after this wall time (0 = none), keeping the best
+    # Stop this invocation after this wall time (0 = none), keeping the best; --resume
+    # continues the schedule in another window.
+    max_seconds: float = Field(0.0, ge=0)
     # Stop this invocation at this iteration (0 = run to the end); like max_seconds, a window
     # of a longer schedule, which ``--resume`` continues exactly.
     stop_after: int = Field(0, ge=0)

@@ -175,7 +175,8 @@ class Run:
             )
             self.meta_loss = torch.compile(self.learner.meta_loss)
         self.amp = autocast(self.device, tc.bf16)
-        self.started = time.perf_counter() - self.state.elapsed
+        self.invoked = time.perf_counter()  # this invocation's window starts (max_seconds)
+        self.started = self.invoked - self.state.elapsed  # the run's, across resumes
         self.window_start, self.window_iters = time.perf_counter(), 0
 
     def progress_bar(self, enabled: bool) -> tqdm[Any]:
@@ -203,7 +204,7 @@ class Run:
             log.info("stopping at iteration %d (train.stop_after)", self.state.iteration)
             return True
         budget = self.cfg.train.max_seconds
-        if budget and time.perf_counter() - self.started > budget:
+        if budget and time.perf_counter() - self.invoked > budget:
             log.info("time budget of %.0f s reached at iteration %d", budget, self.state.iteration)
             return True
         return False
