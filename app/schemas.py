@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.tables import TaskRow
 from meta_core.artifact import Artifact, InnerLoopSpec
-from meta_core.preprocessing import ImagePreprocessing
+from meta_core.preprocessing import Preprocessing
 
 
 class Examples(BaseModel):
@@ -174,7 +174,7 @@ class MetaModelOut(BaseModel):
     n_outputs: int
     n_classes: int | None
     inner_loop: InnerLoopSpec
-    preprocessing: ImagePreprocessing | None
+    preprocessing: Preprocessing | None
     evaluation: dict[str, Any]
     content_hash: str = Field(description="what a task adapted from this version is pinned to")
     default: bool = Field(

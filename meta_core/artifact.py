@@ -44,7 +44,7 @@ from meta_core.networks import (
     head_names,
     predictor,
 )
-from meta_core.preprocessing import ImagePreprocessing
+from meta_core.preprocessing import Preprocessing
 
 SCHEMA_VERSION = 1
 WEIGHTS = "weights.safetensors"
@@ -142,7 +142,7 @@ class Manifest(_Record):
     input_shape: list[int]
     n_outputs: int = Field(ge=1)
     inner_loop: InnerLoopSpec
-    preprocessing: ImagePreprocessing | None
+    preprocessing: Preprocessing | None
     training: TrainingRecord
     evaluation: dict[str, Any]
     framework: Framework
@@ -178,7 +178,7 @@ def save_artifact(
     params: Mapping[str, Tensor],
     lrs: Mapping[str, Tensor],
     inner_loop: InnerLoopSpec,
-    preprocessing: ImagePreprocessing | None,
+    preprocessing: Preprocessing | None,
     training: TrainingRecord,
     evaluation: dict[str, Any] | None = None,
 ) -> Path:

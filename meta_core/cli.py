@@ -1,4 +1,4 @@
-"""``meta-core train`` and ``meta-core eval``."""
+"""``meta-core train``, ``meta-core eval`` and ``meta-core data example``."""
 
 from __future__ import annotations
 
@@ -41,11 +41,25 @@ def main(argv: list[str] | None = None) -> int:
     )
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--no-plots", action="store_true")
+    data = sub.add_parser("data", help="datasets to train on without code")
+    dsub = data.add_subparsers(dest="action", required=True)
+    example = dsub.add_parser(
+        "example", help="write a small image-folder dataset and a small CSV table, generated"
+    )
+    example.add_argument("--out", required=True, type=Path)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
+    if args.command == "data":
+        from meta_core.data.example import write_example
+
+        images, table = write_example(args.out)
+        print(f"image folders: {images}\ntable: {table}")
+        return 0
+
     if args.command == "train":
         from meta_core.checkpoint import recorded_config
+        from meta_core.data.folders import DataError
         from meta_core.train import train
 
         if args.preset is None and not args.resume:
@@ -58,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
             train(cfg, args.out, resume=args.resume, progress=not args.no_progress)
         except KeyboardInterrupt:
             return 130
+        except DataError as exc:  # the user's data: one line, no traceback
+            print(f"meta-core train: {exc}", file=sys.stderr)
+            return 2
         print(f"artifact written to {args.out}")
         return 0
 

@@ -112,8 +112,46 @@ class RandomImagesFamily(Section):
     classes: int = Field(64, ge=2)
 
 
+class ImageFolderFamily(Section):
+    """N-way K-shot over a user's image folders: ``root/<class>/*.png|jpg``, or
+    ``root/<group>/<class>/...`` with each group kept within one split. Classes (or groups)
+    are split into train / val / test by ``split`` fractions and ``split_seed``."""
+
+    name: Literal["image_folder"] = "image_folder"
+    root: str = Field(min_length=1)
+    ways: int = Field(5, ge=2)
+    shots: int = Field(1, ge=1)
+    queries: int = Field(5, ge=1)
+    image_size: int = Field(28, ge=16)  # 28 (Omniglot's) or 84 (miniImageNet's), or any
+    channels: Literal["grayscale", "rgb"] = "grayscale"
+    resample: Literal["lanczos", "bilinear", "nearest"] = "lanczos"
+    invert: StrictBool = False  # dark strokes on light paper -> high strokes, as Omniglot
+    normalize: StrictBool = False  # per-channel mean and std of the train split's pixels
+    split: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    split_seed: int = 0
+
+
+class TableFamily(Section):
+    """Tasks from a table (CSV or Parquet): each value of ``task_column`` is a task, the
+    numeric ``features`` (default: every numeric column but the task and the target) its
+    input, ``target_column`` regressed or classified. Tasks are split into train / val /
+    test by ``split`` fractions and ``split_seed``."""
+
+    name: Literal["table"] = "table"
+    path: str = Field(min_length=1)
+    task_column: str = Field(min_length=1)
+    target_column: str = Field(min_length=1)
+    features: list[str] = Field(default_factory=list)
+    kind: Literal["regression", "classification"] = "regression"
+    shots: int = Field(10, ge=1)  # rows per task (per class, for classification)
+    queries: int = Field(10, ge=1)
+    split: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    split_seed: int = 0
+
+
 FamilyConfig = Annotated[
-    SinusoidFamily | OmniglotFamily | RandomImagesFamily, Field(discriminator="name")
+    SinusoidFamily | OmniglotFamily | RandomImagesFamily | ImageFolderFamily | TableFamily,
+    Field(discriminator="name"),
 ]
 
 

@@ -73,8 +73,12 @@ def init(device: str) -> tuple[World, str]:
     return World(rank, size, local), device
 
 
-def shutdown(world: World) -> None:
+def shutdown(world: World, *, together: bool = False) -> None:
+    """Leave the process group; ``together`` (after a run that ended normally): first wait
+    for every rank, so that none tears its connections down while rank 0 still writes."""
     if world.distributed and dist.is_initialized():
+        if together:
+            dist.barrier()
         dist.destroy_process_group()
 
 

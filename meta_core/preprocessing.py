@@ -1,13 +1,15 @@
-"""Image preprocessing, written once: the data loaders and the service apply the spec stored in
-an artifact's manifest (``preprocessing``), so serving sees exactly what training saw."""
+"""Preprocessing, written once: the data loaders and the service apply the spec stored in an
+artifact's manifest (``preprocessing``), so serving sees exactly what training saw. Images:
+color mode, size, polarity, scale, normalization. Tables: the feature columns' order and
+standardization, and a regression target's."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 RESAMPLING = {
     "lanczos": Image.Resampling.LANCZOS,
@@ -17,27 +19,107 @@ RESAMPLING = {
 
 
 class ImagePreprocessing(BaseModel):
-    """How an image becomes a network input: grayscale, resize, polarity, scale."""
+    """How an image becomes a network input: grayscale or RGB, resize, polarity, scale, and
+    optionally a per-channel normalization ``(x * scale - mean) / std``."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     type: Literal["image"] = "image"
-    grayscale: Literal[True] = True
+    grayscale: bool = True  # False: RGB, three channels
     size: tuple[int, int] = Field(description="(height, width) after resizing")
     resample: Literal["lanczos", "bilinear", "nearest"] = "lanczos"
     invert: bool = False
     scale: float = Field(gt=0)
+    mean: tuple[float, ...] | None = Field(None, description="per channel, after scaling")
+    std: tuple[float, ...] | None = Field(None, description="per channel, after scaling")
     layout: Literal["NCHW"] = "NCHW"
+
+    @model_validator(mode="after")
+    def _one_value_per_channel(self) -> ImagePreprocessing:
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if values is not None and len(values) != self.channels:
+                raise ValueError(f"{name} needs {self.channels} values, one per channel")
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("mean and std go together")
+        if self.std is not None and not all(v > 0 for v in self.std):
+            raise ValueError("std must be positive")
+        return self
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.grayscale else 3
 
 
 def image_to_uint8(image: Image.Image, spec: ImagePreprocessing) -> np.ndarray:
-    """Grayscale, resize, polarity: one image -> ``[H, W]`` uint8 (multiply by ``scale``)."""
+    """Color mode, resize, polarity: one image -> ``[H, W]`` (grayscale) or ``[3, H, W]``
+    (RGB) uint8 (then :func:`normalize` it)."""
     height, width = spec.size
-    small = image.convert("L").resize((width, height), RESAMPLING[spec.resample])
+    mode = "L" if spec.grayscale else "RGB"
+    small = image.convert(mode).resize((width, height), RESAMPLING[spec.resample])
     pixels = np.asarray(small, dtype=np.uint8)
+    if not spec.grayscale:
+        pixels = pixels.transpose(2, 0, 1)
     return 255 - pixels if spec.invert else pixels
 
 
+def normalize(pixels: np.ndarray, spec: ImagePreprocessing) -> np.ndarray:
+    """uint8 pixels ``[..., C, H, W]`` (or ``[H, W]``) -> float32, scaled and normalized."""
+    out = pixels.astype(np.float32) * np.float32(spec.scale)
+    if spec.mean is not None and spec.std is not None:
+        mean = np.asarray(spec.mean, dtype=np.float32).reshape(-1, 1, 1)
+        std = np.asarray(spec.std, dtype=np.float32).reshape(-1, 1, 1)
+        out = (out - mean) / std
+    return out
+
+
 def image_to_array(image: Image.Image, spec: ImagePreprocessing) -> np.ndarray:
-    """One image -> ``[1, H, W]`` float32, scaled as in training."""
-    return (image_to_uint8(image, spec).astype(np.float32) * spec.scale)[None]
+    """One image -> ``[C, H, W]`` float32, preprocessed as in training."""
+    pixels = image_to_uint8(image, spec)
+    return normalize(pixels if pixels.ndim == 3 else pixels[None], spec)
+
+
+class TablePreprocessing(BaseModel):
+    """How a table's row becomes a network input: its feature columns, in order, each
+    standardized with the train split's mean and standard deviation; a regression target is
+    standardized too, and predictions are mapped back to its units."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["table"] = "table"
+    columns: tuple[str, ...] = Field(min_length=1)
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    target: str
+    target_mean: float | None = None  # regression only
+    target_std: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _one_value_per_column(self) -> TablePreprocessing:
+        if not len(self.mean) == len(self.std) == len(self.columns):
+            raise ValueError("mean and std need one value per column")
+        if not all(v > 0 for v in self.std):
+            raise ValueError("std must be positive")
+        return self
+
+    def inputs(self, rows: np.ndarray) -> np.ndarray:
+        """Raw feature rows ``[n, F]`` (in ``columns`` order) -> standardized float32."""
+        mean = np.asarray(self.mean, dtype=np.float32)
+        return ((rows.astype(np.float32) - mean) / np.asarray(self.std, dtype=np.float32)).astype(
+            np.float32
+        )
+
+    def targets(self, y: np.ndarray) -> np.ndarray:
+        """Regression targets in the user's units -> standardized float32."""
+        if self.target_mean is None or self.target_std is None:
+            return y.astype(np.float32)
+        return ((y - self.target_mean) / self.target_std).astype(np.float32)
+
+    def outputs(self, out: np.ndarray) -> np.ndarray:
+        """The network's regression outputs -> the user's units."""
+        if self.target_mean is None or self.target_std is None:
+            return out
+        return (out * np.float32(self.target_std) + np.float32(self.target_mean)).astype(np.float32)
+
+
+Preprocessing = Annotated[ImagePreprocessing | TablePreprocessing, Field(discriminator="type")]

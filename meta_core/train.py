@@ -67,6 +67,7 @@ def train(cfg: Config, out: Path | str, *, resume: bool = False, progress: bool 
     try:
         _loop(run, progress)
         run.finish()
+        distributed.shutdown(run.world, together=True)
     finally:
         distributed.shutdown(run.world)
     return run.out

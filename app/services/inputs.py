@@ -18,6 +18,7 @@ from app.schemas import TaskCreate
 from app.services.images import images_to_array
 from app.services.limits import Limits
 from meta_core.artifact import Artifact
+from meta_core.preprocessing import TablePreprocessing
 
 Label = int | str
 
@@ -58,8 +59,10 @@ def to_inputs(
     rows may be base64 PNG/JPEG strings (or data URLs), preprocessed as in training."""
     if len(x) > limit:
         raise InvalidInput(f"{field} has {len(x)} rows; the limit is {limit}")
-    if x and isinstance(x[0], str):
-        spec = meta_model.manifest.preprocessing
+    spec = meta_model.manifest.preprocessing
+    if isinstance(spec, TablePreprocessing):
+        a = table_rows(x, field, spec)  # standardized once its shape is checked, below
+    elif x and isinstance(x[0], str):
         if spec is None:
             raise InvalidInput(
                 f"{field} holds strings, but model {meta_model.name!r} takes numbers"
@@ -79,12 +82,44 @@ def to_inputs(
             f"{field} has shape {list(a.shape)}; model {meta_model.name!r} takes "
             f"[n, {', '.join(map(str, shape))}]"
         )
+    if isinstance(spec, TablePreprocessing):
+        a = spec.inputs(a)
     return a
 
 
+def table_rows(x: list[Any], field: str, spec: TablePreprocessing) -> np.ndarray:
+    """A table model's rows: lists of numbers in the column order the manifest records, or
+    objects keyed by column name (every column, no other key); raw, not yet standardized."""
+    if x and any(isinstance(row, dict) for row in x):
+        columns, rows = spec.columns, []
+        for i, row in enumerate(x):
+            if not isinstance(row, dict):
+                raise InvalidInput(f"{field} mixes objects with other rows")
+            missing = [c for c in columns if c not in row]
+            if missing:
+                raise InvalidInput(
+                    f"{field}[{i}] lacks column {missing[0]!r}; columns: {list(columns)}"
+                )
+            unknown = [k for k in row if k not in columns]
+            if unknown:
+                raise InvalidInput(
+                    f"{field}[{i}] has unknown column {reprlib.repr(unknown[0])}; "
+                    f"columns: {list(columns)}"
+                )
+            rows.append([row[c] for c in columns])
+        x = rows
+    if any(isinstance(v, bool) for row in x if isinstance(row, list) for v in row):
+        raise InvalidInput(f"{field} must hold numbers, not true or false")
+    return as_float32(x, field, "rows of numbers, or objects keyed by column name")
+
+
 def to_targets(meta_model: Artifact, y: list[Any], n: int, field: str) -> Tensor:
-    """Regression targets as ``[n, n_outputs]``."""
+    """Regression targets as ``[n, n_outputs]`` (a table model's standardized as in
+    training)."""
     a = as_float32(y, field, "an array of numbers")
+    spec = meta_model.manifest.preprocessing
+    if isinstance(spec, TablePreprocessing):
+        a = spec.targets(a)
     outputs, sent = meta_model.n_outputs, list(a.shape)
     if a.ndim == 1 and outputs == 1:
         a = a.reshape(-1, 1)

@@ -48,6 +48,7 @@ from app.services.registry import MetaModelRegistry
 from app.tables import TaskRow
 from meta_core.artifact import Artifact, Origin, TaskRecord, export_task
 from meta_core.networks import Predictor
+from meta_core.preprocessing import TablePreprocessing
 from meta_core.scoring import adapt_and_score
 
 log = logging.getLogger(__name__)
@@ -583,6 +584,9 @@ def predict_now(
         )
     labels = adapted.labels
     if labels is None:
+        spec = meta_model.manifest.preprocessing
+        if isinstance(spec, TablePreprocessing):  # back to the target's units
+            out = spec.outputs(out)
         values = out.reshape(-1).tolist() if meta_model.n_outputs == 1 else out.tolist()
         # Floats from a float32 array: nothing to validate (the schema still serializes it).
         return PredictOut.model_construct(task_id=task_id, labels=None, predictions=values)

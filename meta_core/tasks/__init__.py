@@ -9,7 +9,13 @@ from typing import Any
 
 import torch
 
-from meta_core.config import OmniglotFamily, RandomImagesFamily, SinusoidFamily
+from meta_core.config import (
+    ImageFolderFamily,
+    OmniglotFamily,
+    RandomImagesFamily,
+    SinusoidFamily,
+    TableFamily,
+)
 from meta_core.tasks.base import Split, TaskBatch, TaskFamily, TaskKind
 from meta_core.tasks.nway import NWayKShot, pool_from_labelled
 from meta_core.tasks.sinusoid import Sinusoid
@@ -49,14 +55,30 @@ def _random_images(cfg: RandomImagesFamily) -> TaskFamily:
     )
 
 
+def _image_folder(cfg: ImageFolderFamily) -> TaskFamily:
+    from meta_core.tasks.folders import image_folder_family
+
+    return image_folder_family(cfg)
+
+
+def _table(cfg: TableFamily) -> TaskFamily:
+    from meta_core.tasks.tables import table_family
+
+    return table_family(cfg)
+
+
 FAMILIES: dict[type[Any], Callable[[Any], TaskFamily]] = {
     SinusoidFamily: _sinusoid,
     OmniglotFamily: _omniglot,
     RandomImagesFamily: _random_images,
+    ImageFolderFamily: _image_folder,
+    TableFamily: _table,
 }
 
 
-def build_family(cfg: SinusoidFamily | OmniglotFamily | RandomImagesFamily) -> TaskFamily:
+def build_family(
+    cfg: SinusoidFamily | OmniglotFamily | RandomImagesFamily | ImageFolderFamily | TableFamily,
+) -> TaskFamily:
     """The family a config's ``[family]`` table names."""
     return FAMILIES[type(cfg)](cfg)
 

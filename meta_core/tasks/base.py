@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from meta_core.inner_loop import TaskKind
-from meta_core.preprocessing import ImagePreprocessing
+from meta_core.preprocessing import ImagePreprocessing, TablePreprocessing
 
 Split = Literal["train", "val", "test"]
 
@@ -55,8 +55,9 @@ class TaskFamily(Protocol):
     def n_outputs(self) -> int: ...
 
     @property
-    def preprocessing(self) -> ImagePreprocessing | None:
-        """How the service turns an uploaded file into an input row (None: numbers only)."""
+    def preprocessing(self) -> ImagePreprocessing | TablePreprocessing | None:
+        """How the service turns an uploaded image or a table's row into an input row (None:
+        numbers as they are)."""
         ...
 
     def sample(

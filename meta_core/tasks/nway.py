@@ -43,6 +43,7 @@ class NWayKShot:
     scale: float = 1.0
     preprocessing: ImagePreprocessing | None = None
     kind: TaskKind = "classification"
+    details: dict[str, Any] = field(default_factory=dict)  # more for describe() (the split)
     input_shape: tuple[int, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -76,6 +77,10 @@ class NWayKShot:
         picks = picks[..., : k + self.queries]
         flat = (classes.unsqueeze(-1) * per_class + picks).to(pool.device)
         images = pool.flatten(0, 1)[flat].float() * self.scale  # [T, ways, k + q, *shape]
+        spec = self.preprocessing
+        if spec is not None and spec.mean is not None and spec.std is not None:
+            mean = torch.tensor(spec.mean, device=images.device).view(-1, 1, 1)
+            images = (images - mean) / torch.tensor(spec.std, device=images.device).view(-1, 1, 1)
         labels = torch.arange(self.ways, device=pool.device).view(1, -1, 1)
         labels = labels.expand(n_tasks, self.ways, k + self.queries)
         shape = self.input_shape
@@ -98,4 +103,4 @@ class NWayKShot:
             "shots": self.shots,
             "queries": self.queries,
             "classes": {s: int(p.shape[0]) for s, p in self.pools.items()},
-        }
+        } | self.details

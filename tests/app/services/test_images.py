@@ -5,12 +5,20 @@ from __future__ import annotations
 import base64
 import io
 import random
+from pathlib import Path
 
 import pytest
 from fastapi import FastAPI
+from fastapi.testclient import TestClient
 from PIL import Image
 
+from app.main import create_app
+from meta_core.artifact import load_artifact
+from meta_core.config import load_config
+from meta_core.data.example import write_example
 from meta_core.data.omniglot import default_data_dir, read_set, read_split
+from meta_core.preprocessing import image_to_array
+from meta_core.train import train
 from tests.utils.overrides import override_services
 from tests.utils.problem import assert_problem
 
@@ -138,3 +146,65 @@ def test_strings_for_a_numeric_model_and_mixed_rows_are_refused(client, alice):
         json={"model": "omniglot-5w1s", "support": {"x": [png, [[0.0] * 28] * 28], "y": [0, 1]}},
     )
     assert_problem(r, 422, "support.x mixes images (strings) with other values")
+
+
+@pytest.fixture(scope="module")
+def rgb_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A tiny RGB meta-model trained on ``meta-core data example``'s image folders (a few
+    iterations: the point is the path from files to predictions), and those folders."""
+    root = tmp_path_factory.mktemp("byo")
+    write_example(root)
+    cfg = load_config(
+        "image-folder",
+        [
+            f"family.root={root / 'images'}",
+            'family.channels="rgb"',
+            "family.image_size=32",
+            "family.normalize=true",
+            "family.queries=2",
+            "model.hidden=8",
+            "train.iterations=4",
+            "train.meta_batch=4",
+            "train.val_every=2",
+            "train.val_tasks=4",
+            "name=shapes",
+            "version=1.0.0",
+        ],
+    )
+    models = root / "models"
+    train(cfg, models / "shapes", progress=False)
+    return models, root / "images"
+
+
+def test_a_users_rgb_model_adapts_and_predicts_uploaded_pngs(settings, db, alice, rgb_model):
+    models, images = rgb_model
+    art = load_artifact(models / "shapes")
+    with TestClient(create_app(settings.model_copy(update={"model_dir": models}))) as c:
+        shown = c.get("/models/shapes", headers=alice).json()
+        assert shown["input_shape"] == [3, 32, 32]
+        assert shown["preprocessing"]["grayscale"] is False
+        assert len(shown["preprocessing"]["mean"]) == 3
+        classes = sorted(p.name for p in images.iterdir())[:3]
+        support = [b64((images / c / "00.png").read_bytes()) for c in classes]
+        r = c.post(
+            "/tasks",
+            headers=alice,
+            json={"model": "shapes", "support": {"x": support, "y": classes}},
+        )
+        assert r.status_code == 201, r.text
+        files = [images / c / "05.png" for c in classes]
+        ask = [b64(f.read_bytes()) for f in files]
+        out = c.post(f"/tasks/{r.json()['id']}/predict", headers=alice, json={"x": ask})
+        assert out.status_code == 200 and out.json()["labels"] == classes
+        # The service's preprocessing of an upload is meta_core's, normalization included:
+        # the same rows as arrays give the same answer.
+        spec = art.manifest.preprocessing
+        assert spec is not None
+        rows = [image_to_array(Image.open(f), spec).tolist() for f in files]
+        same = c.post(f"/tasks/{r.json()['id']}/predict", headers=alice, json={"x": rows})
+        # (To float32 rounding: the images ran on a pool thread, the arrays inline.)
+        for a, b in zip(same.json()["predictions"], out.json()["predictions"], strict=True):
+            assert a["label"] == b["label"]
+            assert a["probabilities"] == pytest.approx(b["probabilities"], abs=1e-5)
+        bad = c.post(f"/tasks/{r.json()['id']}/predict", headers=alice, json={"x": [[0.0] * 3]})
+        assert bad.status_code == 422 and "takes [n, 3, 32, 32]" in bad.json()["detail"]

@@ -1,0 +1,173 @@
+"""A user's table (CSV, or Parquet with pyarrow) as a family of tasks: each distinct value of
+the task column (a machine, a store, a user) is a task; the numeric feature columns are the
+input, in the order recorded in the artifact; the target is regressed or classified.
+
+Tasks, never rows, are split into train / val / test by a seeded shuffle. Features (and a
+regression target) are standardized with the train split's mean and standard deviation, which
+the artifact records and the service applies. Every problem is one line naming the file, the
+column and the row, before any training.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from meta_core.data.folders import DataError, split_names
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Table:
+    """Per split: each task's rows (features ``[n, F]`` float64, targets ``[n]``)."""
+
+    features: list[str]
+    tasks: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]  # split -> task -> (x, y)
+    classes: list[Any] | None  # classification: the target's values, sorted
+    skipped: dict[str, int]  # tasks left out for too few rows: task -> rows
+
+
+def read_columns(path: Path) -> dict[str, list[Any]]:
+    """Every column of a CSV or Parquet file, as lists (CSV cells stay strings)."""
+    if not path.is_file():
+        raise DataError(f"family.path {path} is not a file")
+    if path.suffix.lower() in (".parquet", ".pq"):
+        try:
+            import pyarrow.parquet as pq  # type: ignore[import-not-found, unused-ignore]
+        except ImportError:
+            raise DataError(
+                f"{path}: reading Parquet needs pyarrow (pip install pyarrow), or save it as CSV"
+            ) from None
+        try:
+            table = pq.read_table(path)
+        except Exception as exc:  # pyarrow's errors have no common base
+            raise DataError(f"{path} is not a readable Parquet file ({exc})") from None
+        return {name: table.column(name).to_pylist() for name in table.column_names}
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{path} is not a readable CSV file ({exc})") from None
+    if not rows:
+        raise DataError(f"{path} is empty")
+    header, body = rows[0], rows[1:]
+    for i, row in enumerate(body):
+        if len(row) != len(header):
+            raise DataError(
+                f"{path} row {i + 2} has {len(row)} cells; the header has {len(header)}"
+            )
+    return {name: [row[j] for row in body] for j, name in enumerate(header)}
+
+
+def _numbers(path: Path, name: str, values: list[Any]) -> np.ndarray:
+    out = np.empty(len(values))
+    for i, v in enumerate(values):
+        try:
+            number = float(v) if v not in ("", None) else math.nan
+        except (TypeError, ValueError):
+            raise DataError(
+                f"{path}: column {name!r} row {i + 2} holds {v!r}, not a number"
+            ) from None
+        if not math.isfinite(number):
+            raise DataError(f"{path}: column {name!r} row {i + 2} is empty, NaN or infinite")
+        out[i] = number
+    return out
+
+
+def read_table(
+    path: Path,
+    *,
+    task_column: str,
+    target_column: str,
+    features: list[str],
+    kind: str,
+    needed: int,
+    fractions: tuple[float, float, float],
+    seed: int,
+) -> Table:
+    """Read and check the table; group rows by task; split tasks. ``needed``: the rows a task
+    must have (shots + queries; per class for classification)."""
+    columns = read_columns(path)
+    for role, name in (
+        ("family.task_column", task_column),
+        ("family.target_column", target_column),
+    ):
+        if name not in columns:
+            raise DataError(
+                f"{path} has no column {name!r} ({role}); its columns: {sorted(columns)}"
+            )
+    if not features:  # every other numeric column
+        features = [
+            c for c in columns if c not in (task_column, target_column) and _all_numbers(columns[c])
+        ]
+        if not features:
+            raise DataError(f"{path} has no numeric feature column besides the task and target")
+    missing = [c for c in features if c not in columns]
+    if missing:
+        raise DataError(f"{path} has no column {missing[0]!r} (family.features)")
+    x = np.stack([_numbers(path, c, columns[c]) for c in features], axis=1)
+    raw_target = columns[target_column]
+    classes = None
+    if kind == "classification":
+        labels = [str(v) for v in raw_target]
+        classes = sorted(set(labels))
+        if len(classes) < 2:
+            raise DataError(f"{path}: column {target_column!r} has one class; need at least 2")
+        index = {c: i for i, c in enumerate(classes)}
+        y = np.array([index[v] for v in labels], dtype=np.int64)
+    else:
+        y = _numbers(path, target_column, raw_target)
+    owners = [str(v) for v in columns[task_column]]
+    rows: dict[str, list[int]] = {}
+    for i, task in enumerate(owners):
+        rows.setdefault(task, []).append(i)
+    enough, skipped = {}, {}
+    for task, idx in rows.items():
+        counts = np.bincount(y[idx], minlength=len(classes)) if classes else np.array([len(idx)])
+        if counts.min() >= needed:
+            enough[task] = idx
+        else:
+            skipped[task] = len(idx)
+    if skipped:
+        log.warning(
+            "%s: %d of %d tasks have too few rows (%d needed%s) and are left out",
+            path,
+            len(skipped),
+            len(rows),
+            needed,
+            " of every class" if classes else "",
+        )
+    split = split_names(list(enough), fractions, seed)
+    for s in ("train", "val", "test"):
+        if not split[s]:
+            raise DataError(
+                f"{path}: the {s} split has no task: {len(enough)} of the {len(rows)} values "
+                f"of {task_column!r} have at least {needed} rows"
+                + (" of every class" if classes else "")
+                + " (shots + queries); at least 3 such tasks are needed"
+            )
+    tasks = {
+        s: {t: (x[enough[t]], y[enough[t]]) for t in split[s]} for s in ("train", "val", "test")
+    }
+    return Table(features, tasks, classes, skipped)
+
+
+def _all_numbers(values: list[Any]) -> bool:
+    """Whether a column is numeric: nine in ten of its filled cells, or more, are numbers (the
+    others are then a clear error naming the row, not a column silently left out)."""
+    filled = [v for v in values if v not in ("", None)]
+    numbers = 0
+    for v in filled:
+        try:
+            float(v)
+            numbers += 1
+        except (TypeError, ValueError):
+            pass
+    return bool(filled) and numbers >= 0.9 * len(filled)
