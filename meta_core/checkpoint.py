@@ -26,7 +26,17 @@ from meta_core.distributed import World
 
 CHECKPOINT = "checkpoint"
 # Settings that change how a run executes, not what it computes: --resume may change them.
-EXECUTION_FIELDS = ("compile", "strategy", "threads", "device", "max_seconds", "stop_after")
+EXECUTION_FIELDS = (
+    "compile",
+    "compile_mode",
+    "strategy",
+    "threads",
+    "device",
+    "max_seconds",
+    "stop_after",
+    "fused_adam",
+    "channels_last",
+)
 WINDOW_FIELDS = ("max_seconds", "stop_after")  # one invocation's limits
 
 

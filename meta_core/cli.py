@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -68,14 +69,25 @@ def main(argv: list[str] | None = None) -> int:
             cfg = recorded_config(args.out, args.overrides)
         else:
             cfg = load_config(args.preset, args.overrides)
+        ranks = int(os.environ.get("WORLD_SIZE", "1"))
         try:
-            train(cfg, args.out, resume=args.resume, progress=not args.no_progress)
+            train(
+                cfg,
+                args.out,
+                resume=args.resume,
+                progress=not args.no_progress,
+                leave_group=ranks == 1,
+            )
         except KeyboardInterrupt:
             return 130
         except DataError as exc:  # the user's data: one line, no traceback
             print(f"meta-core train: {exc}", file=sys.stderr)
             return 2
         print(f"artifact written to {args.out}")
+        if ranks > 1:  # every rank is past the final barrier: end without C++ teardown
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
         return 0
 
     from meta_core.artifact import read_manifest

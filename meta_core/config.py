@@ -61,6 +61,13 @@ class TrainConfig(Section):
     bf16: StrictBool = False  # bf16 autocast of the meta-step (meant for CUDA)
     strategy: Strategy = "auto"  # how a meta-batch is executed
     compile: StrictBool = False  # torch.compile the meta-loss (and so its backward)
+    # torch.compile's mode: "reduce-overhead" captures the static-shape meta-step in CUDA
+    # graphs (on CUDA; elsewhere it compiles as "default").
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"
+    fused_adam: StrictBool = False  # Adam's fused kernel (one launch for every parameter)
+    # Images and convolution weights in channels-last memory layout (NHWC), for tensor cores;
+    # with the per-task loop only (vmap does not support the layout).
+    channels_last: StrictBool = False
     threads: int = Field(0, ge=0)  # torch CPU threads (0 = torch's default)
     # Stop this invocation after this wall time (0 = none), keeping the best; --resume
     # continues the schedule in another window.

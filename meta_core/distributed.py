@@ -73,12 +73,18 @@ def init(device: str) -> tuple[World, str]:
     return World(rank, size, local), device
 
 
-def shutdown(world: World, *, together: bool = False) -> None:
-    """Leave the process group; ``together`` (after a run that ended normally): first wait
-    for every rank, so that none tears its connections down while rank 0 still writes."""
+def wait_for_all(world: World) -> None:
+    """Return once every rank is here (after a run that ended normally: rank 0 has written
+    its checkpoint and artifact)."""
     if world.distributed and dist.is_initialized():
-        if together:
-            dist.barrier()
+        dist.barrier()
+
+
+def shutdown(world: World) -> None:
+    """Leave the process group (for a process that goes on; ``meta-core train`` under
+    torchrun ends its ranks with ``os._exit`` instead: gloo's threads torn down while the
+    interpreter exits have aborted a rank now and then, after all its work was done)."""
+    if world.distributed and dist.is_initialized():
         dist.destroy_process_group()
 
 

@@ -60,16 +60,26 @@ def resolve_device(name: str) -> torch.device:
 STOP_TIME, STOP_INTERRUPT = 1, 2  # why the loop stops early (the larger wins across ranks)
 
 
-def train(cfg: Config, out: Path | str, *, resume: bool = False, progress: bool = True) -> Path:
+def train(
+    cfg: Config,
+    out: Path | str,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    leave_group: bool = True,
+) -> Path:
     """Meta-train as ``cfg`` says and write the artifact into ``out``; return ``out``. Under
-    ``torchrun`` each process is a rank of one data-parallel run (:mod:`meta_core.distributed`)."""
+    ``torchrun`` each process is a rank of one data-parallel run (:mod:`meta_core.distributed`),
+    and every rank returns once rank 0 has written everything; ``leave_group=False`` keeps the
+    process group for a caller that ends the process at once (``meta-core train``)."""
     run = Run(cfg, Path(out), resume=resume)
     try:
         _loop(run, progress)
         run.finish()
-        distributed.shutdown(run.world, together=True)
+        distributed.wait_for_all(run.world)
     finally:
-        distributed.shutdown(run.world)
+        if leave_group:
+            distributed.shutdown(run.world)
     return run.out
 
 
@@ -127,7 +137,16 @@ class Run:
         model = build_network(self.spec).to(self.device)
         self.learner = MetaLearner.create(model, self.family.kind, cfg.algorithm)
         self.strategy = choose_strategy(tc.strategy, self.spec.type, self.device)
-        self.opt = torch.optim.Adam(self.learner.meta_parameters(), lr=tc.outer_lr)
+        if tc.channels_last:
+            if self.strategy == "vmap":
+                raise ValueError(
+                    'train.channels_last needs train.strategy = "loop": torch.func.vmap '
+                    "does not support channels-last tensors"
+                )
+            channels_last(self.learner)
+        self.opt = torch.optim.Adam(
+            self.learner.meta_parameters(), lr=tc.outer_lr, fused=tc.fused_adam or None
+        )
         self.gen = torch.Generator().manual_seed(self.world.seed(tc.seed))
         self.local_batch = self.world.share(tc.meta_batch)
         self.val_batch = (  # rank 0 validates
@@ -174,7 +193,7 @@ class Run:
                 "torch.compile: the first iteration compiles the meta-step "
                 "(about a minute on a CPU) before training starts"
             )
-            self.meta_loss = torch.compile(self.learner.meta_loss)
+            self.meta_loss = torch.compile(self.learner.meta_loss, mode=tc.compile_mode)
         self.amp = autocast(self.device, tc.bf16)
         self.invoked = time.perf_counter()  # this invocation's window starts (max_seconds)
         self.started = self.invoked - self.state.elapsed  # the run's, across resumes
@@ -223,6 +242,8 @@ class Run:
                 cfg.algorithm.inner_steps, it, cfg.algorithm.msl_iterations
             ).to(self.device)
         batch = self.family.sample(self.local_batch, self.gen).to(self.device)
+        if cfg.train.channels_last:
+            batch = batch.channels_last()
         first = first_order_at(cfg.algorithm, it)
         with self.amp:
             loss, met = self.meta_loss(
@@ -335,6 +356,17 @@ class Run:
                 threads=torch.get_num_threads(),
             ),
         )
+
+
+def channels_last(learner: MetaLearner) -> None:
+    """Every 4-d meta-parameter (the convolutions' weights) in channels-last layout, in place:
+    the same values, strides NHWC."""
+    with torch.no_grad():
+        for name, p in learner.params.items():
+            if p.dim() == 4:
+                learner.params[name] = (
+                    p.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+                )
 
 
 def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager[Any]:

@@ -40,6 +40,17 @@ class TaskBatch:
     def __len__(self) -> int:
         return self.support_x.shape[0]
 
+    def channels_last(self) -> TaskBatch:
+        """Images ``[T, N, C, H, W]`` laid out so that each task's ``[N, C, H, W]`` is
+        channels-last (NHWC strides); other tensors as they are."""
+
+        def nhwc(x: Tensor) -> Tensor:
+            if x.dim() != 5:
+                return x
+            return x.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+
+        return TaskBatch(nhwc(self.support_x), self.support_y, nhwc(self.query_x), self.query_y)
+
 
 class TaskFamily(Protocol):
     """A distribution over tasks. ``shots`` is per class for classification."""

@@ -171,3 +171,75 @@ def test_bf16_autocast_keeps_the_meta_gradient_within_a_tolerance(strategy):
     assert abs(loss16 - loss32) < 0.02 * abs(loss32)
     assert relative < 0.5 and cosine > 0.95, (relative, cosine)
     assert relative > 1e-4  # it did run in bf16
+
+
+def tiny_conv_learner(algo_steps: int = 2):
+    from meta_core.algorithms import MetaLearner
+    from meta_core.config import AlgorithmConfig, RandomImagesFamily
+    from meta_core.networks import build_network
+    from meta_core.tasks import build_family
+
+    torch.manual_seed(0)
+    spec = {"type": "conv4", "in_channels": 1, "image_size": 28, "hidden": 8, "out_features": 5}
+    algo = AlgorithmConfig(inner_steps=algo_steps, inner_lr=0.4)
+    learner = MetaLearner.create(build_network(spec), "classification", algo)
+    family = build_family(RandomImagesFamily(ways=5, shots=1, queries=2, classes=20))
+    return learner, family.sample(3, torch.Generator().manual_seed(1))
+
+
+def test_channels_last_gives_the_same_meta_gradient(tmp_path: Path):
+    from meta_core.train import Run, channels_last
+
+    strategy = "loop"  # vmap does not support the layout: a run asking for both is refused
+    cfg = load_config(
+        "omniglot-5w1s",
+        ['family.name="random_images"', "train.channels_last=true", 'train.strategy="vmap"'],
+    )
+    with pytest.raises(ValueError, match="channels_last needs train.strategy"):
+        Run(cfg, tmp_path / "run", resume=False)
+
+    learner, batch = tiny_conv_learner()
+    plain = torch.autograd.grad(
+        learner.meta_loss(batch, strategy=strategy)[0], learner.meta_parameters()
+    )
+    channels_last(learner)
+    nhwc = batch.channels_last()
+    assert nhwc.support_x[0].is_contiguous(memory_format=torch.channels_last)
+    conv = next(p for p in learner.params.values() if p.dim() == 4)
+    assert conv.is_contiguous(memory_format=torch.channels_last) and conv.requires_grad
+    fast = torch.autograd.grad(
+        learner.meta_loss(nhwc, strategy=strategy)[0], learner.meta_parameters()
+    )
+    for a, b in zip(plain, fast, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_fused_adam_makes_the_same_update():
+    results = []
+    for fused in (False, True):
+        learner, batch = tiny_conv_learner(1)
+        opt = torch.optim.Adam(learner.meta_parameters(), lr=1e-3, fused=fused or None)
+        for _ in range(3):
+            opt.zero_grad()
+            learner.meta_loss(batch, strategy="loop")[0].backward()
+            opt.step()
+        results.append([p.detach().clone() for p in learner.meta_parameters()])
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_the_compile_mode_reaches_torch_compile(tmp_path: Path, monkeypatch):
+    from meta_core.train import Run
+
+    seen = {}
+
+    def fake_compile(fn, **kwargs):
+        seen.update(kwargs)
+        return fn
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    cfg = load_config(
+        "sinusoid", TINY + ["train.compile=true", 'train.compile_mode="reduce-overhead"']
+    )
+    Run(cfg, tmp_path / "run", resume=False)
+    assert seen == {"mode": "reduce-overhead"}

@@ -148,19 +148,23 @@ def test_strings_for_a_numeric_model_and_mixed_rows_are_refused(client, alice):
     assert_problem(r, 422, "support.x mixes images (strings) with other values")
 
 
-@pytest.fixture(scope="module")
-def rgb_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A tiny RGB meta-model trained on ``meta-core data example``'s image folders (a few
-    iterations: the point is the path from files to predictions), and those folders."""
+@pytest.fixture(scope="module", params=["rgb", "grayscale"])
+def users_model(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, Path, str]:
+    """A tiny meta-model (RGB 32x32 normalized, or grayscale 28x28) trained on ``meta-core
+    data example``'s image folders (a few iterations: the point is the path from files to
+    predictions), those folders, and the channels."""
     root = tmp_path_factory.mktemp("byo")
     write_example(root)
+    rgb = request.param == "rgb"
     cfg = load_config(
         "image-folder",
         [
             f"family.root={root / 'images'}",
-            'family.channels="rgb"',
-            "family.image_size=32",
-            "family.normalize=true",
+            f'family.channels="{request.param}"',
+            f"family.image_size={32 if rgb else 28}",
+            f"family.normalize={'true' if rgb else 'false'}",
             "family.queries=2",
             "model.hidden=8",
             "train.iterations=4",
@@ -173,17 +177,18 @@ def rgb_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     )
     models = root / "models"
     train(cfg, models / "shapes", progress=False)
-    return models, root / "images"
+    return models, root / "images", request.param
 
 
-def test_a_users_rgb_model_adapts_and_predicts_uploaded_pngs(settings, db, alice, rgb_model):
-    models, images = rgb_model
+def test_a_users_image_model_adapts_and_predicts_uploaded_pngs(settings, db, alice, users_model):
+    models, images, channels = users_model
+    shape = [3, 32, 32] if channels == "rgb" else [1, 28, 28]
     art = load_artifact(models / "shapes")
     with TestClient(create_app(settings.model_copy(update={"model_dir": models}))) as c:
         shown = c.get("/models/shapes", headers=alice).json()
-        assert shown["input_shape"] == [3, 32, 32]
-        assert shown["preprocessing"]["grayscale"] is False
-        assert len(shown["preprocessing"]["mean"]) == 3
+        assert shown["input_shape"] == shape
+        assert shown["preprocessing"]["grayscale"] is (channels == "grayscale")
+        assert (shown["preprocessing"]["mean"] is None) is (channels == "grayscale")
         classes = sorted(p.name for p in images.iterdir())[:3]
         support = [b64((images / c / "00.png").read_bytes()) for c in classes]
         r = c.post(
@@ -207,4 +212,5 @@ def test_a_users_rgb_model_adapts_and_predicts_uploaded_pngs(settings, db, alice
             assert a["label"] == b["label"]
             assert a["probabilities"] == pytest.approx(b["probabilities"], abs=1e-5)
         bad = c.post(f"/tasks/{r.json()['id']}/predict", headers=alice, json={"x": [[0.0] * 3]})
-        assert bad.status_code == 422 and "takes [n, 3, 32, 32]" in bad.json()["detail"]
+        expected = f"takes [n, {', '.join(map(str, shape))}]"
+        assert bad.status_code == 422 and expected in bad.json()["detail"]

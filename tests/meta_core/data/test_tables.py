@@ -83,12 +83,30 @@ def test_bad_tables_are_one_line(tmp_path: Path, extra, changes, message):
         read(path, **changes)
 
 
-def test_missing_file_and_parquet_without_pyarrow(tmp_path: Path):
+def test_missing_file_and_a_bad_parquet(tmp_path: Path):
     with pytest.raises(DataError, match="is not a file"):
         read(tmp_path / "none.csv")
-    (tmp_path / "t.parquet").write_bytes(b"PAR1")
-    try:
-        import pyarrow  # noqa: F401
-    except ImportError:
-        with pytest.raises(DataError, match="reading Parquet needs pyarrow"):
-            read(tmp_path / "t.parquet")
+    (tmp_path / "t.parquet").write_bytes(b"PAR1 but not parquet")
+    with pytest.raises(DataError, match="is not a readable Parquet file"):
+        read(tmp_path / "t.parquet")
+
+
+def test_parquet_reads_as_the_csv_does(tmp_path: Path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    csv_path = table(tmp_path / "t.csv")
+    lines = [line.split(",") for line in csv_path.read_text().splitlines()]
+    header, body = lines[0], lines[1:]
+    columns = {
+        name: [row[j] if name in ("store", "region") else float(row[j]) for row in body]
+        for j, name in enumerate(header)
+    }
+    pq.write_table(pa.table(columns), tmp_path / "t.parquet")
+    from_csv, from_parquet = read(csv_path), read(tmp_path / "t.parquet")
+    assert from_parquet.features == from_csv.features
+    assert from_parquet.tasks.keys() == from_csv.tasks.keys()
+    for split, tasks in from_csv.tasks.items():
+        for task, (x, y) in tasks.items():
+            assert (from_parquet.tasks[split][task][0] == x).all()
+            assert (from_parquet.tasks[split][task][1] == y).all()
