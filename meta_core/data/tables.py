@@ -40,7 +40,7 @@ def read_columns(path: Path) -> dict[str, list[Any]]:
         raise DataError(f"family.path {path} is not a file")
     if path.suffix.lower() in (".parquet", ".pq"):
         try:
-            import pyarrow.parquet as pq  # type: ignore[import-not-found, unused-ignore]
+            import pyarrow.parquet as pq  # type: ignore[import-untyped, import-not-found, unused-ignore]
         except ImportError:
             raise DataError(
                 f"{path}: reading Parquet needs pyarrow (pip install pyarrow), or save it as CSV"
