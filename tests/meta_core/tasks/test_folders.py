@@ -78,3 +78,19 @@ def test_bad_data_is_one_line_before_training(example, tmp_path, capsys):
     assert "\n" not in err and not (tmp_path / "run" / "checkpoint").exists()
     assert main(args + sets(f"family.root={tmp_path / 'none'}")) == 2
     assert "is not a directory" in capsys.readouterr().err
+
+
+def test_rgb_84_the_miniimagenet_convention(example):
+    import torch
+
+    from meta_core.config import ImageFolderFamily
+    from meta_core.networks import build_network
+    from meta_core.tasks.folders import image_folder_family
+
+    cfg = ImageFolderFamily(root=str(example / "images"), channels="rgb", image_size=84)
+    family = image_folder_family(cfg)
+    batch = family.sample(2, torch.Generator().manual_seed(0))
+    assert batch.support_x.shape == (2, 5, 3, 84, 84) and family.input_shape == (3, 84, 84)
+    assert float(batch.support_x.min()) >= 0 and float(batch.support_x.max()) <= 1
+    spec = {"type": "conv4", "in_channels": 3, "image_size": 84, "hidden": 8, "out_features": 5}
+    assert build_network(spec)(batch.support_x[0]).shape == (5, 5)
