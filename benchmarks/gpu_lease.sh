@@ -30,6 +30,7 @@ DEVICE=${DEVICE:-cuda}
 BENCH_ARGS=${BENCH_ARGS:-}       # e.g. "--strategies vmap --iters 1" for a CPU dry run
 EVAL_ARGS=${EVAL_ARGS:-}         # e.g. "--set tasks=50" for a CPU dry run
 TRAIN_ARGS=${TRAIN_ARGS:-}       # more overrides, e.g. "--set train.init_from=models/X"
+PROFILE_ARGS=${PROFILE_ARGS:-}   # PROFILE=1: profile first; e.g. "--omniglot" for real batches
 PY=${PY:-python3}
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 export META_CORE_CACHE=${META_CORE_CACHE:-$PWD/data/cache}   # omniglot28.safetensors, carried
@@ -44,6 +45,10 @@ RUN=$(mktemp -d)/$(basename "${RESUME:-$PRESET}")
   $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 } | tee "$OUT/lease.log"
 
+if [ -n "${PROFILE:-}" ]; then  # issue 12, item 1: torch.profiler of one 5-way and one 20-way step
+    $PY benchmarks/profile_meta_step.py --device "$DEVICE" --out "$OUT/profile" $PROFILE_ARGS \
+        | tee -a "$OUT/lease.log"
+fi
 NPROC=${NPROC:-1}
 TRAIN=(-m meta_core)
 if [ "$NPROC" -gt 1 ]; then TRAIN=(-m torch.distributed.run --standalone --nproc_per_node "$NPROC" -m meta_core.cli); fi
