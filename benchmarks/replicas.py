@@ -21,7 +21,6 @@ import json
 import os
 import random
 import statistics
-import subprocess
 import sys
 import time
 from contextlib import ExitStack
@@ -33,7 +32,7 @@ from sqlalchemy import create_engine, text
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.serve import sinusoid_body, wrk_load  # noqa: E402
+from benchmarks.serve import app_cli, migrate, sinusoid_body, wrk_load  # noqa: E402
 from tests.utils.server import running_server  # noqa: E402
 
 
@@ -81,24 +80,10 @@ def main() -> None:
         "LOG_LEVEL": "WARNING",
         "MODEL_POLL_SECONDS": "0",
     }
-    subprocess.run(
-        [sys.executable, "-m", "alembic", "upgrade", "head"],
-        env=base_env,
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-    )
+    migrate(base_env)
 
     def cli(*words: str) -> str:
-        done = subprocess.run(
-            [sys.executable, "-m", "app", *words],
-            env=base_env,
-            cwd=ROOT,
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        return done.stdout.strip()
+        return app_cli(base_env, *words)
 
     def new_client() -> tuple[int, str]:
         out = cli("clients", "create", "bench")

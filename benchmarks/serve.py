@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -336,6 +337,25 @@ def against_bare(base: str, key: str, task: str, args: argparse.Namespace) -> di
     }
 
 
+def migrate(env: dict[str, str]) -> None:
+    """``alembic upgrade head`` on the database ``env`` names."""
+    command = [sys.executable, "-m", "alembic", "upgrade", "head"]
+    subprocess.run(command, env=env, cwd=ROOT, check=True, capture_output=True)
+
+
+def app_cli(env: dict[str, str], *words: str) -> str:
+    """``python -m app WORDS`` with ``env``: its output, stripped."""
+    done = subprocess.run(
+        [sys.executable, "-m", "app", *words],
+        env=env,
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return done.stdout.strip()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workers", type=int, default=2)
@@ -361,24 +381,8 @@ def main() -> None:
         "CACHE_SIZE": str(args.tasks * 2),
         "MAX_IMAGE_PIXELS": str(2048 * 2048),  # the fairness row's heavy images
     }
-    subprocess.run(
-        [sys.executable, "-m", "alembic", "upgrade", "head"],
-        env=env,
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-    )
-
-    def cli(*args: str) -> str:
-        done = subprocess.run(
-            [sys.executable, "-m", "app", *args],
-            env=env,
-            cwd=ROOT,
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        return done.stdout.strip()
+    migrate(env)
+    cli = partial(app_cli, env)
 
     created = cli("clients", "create", "bench")
     key = created.splitlines()[-1]

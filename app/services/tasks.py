@@ -45,6 +45,7 @@ from app.services.inputs import (
 from app.services.keys import Caller
 from app.services.pool import WorkPool
 from app.services.registry import MetaModelRegistry
+from app.services.state import Services
 from app.tables import TaskRow
 from meta_core.artifact import Artifact, Origin, TaskRecord, export_task
 from meta_core.networks import Predictor
@@ -194,8 +195,7 @@ async def create_task(
         row.id,
         AdaptedModel(client_id, meta_model, adapted.predict, expires_at, support.labels),
     )
-    metrics.adaptations.labels(meta_model.name).inc()
-    metrics.adapt_seconds.labels(meta_model.name).observe(adapted.adapt_ms / 1000)
+    count_adaptation(metrics, meta_model, adapted)
     log.info(
         "task %s: %s adapted in %.1f ms (%d steps), support loss %.4f -> %.4f",
         row.id,
@@ -206,6 +206,11 @@ async def create_task(
         adapted.metrics["support_loss_after"],
     )
     return row
+
+
+def count_adaptation(metrics: Metrics, meta_model: Artifact, adapted: Adaptation) -> None:
+    metrics.adaptations.labels(meta_model.name).inc()
+    metrics.adapt_seconds.labels(meta_model.name).observe(adapted.adapt_ms / 1000)
 
 
 def if_match_holds(if_match: str | None, revision: int) -> bool:
@@ -225,6 +230,19 @@ def check_if_match(if_match: str | None, revision: int) -> None:
         )
 
 
+def names_revisions(if_match: str | None) -> bool:
+    """Whether ``If-Match`` asks for particular revisions (absent or ``*``: any current one)."""
+    return if_match is not None and "*" not in [tag.strip() for tag in if_match.split(",")]
+
+
+def changed_meanwhile(if_match: str | None) -> PreconditionFailed:
+    """The 412 for a conditional write that found the task changed after it was read."""
+    return PreconditionFailed(
+        f"If-Match {if_match} named the task's revision when this request read it, but the task "
+        "changed while it was being processed; GET it again and retry"
+    )
+
+
 UPDATE_ATTEMPTS = 3  # a change without If-Match is redone on the newer revision this often
 
 
@@ -240,16 +258,7 @@ class Update:
 
 
 async def update_task(
-    task_id: str,
-    change: Update,
-    *,
-    caller: Caller,
-    settings: Settings,
-    registry: MetaModelRegistry,
-    pool: WorkPool,
-    cache: LRUCache,
-    metrics: Metrics,
-    db: Database,
+    task_id: str, change: Update, *, caller: Caller, services: Services
 ) -> TaskRow:
     """Adapt the task again from the meta-initialization on its stored support set (with
     ``change.examples`` added, onto ``change.model_version`` if named) and replace its model,
@@ -257,17 +266,7 @@ async def update_task(
     If-Match, a change in between is a 412; without, the update is redone on the newer
     revision (so concurrent additions all land), up to UPDATE_ATTEMPTS times, then 409."""
     for _ in range(UPDATE_ATTEMPTS):
-        row = await _update_once(
-            task_id,
-            change,
-            caller=caller,
-            settings=settings,
-            registry=registry,
-            pool=pool,
-            cache=cache,
-            metrics=metrics,
-            db=db,
-        )
+        row = await _update_once(task_id, change, caller=caller, services=services)
         if row is not None:
             return row
     raise Conflict(
@@ -276,20 +275,17 @@ async def update_task(
 
 
 async def _update_once(
-    task_id: str,
-    change: Update,
-    *,
-    caller: Caller,
-    settings: Settings,
-    registry: MetaModelRegistry,
-    pool: WorkPool,
-    cache: LRUCache,
-    metrics: Metrics,
-    db: Database,
+    task_id: str, change: Update, *, caller: Caller, services: Services
 ) -> TaskRow | None:
     """One attempt of :func:`update_task`: the updated row, or None if the task changed
     while it adapted (without If-Match)."""
     client_id, limits = caller.client_id, caller.limits
+    settings, registry, db, cache = (
+        services.settings,
+        services.registry,
+        services.db,
+        services.cache,
+    )
 
     def read() -> TaskRow:
         with db.session() as session:
@@ -326,7 +322,9 @@ async def _update_once(
         kept = weights.serialize_support(x, y)
         return support, adapted, changed_weights(meta_model, adapted), kept
 
-    support, adapted, (data, digest), kept = await pool.run(work, client_id, limits.adapt_in_flight)
+    support, adapted, (data, digest), kept = await services.pool.run(
+        work, client_id, limits.adapt_in_flight
+    )
     values = {
         "meta_model_version": meta_model.version,
         "meta_model_hash": meta_model.manifest.content_hash,
@@ -359,8 +357,9 @@ async def _update_once(
     try:
         row = await run_in_threadpool(store)
     except crud.StaleRevision:
-        check_if_match(change.if_match, revision + 1)  # the 412, as it changed
-        return None
+        if names_revisions(change.if_match):
+            raise changed_meanwhile(change.if_match) from None
+        return None  # redone on the newer revision
     except crud.OverQuota as full:
         raise TooManyRequests(
             f"your tasks take {full.stored_bytes} bytes, and this update "
@@ -373,8 +372,7 @@ async def _update_once(
         task_id,
         AdaptedModel(client_id, meta_model, adapted.predict, row.expires_at, support.labels),
     )
-    metrics.adaptations.labels(meta_model.name).inc()
-    metrics.adapt_seconds.labels(meta_model.name).observe(adapted.adapt_ms / 1000)
+    count_adaptation(services.metrics, meta_model, adapted)
     log.info(
         "task %s: re-adapted (revision %d) from %s %s on %d examples in %.1f ms",
         task_id,
@@ -608,14 +606,14 @@ def delete_task(
     cache: LRUCache,
     if_match: str | None = None,
 ) -> None:
-    """Delete the task (412 if ``if_match`` does not name its current revision)."""
-    if if_match is not None:
+    """Delete the task (412 if ``if_match`` names revisions and not its current one)."""
+    if names_revisions(if_match):
         task = crud.get_task(session, client_id=client_id, task_id=task_id)
         check_if_match(if_match, task.revision)
         try:
             crud.delete_task(session, client_id=client_id, task_id=task_id, revision=task.revision)
         except crud.StaleRevision:
-            check_if_match(if_match, task.revision + 1)  # the 412, as it changed
-    else:
+            raise changed_meanwhile(if_match) from None
+    else:  # no If-Match, or "*": the task must only exist
         crud.delete_task(session, client_id=client_id, task_id=task_id)
     cache.pop(task_id)

@@ -279,15 +279,5 @@ async def readapt(
 async def _update(
     task_id: str, change: service.Update, services: Services, caller: Caller
 ) -> TaskOut:
-    row = await service.update_task(
-        task_id,
-        change,
-        caller=caller,
-        settings=services.settings,
-        registry=services.registry,
-        pool=services.pool,
-        cache=services.cache,
-        metrics=services.metrics,
-        db=services.db,
-    )
+    row = await service.update_task(task_id, change, caller=caller, services=services)
     return TaskOut.of(row)

@@ -139,6 +139,13 @@ def test_if_match(client, alice):
         client.delete(f"/tasks/{task['id']}", headers=alice | {"If-Match": '"4"'}).status_code
         == 204
     )
+    other = create(client, alice)  # "*": any current revision, so the task must only exist
+    assert (
+        client.delete(f"/tasks/{other['id']}", headers=alice | {"If-Match": "*"}).status_code == 204
+    )
+    assert client.get(f"/tasks/{other['id']}", headers=alice).status_code == 404
+    gone = client.delete(f"/tasks/{other['id']}", headers=alice | {"If-Match": "*"})
+    assert gone.status_code == 404
 
 
 def test_concurrent_additions_without_if_match_all_land(client, db, alice):
