@@ -76,12 +76,12 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     if args.command == "serve":
-        import uvicorn
+        from app.core import server
 
         workers = args.workers or settings.workers
         if workers > 1:
             multiprocess_metrics()
-        uvicorn.run(
+        server.run(
             "app.main:app",
             host=args.host or settings.host,
             port=args.port or settings.port,

@@ -18,11 +18,13 @@ import asyncio
 import json
 import os
 import random
+import re
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from functools import partial
 from pathlib import Path
@@ -98,6 +100,21 @@ end
 """
 
 
+def connections_per_process(base: str) -> list[int] | None:
+    """How the connections established to the server at ``base`` are spread over its
+    processes, most first (read with iproute2's ``ss``; None without it)."""
+    if shutil.which("ss") is None:
+        return None
+    port = base.rsplit(":", 1)[1]
+    out = subprocess.run(
+        ["ss", "-tnpH", "state", "established", f"( sport = :{port} )"],
+        capture_output=True,
+        text=True,
+    ).stdout
+    pids = re.findall(r"pid=(\d+)", out)
+    return sorted((pids.count(pid) for pid in set(pids)), reverse=True)
+
+
 def wrk_load(
     base: str, key: str, tasks: list[str], concurrency: int, seconds: int, rng: random.Random
 ) -> dict:
@@ -106,6 +123,9 @@ def wrk_load(
     (folder / "predict.lua").write_text(WRK_SCRIPT)
     body = json.dumps({"x": [rng.uniform(-5, 5) for _ in range(10)]})
     env = os.environ | {"TASKS_FILE": str(folder / "tasks.txt"), "API_KEY": key, "BODY": body}
+    split: list[list[int] | None] = []
+    sampler = threading.Timer(seconds / 2, lambda: split.append(connections_per_process(base)))
+    sampler.start()
     out = subprocess.run(
         [
             "wrk",
@@ -122,7 +142,10 @@ def wrk_load(
         capture_output=True,
         text=True,
     ).stdout
+    sampler.join()
     row: dict = {"load_generator": "wrk"}
+    if split and split[0] is not None:
+        row["connections_per_worker"] = split[0]
     for line in out.splitlines():
         parts = line.split()
         if line.startswith("Requests/sec:"):
@@ -205,8 +228,6 @@ def fairness(base: str, light: dict, heavy: dict, task: str, seconds: int) -> di
     """p50/p99 of a light client's predicts (one cached sinusoid task, 10 rows, one at a time)
     and of /healthz, alone and while a heavy client's four threads send the heaviest requests
     its limits allow: 20-way adaptations of 20 2048x2048 PNGs (5 steps) and predicts of 60."""
-    import threading
-
     png = big_png()
     support = {"x": [png] * 20, "y": list(range(20))}
     with httpx.Client(base_url=base, headers=heavy, timeout=120) as client:
@@ -271,10 +292,11 @@ def fairness(base: str, light: dict, heavy: dict, task: str, seconds: int) -> di
 
 def against_bare(base: str, key: str, task: str, args: argparse.Namespace) -> dict:
     """Predict on one cached sinusoid task against a bare FastAPI endpoint that parses the same
-    body and returns the same ten floats (benchmarks/bare_app.py), both under the same uvicorn
-    settings, wrk at concurrency 64. Both servers run side by side and are loaded in turn,
-    ``--bare-rounds`` times each, so that a slow spell of a shared machine falls on both; the
-    ratio reported is the median of the rounds' ratios."""
+    body and returns the same ten floats (benchmarks/bare_app.py), both served by
+    ``app.core.server.run`` with the same settings, wrk at concurrency 64. Both servers run side
+    by side and are loaded in turn, ``--bare-rounds`` times each, so that a slow spell of a
+    shared machine falls on both; the ratio reported is the median of the rounds' ratios. Each
+    round also says how wrk's connections were spread over each server's workers."""
     rng = random.Random(1)
     body = {"x": [rng.uniform(-5, 5) for _ in range(10)]}
     answer = httpx.post(
@@ -283,20 +305,8 @@ def against_bare(base: str, key: str, task: str, args: argparse.Namespace) -> di
     port = free_port()
     env = os.environ | {"BARE_PREDICTIONS": json.dumps(answer["predictions"])}
     bare = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "benchmarks.bare_app:app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            str(args.workers),
-            "--log-level",
-            "warning",
-        ],
+        [sys.executable, "-m", "benchmarks.bare_app", "--port", str(port)]
+        + ["--workers", str(args.workers)],
         env=env,
         cwd=ROOT,
     )
@@ -332,6 +342,8 @@ def against_bare(base: str, key: str, task: str, args: argparse.Namespace) -> di
         "bare_requests_per_s": [floor["requests_per_s"] for _, floor in rounds],
         "ratios": [round(r, 3) for r in ratios],
         "ratio": round(statistics.median(ratios), 3),
+        "predict_connections_per_worker": [s.get("connections_per_worker") for s, _ in rounds],
+        "bare_connections_per_worker": [f.get("connections_per_worker") for _, f in rounds],
         "predict_p50_ms": statistics.median(service["p50_ms"] for service, _ in rounds),
         "bare_p50_ms": statistics.median(floor["p50_ms"] for _, floor in rounds),
     }
