@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import logging
 import threading
 from collections.abc import AsyncIterator
@@ -197,12 +198,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             task_service.purge_expired(db, settings.purge_interval_seconds)
         )
         polling = asyncio.create_task(poll_models(services.registry, settings.model_poll_seconds))
+        # What is loaded by now (modules, meta-models, warm-ups: a few hundred thousand
+        # objects) lives as long as the process: out of the cyclic collector's sight, a full
+        # collection walks only what requests left behind instead of holding the GIL, and so
+        # the event loop, for a tenth of a second or more (README, "The service": "No request
+        # blocks the event loop").
+        gc.collect()
+        gc.freeze()
         log.info(
             "ready: meta-models %s, database %s",
             services.registry.names,
             db.engine.url.render_as_string(hide_password=True),
         )
         yield
+        gc.unfreeze()  # an app made again in this process (the tests) frees this one's cycles
         purging.cancel()
         polling.cancel()
         if listener is not None:

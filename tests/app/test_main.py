@@ -3,6 +3,7 @@ mounted with the schema and behaviour ``include_router`` gives."""
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,17 @@ def test_models_dir_path_is_configurable(tmp_path: Path, database_url: str):
     settings = Settings(database_url=database_url, model_dir=tmp_path / "missing")
     with pytest.raises(RuntimeError, match="is not a directory"), TestClient(create_app(settings)):
         pass
+
+
+def test_what_start_up_loaded_is_out_of_the_collectors_sight_while_serving(database_url):
+    """gc.freeze() at the end of start-up: full collections walk only what requests leave
+    (tests/app/services/test_pool.py measures the effect on the event loop)."""
+    settings = Settings(database_url=database_url, model_dir=ROOT / "models")
+    assert gc.get_freeze_count() == 0
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/healthz").status_code == 200
+        assert gc.get_freeze_count() > 10_000  # torch, the app, the meta-models
+    assert gc.get_freeze_count() == 0  # unfrozen at shutdown: a later app frees this one
 
 
 def test_mounted_routes_give_the_schema_include_router_gives(tmp_path):
