@@ -34,15 +34,15 @@ def listening_socket(
     """A TCP socket bound to ``host:port`` with ``SO_REUSEADDR`` (a restart does not wait for
     old connections' TIME_WAIT) and, when ``share``, ``SO_REUSEPORT``; listening unless told
     not to."""
-    family, kind, proto, _, address = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP, flags=socket.AI_PASSIVE
-    )[0]
-    sock = socket.socket(family, kind, proto)
+    # The family as uvicorn chooses it: "localhost" is 127.0.0.1, whatever the resolver lists
+    # first.
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if share:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind(address)
+        sock.bind((host, port))
         if listen:
             sock.listen(2048)
         sock.set_inheritable(True)

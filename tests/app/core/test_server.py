@@ -44,6 +44,24 @@ def test_sockets_of_one_port_share_its_connections():
             sock.close()
 
 
+def test_localhost_is_ipv4_as_uvicorn_binds_it():
+    port = free_port()
+    with server.listening_socket("localhost", port) as sock:
+        assert sock.family == socket.AF_INET
+        socket.create_connection(("127.0.0.1", port)).close()
+
+
+@pytest.mark.skipif(not socket.has_ipv6, reason="no IPv6")
+def test_an_ipv6_address_binds_ipv6():
+    try:
+        sock = server.listening_socket("::1", 0)
+    except OSError as exc:  # IPv6 compiled in but not configured on this machine
+        pytest.skip(f"::1 unavailable: {exc}")
+    with sock:
+        assert sock.family == socket.AF_INET6
+        socket.create_connection(("::1", sock.getsockname()[1])).close()
+
+
 def test_accepted_connections_send_at_once():
     """Nagle's algorithm off (TCP_NODELAY) on connections asyncio accepts from the socket."""
 
