@@ -14,8 +14,10 @@ addresses (64 connections: about 32 each). uvicorn's supervisor still runs the w
 never listens, so a port already taken (by anything, another instance of this service
 included) fails at once, with the error, and it receives no connections. The sockets are
 created with the TCP protocol number, so asyncio turns Nagle's algorithm off on accepted
-connections (uvicorn's own socket, created with protocol 0, leaves it on). Elsewhere, or with
-one worker, this is plain :func:`uvicorn.run`.
+connections (uvicorn's own socket, created with protocol 0, leaves it on). The price: a worker
+that stops (killed, or replaced on SIGHUP) resets the connections still waiting in its own
+queue, not yet accepted, where a shared queue would have kept them for another worker; clients
+retry a reset connect. Elsewhere, or with one worker, this is plain :func:`uvicorn.run`.
 """
 
 from __future__ import annotations
