@@ -46,8 +46,7 @@ def listening_socket(
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
         if listen:
-            sock.listen(2048)
-        sock.set_inheritable(True)
+            sock.listen(2048)  # uvicorn's default backlog; asyncio listens again with its own
     except OSError:
         sock.close()
         raise
