@@ -20,6 +20,14 @@
 #   OUT=runs/gpu BUDGET=480 RESUME=runs/omniglot-20w1s-60k PRESET=omniglot-20w1s ITERS=60000 \
 #       bash benchmarks/gpu_lease.sh                  # then: cp -r runs/gpu/run/. runs/omniglot-20w1s-60k/
 #
+# Issue 12's measurements: PROFILE=1 profiles one 5-way and one 20-way meta-iteration first;
+# OPTIONS=1 then measures each training option (bf16, fused Adam, the loop and channels-last,
+# first order, CUDA graphs through torch.compile's reduce-overhead mode, second and first order,
+# and bf16 + fused Adam + CUDA graphs) in `meta-core train` for OPTIONS_PRESETS (preset:workload
+# pairs, default the 20-way one) into $OUT/options.jsonl; OPTIONS_ONLY=1 stops there. Six
+# uncompiled runs of about 25 s and three compiled ones of at most OPTIONS_TIMEOUT (120 s).
+#   OUT=runs/gpu PROFILE=1 OPTIONS=1 OPTIONS_ONLY=1 bash benchmarks/gpu_lease.sh
+#
 # The Omniglot cache (data/cache/omniglot28.safetensors) travels with the run (device `carry`).
 set -euo pipefail
 OUT=${OUT:?set OUT}
@@ -48,6 +56,22 @@ RUN=$(mktemp -d)/$(basename "${RESUME:-$PRESET}")
 if [ -n "${PROFILE:-}" ]; then  # issue 12, item 1: torch.profiler of one 5-way and one 20-way step
     $PY benchmarks/profile_meta_step.py --device "$DEVICE" --out "$OUT/profile" $PROFILE_ARGS \
         | tee -a "$OUT/lease.log"
+fi
+if [ -n "${OPTIONS:-}" ]; then  # issue 12, item 2: each training option's tasks/s and GFLOP/s
+    # In `meta-core train` itself, against the device's measured convolution peak; a failing
+    # option gives its error line and the others still run.
+    for spec in ${OPTIONS_PRESETS:-omniglot-20w1s:w2-omniglot-20w}; do
+        $PY benchmarks/train_throughput.py --preset "${spec%%:*}" --flops "${spec##*:}" \
+            --device "$DEVICE" --iterations "${OPTIONS_ITERS:-60}" --log-every "${OPTIONS_LOG:-10}" \
+            --timeout "${OPTIONS_TIMEOUT:-120}" --configs 1x0 1x0:train.bf16=true \
+            1x0:train.fused_adam=true 1x0:train.strategy=loop \
+            1x0:train.strategy=loop,train.channels_last=true 1x0:algorithm.first_order=true \
+            1x0:train.compile=true,train.compile_mode=reduce-overhead \
+            1x0:algorithm.first_order=true,train.compile=true,train.compile_mode=reduce-overhead \
+            1x0:train.bf16=true,train.fused_adam=true,train.compile=true,train.compile_mode=reduce-overhead \
+            | tee -a "$OUT/options.jsonl"
+    done
+    [ -n "${OPTIONS_ONLY:-}" ] && exit 0
 fi
 NPROC=${NPROC:-1}
 TRAIN=(-m meta_core)
