@@ -198,11 +198,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             task_service.purge_expired(db, settings.purge_interval_seconds)
         )
         polling = asyncio.create_task(poll_models(services.registry, settings.model_poll_seconds))
-        # What is loaded by now (modules, meta-models, warm-ups: a few hundred thousand
-        # objects) lives as long as the process: out of the cyclic collector's sight, a full
-        # collection walks only what requests left behind instead of holding the GIL, and so
-        # the event loop, for a tenth of a second or more (README, "The service": "No request
-        # blocks the event loop").
+        # What is loaded by now (modules, meta-models, warm-ups) lives as long as the process:
+        # out of the cyclic collector's sight, a full collection walks only what requests left
+        # behind instead of holding the GIL, and so the event loop, over all of it (README,
+        # "The service": "No request blocks the event loop", has the measurement).
         gc.collect()
         gc.freeze()
         log.info(

@@ -3,13 +3,13 @@
 uvicorn's ``--workers N`` binds one socket in the supervisor and hands it to every worker: the
 workers race to accept on one queue, and the one that wakes first takes every connection
 waiting (asyncio accepts up to its backlog per wake-up). Long-lived keep-alive connections, as
-a load balancer or a client's connection pool keeps, then stay where they landed: measured
-here with 64 connections (`benchmarks/serve.py`), one worker in three runs held all 64 and the
-service answered half the requests the machine could serve.
+a load balancer or a client's connection pool keeps, then stay where they landed, and one
+worker may serve them all while the others idle (README, "The predict path against its floor",
+has the measurement).
 
 On Linux each worker here listens on a socket of its own, all bound to the address with
 ``SO_REUSEPORT``: the kernel spreads new connections over the workers by a hash of their
-addresses (64 connections: about 32 each). uvicorn's supervisor still runs the workers
+addresses. uvicorn's supervisor still runs the workers
 (health checks, restarts, signals). The supervisor holds a socket bound to the address that
 never listens, so a port already taken (by anything, another instance of this service
 included) fails at once, with the error, and it receives no connections. The sockets are
