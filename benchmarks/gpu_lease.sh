@@ -24,8 +24,8 @@
 # OPTIONS=1 then measures each training option (bf16, fused Adam, the loop and channels-last,
 # first order, CUDA graphs through torch.compile's reduce-overhead mode, second and first order,
 # and bf16 + fused Adam + CUDA graphs) in `meta-core train` for OPTIONS_PRESETS (preset:workload
-# pairs, default the 20-way one) into $OUT/options.jsonl; OPTIONS_ONLY=1 stops there. Six
-# uncompiled runs of about 25 s and three compiled ones of at most OPTIONS_TIMEOUT (120 s).
+# pairs, default the 20-way one) into $OUT/options.jsonl; OPTIONS_ONLY=1 stops there. Each
+# run is cut at OPTIONS_TIMEOUT seconds (120; compiling is the slow part): README has the times.
 #   OUT=runs/gpu PROFILE=1 OPTIONS=1 OPTIONS_ONLY=1 bash benchmarks/gpu_lease.sh
 #
 # The Omniglot cache (data/cache/omniglot28.safetensors) travels with the run (device `carry`).
