@@ -19,10 +19,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from functools import partial
 
 import httpx
-from serve import ROOT, app_cli, free_port, migrate, sinusoid_body, wait_ready, wrk_load
+from serve import ROOT, free_port, load_client, migrate, sinusoid_body, wait_ready, wrk_load
 
 
 def main() -> None:
@@ -48,11 +47,7 @@ def main() -> None:
     servers: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
     try:
         migrate(env)
-        cli = partial(app_cli, env)
-        created = cli("clients", "create", "bench")
-        key, bench_id = created.splitlines()[-1], created.split()[2]
-        cli("clients", "limits", bench_id, "--rate-per-second", "1e9", "--rate-burst", "1000000000")
-        cli("clients", "limits", bench_id, "--predict-in-flight", "1000")
+        _, key = load_client(env)
         for name, tree in (("checkout", str(ROOT)), (args.against, earlier)):
             port = free_port()
             command = [sys.executable, "-m", "app", "serve", "--port", str(port)]

@@ -104,6 +104,21 @@ def reference_step(
     return total
 
 
+def workload_reference(
+    model: torch.nn.Module, params: dict, batch: TaskBatch, w: dict, first_order: bool
+) -> torch.Tensor:
+    """:func:`reference_step` with workload ``w``'s inner loop."""
+    return reference_step(
+        model,
+        params,
+        batch,
+        lr=w["lr"],
+        kind=w["kind"],
+        first_order=first_order,
+        steps=w.get("steps", 1),
+    )
+
+
 def make_step(
     model: torch.nn.Module,
     learner: MetaLearner,
@@ -123,15 +138,7 @@ def make_step(
         batch = batches[next(counter) % len(batches)]
         opt.zero_grad(set_to_none=True)
         if strategy == "reference":
-            reference_step(
-                model,
-                learner.params,
-                batch,
-                lr=w["lr"],
-                kind=w["kind"],
-                first_order=first_order,
-                steps=w.get("steps", 1),
-            )
+            workload_reference(model, learner.params, batch, w, first_order)
         else:
             loss, _ = meta_loss(batch, strategy=strategy.removesuffix("-compile"))
             loss.backward()
@@ -151,15 +158,7 @@ def workload_flops(name: str, first_order: bool, device: torch.device) -> int:
     learner = MetaLearner.create(model, w["kind"], algo)
     batch = family.sample(w["meta_batch"], torch.Generator().manual_seed(0)).to(device)
     with FlopCounterMode(display=False) as counter:
-        reference_step(
-            model,
-            learner.params,
-            batch,
-            lr=w["lr"],
-            kind=w["kind"],
-            first_order=first_order,
-            steps=w.get("steps", 1),
-        )
+        workload_reference(model, learner.params, batch, w, first_order)
     return counter.get_total_flops()
 
 

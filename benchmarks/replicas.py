@@ -32,7 +32,7 @@ from sqlalchemy import create_engine, text
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.serve import app_cli, migrate, sinusoid_body, wrk_load  # noqa: E402
+from benchmarks.serve import app_cli, load_client, migrate, sinusoid_body, wrk_load  # noqa: E402
 from tests.utils.server import running_server  # noqa: E402
 
 
@@ -86,18 +86,7 @@ def main() -> None:
         return app_cli(base_env, *words)
 
     def new_client() -> tuple[int, str]:
-        out = cli("clients", "create", "bench")
-        client_id = int(out.split()[2])
-        cli(
-            "clients",
-            "limits",
-            str(client_id),
-            "--rate-per-second",
-            "1e9",
-            "--rate-burst",
-            "1000000000",
-        )
-        return client_id, out.splitlines()[-1]
+        return load_client(base_env)
 
     rng = random.Random(0)
     _, key = new_client()

@@ -368,6 +368,21 @@ def app_cli(env: dict[str, str], *words: str) -> str:
     return done.stdout.strip()
 
 
+def load_client(env: dict[str, str], name: str = "bench") -> tuple[int, str]:
+    """A client for the load generator (its id and key), its request rate and in-flight limits
+    lifted: the per-client limits are for fairness between clients (the fairness row measures
+    them), and the load generator is one client."""
+    created = app_cli(env, "clients", "create", name)
+    client_id = int(created.split()[2])
+    app_cli(
+        env,
+        *("clients", "limits", str(client_id), "--rate-per-second", "1e9"),
+        *("--rate-burst", "1000000000", "--predict-in-flight", "1000"),
+        *("--adapt-in-flight", "1000"),
+    )
+    return client_id, created.splitlines()[-1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workers", type=int, default=2)
@@ -396,14 +411,7 @@ def main() -> None:
     migrate(env)
     cli = partial(app_cli, env)
 
-    created = cli("clients", "create", "bench")
-    key = created.splitlines()[-1]
-    # The load generator is one client: lift its request rate and in-flight limits (the
-    # per-client limits are for fairness between clients; the fairness row measures them).
-    bench_id = created.split()[2]
-    cli("clients", "limits", bench_id, "--rate-per-second", "1e9", "--rate-burst", "1000000000")
-    cli("clients", "limits", bench_id, "--predict-in-flight", "1000")
-    cli("clients", "limits", bench_id, "--adapt-in-flight", "1000")
+    _, key = load_client(env)
     heavy_key = cli("clients", "create", "heavy").splitlines()[-1]
     server = subprocess.Popen(
         [sys.executable, "-m", "app", "serve", "--port", str(port), "--workers", str(args.workers)],
