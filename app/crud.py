@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, delete, func, or_, select, update
 from sqlalchemy.orm import Session, load_only
 
-from app.core.errors import Conflict, NotFound
+from app.core.errors import Conflict, NotFound, Unauthorized
 from app.core.events import announce
 from app.tables import ClientRow, TaskRow
 
@@ -152,8 +152,9 @@ def stored(session: Session, *, client_id: int) -> tuple[int, int]:
 def _reserve(session: Session, client_id: int, size: int, quota: tuple[int, int] | None) -> None:
     """Count one more task of ``size`` bytes for the client; with ``quota`` (most tasks, most
     bytes), only if it fits, in one conditional update (two writes cannot both pass a check
-    that only one of them fits), else :class:`OverQuota` with what the client stores."""
-    query = update(ClientRow).where(ClientRow.id == client_id)
+    that only one of them fits), else :class:`OverQuota` with what the client stores. Never
+    for a revoked client (401): a request in flight when its key was revoked stores nothing."""
+    query = update(ClientRow).where(ClientRow.id == client_id, ClientRow.revoked_at.is_(None))
     if quota is not None:
         query = query.where(
             ClientRow.task_count + 1 <= quota[0], ClientRow.stored_bytes + size <= quota[1]
@@ -164,7 +165,15 @@ def _reserve(session: Session, client_id: int, size: int, quota: tuple[int, int]
         )
     )
     if result.rowcount == 0:
-        raise OverQuota(*stored(session, client_id=client_id))
+        _refuse(session, client_id)
+
+
+def _refuse(session: Session, client_id: int) -> None:
+    """Why a conditional update of the client's counters changed nothing: 401 if the client
+    was revoked meanwhile, else :class:`OverQuota`."""
+    if session.scalar(select(ClientRow.revoked_at).where(ClientRow.id == client_id)):
+        raise Unauthorized("your API key was revoked while this request ran; nothing was stored")
+    raise OverQuota(*stored(session, client_id=client_id))
 
 
 class StaleRevision(Exception):
@@ -205,14 +214,14 @@ def update_task(
     if result.rowcount == 0:
         raise StaleRevision
     announce(session, "task", task_id)
-    grow = update(ClientRow).where(ClientRow.id == client_id)
+    grow = update(ClientRow).where(ClientRow.id == client_id, ClientRow.revoked_at.is_(None))
     if quota is not None and new_bytes > stored_bytes:
         grow = grow.where(ClientRow.stored_bytes + (new_bytes - stored_bytes) <= quota)
     result = session.execute(
         grow.values(stored_bytes=ClientRow.stored_bytes + (new_bytes - stored_bytes))
     )
     if result.rowcount == 0:
-        raise OverQuota(*stored(session, client_id=client_id))
+        _refuse(session, client_id)
 
 
 def _release(session: Session, client_id: int, tasks: int, size: int) -> None:
@@ -223,11 +232,13 @@ def _release(session: Session, client_id: int, tasks: int, size: int) -> None:
     )
 
 
-def task_exists(session: Session, *, client_id: int, task_id: str) -> bool:
-    """A cheap check (no weights read) that the client's task is still there."""
+def task_revision(session: Session, *, client_id: int, task_id: str) -> int | None:
+    """A cheap check (no weights read): the client's task's revision, None if it is gone."""
     _known(task_id)
-    query = select(TaskRow.id).where(TaskRow.id == task_id, TaskRow.client_id == client_id, live())
-    return session.scalar(query) is not None
+    query = select(TaskRow.revision).where(
+        TaskRow.id == task_id, TaskRow.client_id == client_id, live()
+    )
+    return session.scalar(query)
 
 
 def list_tasks(
@@ -253,9 +264,10 @@ def delete_task(
     session: Session, *, client_id: int, task_id: str, revision: int | None = None
 ) -> None:
     """Delete the client's task (only at ``revision``, if given: else :class:`StaleRevision`)
-    and give its bytes back to the client's quota."""
+    and give back to the client's quota exactly what the deletion removed (an expired task
+    is already gone: 404, and the purge gives its bytes back)."""
     _known(task_id)
-    query = delete(TaskRow).where(TaskRow.id == task_id, TaskRow.client_id == client_id)
+    query = delete(TaskRow).where(TaskRow.id == task_id, TaskRow.client_id == client_id, live())
     if revision is not None:
         query = query.where(TaskRow.revision == revision)
     sizes = session.execute(
@@ -269,23 +281,29 @@ def delete_task(
     _release(session, client_id, 1, sizes[0] + sizes[1])
 
 
+def _delete_releasing(session: Session, where: ColumnElement[bool]) -> int:
+    """Delete the tasks ``where`` selects and give back to each client's quota exactly what
+    this deletion removed (``DELETE ... RETURNING``: a task another transaction deleted first
+    is not returned, so never released twice); how many."""
+    removed = session.execute(
+        delete(TaskRow)
+        .where(where)
+        .returning(TaskRow.client_id, TaskRow.weights_bytes + TaskRow.support_bytes)
+    ).all()
+    freed: dict[int, list[int]] = {}
+    for client_id, size in removed:
+        count_size = freed.setdefault(client_id, [0, 0])
+        count_size[0] += 1
+        count_size[1] += int(size or 0)
+    for client_id, (count, size) in sorted(freed.items()):  # one lock order for every purge
+        _release(session, client_id, count, size)
+    return len(removed)
+
+
 def purge_expired(session: Session) -> int:
     """Delete every expired task, giving its bytes back to its client's quota; how many."""
     now = datetime.now(UTC)
-    expired = TaskRow.expires_at.is_not(None) & (TaskRow.expires_at <= now)
-    freed = session.execute(
-        select(
-            TaskRow.client_id,
-            func.count(),
-            func.sum(TaskRow.weights_bytes + TaskRow.support_bytes),
-        )
-        .where(expired)
-        .group_by(TaskRow.client_id)
-    ).all()
-    session.execute(delete(TaskRow).where(expired))
-    for client_id, count, size in freed:
-        _release(session, client_id, int(count), int(size or 0))
-    return sum(int(count) for _, count, _ in freed)
+    return _delete_releasing(session, TaskRow.expires_at.is_not(None) & (TaskRow.expires_at <= now))
 
 
 def create_client(session: Session, *, name: str, key_hash: str, key_prefix: str) -> ClientRow:
@@ -349,11 +367,50 @@ def purge_tasks(session: Session, *, client_id: int) -> int:
     client = get_client(session, client_id=client_id)
     if client.revoked_at is None:
         raise Conflict(f"client {client_id} is active; revoke it first")
-    result: Any = session.execute(delete(TaskRow).where(TaskRow.client_id == client_id))
-    client.task_count, client.stored_bytes = 0, 0
-    return int(result.rowcount)
+    return _delete_releasing(session, TaskRow.client_id == client_id)
 
 
 def meta_models_changed(session: Session) -> None:
     """Have every API process on the database scan its model folders (when this commits)."""
     announce(session, "meta_models")
+
+
+class Recount:
+    """A client's counters, (tasks, bytes), as they were stored and as its tasks make them."""
+
+    def __init__(self, client_id: int, name: str, was: tuple[int, int], now: tuple[int, int]):
+        self.client_id, self.name, self.was, self.now = client_id, name, was, now
+
+
+def recount_clients(session: Session) -> list[Recount]:
+    """Set every client's ``task_count`` and ``stored_bytes`` to what its task rows hold
+    (expired ones too: they count until deleted, as ``_reserve`` and the purges keep them);
+    every client's counters before and after, in id order."""
+    # Hold every client's row before counting (in id order, as the purges take them), so no
+    # task is stored, changed or deleted between the count and the write: each of those
+    # writes its client's row too, and waits. PostgreSQL locks the rows FOR UPDATE; SQLite
+    # ignores that and takes its one write lock at the first write, the no-op update.
+    session.execute(select(ClientRow.id).order_by(ClientRow.id).with_for_update())
+    session.execute(update(ClientRow).values(task_count=ClientRow.task_count))
+    totals = {
+        client_id: (int(count), int(size or 0))
+        for client_id, count, size in session.execute(
+            select(
+                TaskRow.client_id,
+                func.count(),
+                func.sum(TaskRow.weights_bytes + TaskRow.support_bytes),
+            ).group_by(TaskRow.client_id)
+        )
+    }
+    counters = select(ClientRow.id, ClientRow.name, ClientRow.task_count, ClientRow.stored_bytes)
+    recounts = []
+    for client_id, name, count, size in session.execute(counters.order_by(ClientRow.id)).all():
+        recount = Recount(client_id, name, (int(count), int(size)), totals.get(client_id, (0, 0)))
+        if recount.now != recount.was:
+            session.execute(
+                update(ClientRow)
+                .where(ClientRow.id == client_id)
+                .values(task_count=recount.now[0], stored_bytes=recount.now[1])
+            )
+        recounts.append(recount)
+    return recounts

@@ -28,7 +28,7 @@ from app.core.events import Listener, libpq_url
 from app.core.metrics import Metrics
 from app.schemas import Problem
 from app.services import tasks as task_service
-from app.services.cache import LRUCache
+from app.services.cache import ModelCache
 from app.services.keys import KeyCache
 from app.services.limits import RateLimiter
 from app.services.pool import WorkPool
@@ -119,7 +119,7 @@ def listen(services: Services) -> Listener | None:
 
     def handle(kind: str, key: str) -> None:
         if kind == "task":
-            cache.pop(key)
+            cache.drop(key)
         elif kind == "client":
             keys.forget_client(int(key))
         elif kind == "meta_models":
@@ -172,7 +172,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings=settings,
             db=db,
             registry=MetaModelRegistry.load(settings.model_dir, settings.trained_model_dir),
-            cache=LRUCache(settings.cache_size, settings.cache_ttl_seconds),
+            cache=ModelCache(
+                settings.cache_size, settings.cache_bytes, settings.cache_ttl_seconds
+            ),
             pool=WorkPool(
                 "adaptations",
                 settings.adapt_concurrency,

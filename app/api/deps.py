@@ -25,7 +25,7 @@ from app.core.errors import Unauthorized
 from app.core.metrics import Metrics
 from app.core.security import hash_key
 from app.services import tasks as task_service
-from app.services.cache import AdaptedModel, LRUCache
+from app.services.cache import AdaptedModel, ModelCache
 from app.services.keys import Caller
 from app.services.limits import Limits
 from app.services.pool import WorkPool
@@ -64,7 +64,7 @@ async def get_registry(services: ServicesDep) -> MetaModelRegistry:
     return services.registry
 
 
-async def get_cache(services: ServicesDep) -> LRUCache:
+async def get_cache(services: ServicesDep) -> ModelCache:
     return services.cache
 
 
@@ -79,7 +79,7 @@ async def get_metrics(services: ServicesDep) -> Metrics:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 DatabaseDep = Annotated[Database, Depends(get_database)]
 RegistryDep = Annotated[MetaModelRegistry, Depends(get_registry)]
-CacheDep = Annotated[LRUCache, Depends(get_cache)]
+CacheDep = Annotated[ModelCache, Depends(get_cache)]
 PoolDep = Annotated[WorkPool, Depends(get_pool)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 
@@ -148,18 +148,11 @@ OwnedTask = Annotated[TaskRow, Depends(owned_task)]
 
 
 async def adapted_model(
-    task_id: str, client_id: CurrentClient, services: ServicesDep
+    task_id: str, caller: CurrentCaller, services: ServicesDep
 ) -> AdaptedModel:
     """The client's adapted model for ``task_id`` (from the cache, else the database), or 404.
     It takes the service container whole: on the predict path each dependency costs time."""
-    return await task_service.load_adapted(
-        task_id,
-        client_id=client_id,
-        cache=services.cache,
-        db=services.db,
-        registry=services.registry,
-        metrics=services.metrics,
-    )
+    return await task_service.load_adapted(task_id, caller=caller, services=services)
 
 
 Adapted = Annotated[AdaptedModel, Depends(adapted_model)]

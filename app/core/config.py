@@ -68,7 +68,13 @@ class Settings(BaseSettings):
         "trust the caches meanwhile; false: rely on the TTLs (e.g. behind a pooler in "
         "transaction mode, where LISTEN does not work)",
     )
-    cache_size: int = Field(1024, ge=0, description="adapted models kept in memory (LRU)")
+    cache_size: int = Field(1024, ge=0, description="adapted models kept in memory, at most")
+    cache_bytes: int = Field(
+        256 * 2**20,
+        ge=0,
+        description="bytes of adapted models kept in memory per process, at most; when full, "
+        "the least recently used model of the client holding the most is evicted",
+    )
     cache_ttl_seconds: float = Field(
         5.0, ge=0, description="how long a cached model is served before its task is re-checked"
     )

@@ -8,7 +8,7 @@ from app.core.config import Settings
 from app.core.db import Database
 from app.core.events import Listener
 from app.core.metrics import Metrics
-from app.services.cache import LRUCache
+from app.services.cache import ModelCache
 from app.services.keys import KeyCache
 from app.services.limits import RateLimiter
 from app.services.pool import WorkPool
@@ -20,7 +20,7 @@ class Services:
     settings: Settings
     db: Database
     registry: MetaModelRegistry
-    cache: LRUCache
+    cache: ModelCache
     pool: WorkPool  # adaptations
     predict_pool: WorkPool  # predictions too large or slow for the event loop
     metrics: Metrics

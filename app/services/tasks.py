@@ -30,7 +30,7 @@ from app.core.errors import (
 from app.core.metrics import Metrics
 from app.schemas import ClassPrediction, Examples, PredictOut, TaskCreate, etag, readable
 from app.services import weights
-from app.services.cache import AdaptedModel, LRUCache
+from app.services.cache import GONE, AdaptedModel, ModelCache
 from app.services.inputs import (
     ImageLimits,
     SupportSet,
@@ -48,7 +48,7 @@ from app.services.registry import MetaModelRegistry
 from app.services.state import Services
 from app.tables import TaskRow
 from meta_core.artifact import Artifact, Origin, TaskRecord, export_task
-from meta_core.networks import Predictor
+from meta_core.networks import MLPSpec, Predictor
 from meta_core.preprocessing import TablePreprocessing
 from meta_core.scoring import adapt_and_score
 
@@ -123,7 +123,7 @@ async def create_task(
     settings: Settings,
     registry: MetaModelRegistry,
     pool: WorkPool,
-    cache: LRUCache,
+    cache: ModelCache,
     metrics: Metrics,
     db: Database,
 ) -> TaskRow:
@@ -191,10 +191,7 @@ async def create_task(
         row = await run_in_threadpool(store)
     except crud.OverQuota as full:
         raise over(full.task_count, full.stored_bytes, len(data) + len(kept[0])) from None
-    cache.put(
-        row.id,
-        AdaptedModel(client_id, meta_model, adapted.predict, expires_at, support.labels),
-    )
+    cache.put(row.id, as_adapted(row, client_id, meta_model, adapted.params, adapted.predict))
     count_adaptation(metrics, meta_model, adapted)
     log.info(
         "task %s: %s adapted in %.1f ms (%d steps), support loss %.4f -> %.4f",
@@ -367,11 +364,10 @@ async def _update_once(
             f"{limits.max_stored_bytes} bytes: delete some tasks (DELETE /tasks/{{id}})",
             retry_after=settings.retry_after_seconds,
         ) from None
-    cache.pop(task_id)  # a read that began before the write must not come back
-    cache.put(
-        task_id,
-        AdaptedModel(client_id, meta_model, adapted.predict, row.expires_at, support.labels),
-    )
+    # No model read or stored before this revision may come back (a slower update of an
+    # older revision included); then this one is cached.
+    cache.drop(task_id, row.revision)
+    cache.put(task_id, as_adapted(row, client_id, meta_model, adapted.params, adapted.predict))
     count_adaptation(services.metrics, meta_model, adapted)
     log.info(
         "task %s: re-adapted (revision %d) from %s %s on %d examples in %.1f ms",
@@ -413,51 +409,80 @@ def fits(meta_model: Artifact, task: TaskRow, x: Tensor, labels: list[Any] | Non
         )
 
 
-async def load_adapted(
-    task_id: str,
-    *,
-    client_id: int,
-    cache: LRUCache,
-    db: Database,
-    registry: MetaModelRegistry,
-    metrics: Metrics,
-) -> AdaptedModel:
-    """The client's adapted model: from the cache (re-checked in the database once it is
-    CACHE_TTL_SECONDS old, as another worker may have deleted the task), else from the
-    database, or 404."""
+async def load_adapted(task_id: str, *, caller: Caller, services: Services) -> AdaptedModel:
+    """The client's adapted model: from the cache (its revision re-checked in the database
+    once it is CACHE_TTL_SECONDS old, as another worker may have changed or deleted the
+    task), else from the database, or 404. A load runs on the predictions pool, within the
+    client's share of it: a client whose predicts miss the cache pays for its own reads."""
+    client_id, cache, db = caller.client_id, services.cache, services.db
     adapted, fresh = cache.get(task_id)
     if adapted is not None and adapted.expired():
-        cache.pop(task_id)
+        cache.drop(task_id)
         adapted = None
     if adapted is not None and adapted.client_id == client_id:
-        metrics.cache_hits.inc()
-        if not fresh:
+        if fresh:
+            services.metrics.cache_hits.inc()
+            return adapted
 
-            def still_there() -> bool:
-                with db.session() as session:
-                    return crud.task_exists(session, client_id=client_id, task_id=task_id)
+        def revision_now() -> int | None:
+            with db.session() as session:
+                return crud.task_revision(session, client_id=client_id, task_id=task_id)
 
-            if not await run_in_threadpool(still_there):
-                cache.pop(task_id)
-                raise NotFound(f"no task {task_id!r}")
-            cache.touch(task_id)
-        return adapted
-    metrics.cache_misses.inc()
+        revision = await run_in_threadpool(revision_now)
+        if revision is None:
+            cache.drop(task_id, GONE)
+            raise NotFound(f"no task {task_id!r}")
+        if revision == adapted.revision:
+            services.metrics.cache_hits.inc()
+            cache.touch(task_id, revision)
+            return adapted
+        cache.drop(task_id, revision)  # changed by another process: read the new revision
+    services.metrics.cache_misses.inc()
     read_at = time.monotonic()
+    registry = services.registry
 
     def load() -> AdaptedModel:
         with db.session() as session:
             task = crud.get_task(session, client_id=client_id, task_id=task_id, with_weights=True)
         meta_model = pinned_meta_model(task, registry)
         params = weights.deserialize(meta_model, task.weights, task.weights_sha256)
-        predictor = meta_model.predictor(params)
-        return AdaptedModel(
-            client_id, meta_model, predictor, task.expires_at, readable(task.labels)
-        )
+        return as_adapted(task, client_id, meta_model, params, meta_model.predictor(params))
 
-    adapted = await run_in_threadpool(load)
+    adapted = await services.predict_pool.run(load, client_id, caller.limits.predict_in_flight)
     cache.put(task_id, adapted, read_at)
     return adapted
+
+
+def as_adapted(
+    task: TaskRow,
+    client_id: int,
+    meta_model: Artifact,
+    params: dict[str, Tensor],
+    predict: Predictor,
+) -> AdaptedModel:
+    """What the cache keeps of the client's task at its current revision."""
+    return AdaptedModel(
+        client_id=client_id,
+        meta_model=meta_model,
+        predict=predict,
+        expires_at=task.expires_at,
+        labels=readable(task.labels),
+        revision=task.revision,
+        nbytes=held_bytes(meta_model, params),
+    )
+
+
+def held_bytes(meta_model: Artifact, params: dict[str, Tensor]) -> int:
+    """The memory an adapted model holds beyond its meta-model's: the tensors adaptation made
+    (with ANIL, the head; the body is the meta-model's own), or every weight for an MLP,
+    whose predictor copies them all (:func:`meta_core.networks.predictor`)."""
+    copies_all = isinstance(meta_model.manifest.architecture, MLPSpec)
+    base = meta_model.params
+    return sum(
+        v.numel() * v.element_size()
+        for k, v in params.items()
+        if copies_all or k not in base or v.data_ptr() != base[k].data_ptr()
+    )
 
 
 def pinned_meta_model(task: TaskRow, registry: MetaModelRegistry) -> Artifact:
@@ -603,7 +628,7 @@ def delete_task(
     *,
     client_id: int,
     task_id: str,
-    cache: LRUCache,
+    cache: ModelCache,
     if_match: str | None = None,
 ) -> None:
     """Delete the task (412 if ``if_match`` names revisions and not its current one)."""
@@ -616,4 +641,4 @@ def delete_task(
             raise changed_meanwhile(if_match) from None
     else:  # no If-Match, or "*": the task must only exist
         crud.delete_task(session, client_id=client_id, task_id=task_id)
-    cache.pop(task_id)
+    cache.drop(task_id, GONE)

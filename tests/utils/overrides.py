@@ -12,7 +12,7 @@ from app.services.state import Services
 
 
 def override_services(app: FastAPI, **changes: Any) -> Services:
-    """Every route sees the app's services with ``changes`` (e.g. ``cache=LRUCache(0)``)
+    """Every route sees the app's services with ``changes`` (e.g. ``cache=ModelCache(0)``)
     until ``app.dependency_overrides`` is cleared; returns the replacement."""
     current: Services = app.state.services
     replaced = dataclasses.replace(current, **changes)

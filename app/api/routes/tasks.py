@@ -95,7 +95,7 @@ class PredictRoute(APIRoute):
                 raise AppError("the request body could not be read") from None
             except ValidationError as exc:
                 raise RequestValidationError(exc.errors(include_url=False)) from None
-            adapted = await adapted_model(task_id, caller.client_id, services)
+            adapted = await adapted_model(task_id, caller, services)
             out: PredictOut = await endpoint(
                 task_id=task_id,
                 body=body,

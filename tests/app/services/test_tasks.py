@@ -18,8 +18,10 @@ from fastapi.testclient import TestClient
 
 from app import crud
 from app.main import create_app
+from app.services.cache import ModelCache
 from meta_core.artifact import MANIFEST, ArtifactError, load_artifact
 from tests.utils.database import client_id_of
+from tests.utils.overrides import override_services
 from tests.utils.problem import assert_problem
 from tests.utils.tasks import create, sinusoid_task, stored_task
 
@@ -65,6 +67,71 @@ def test_the_cache_serves_the_new_revision(settings, db, alice):
         x, y = sinusoid_task(5, amp=4.0, seed=9)
         assert c.post(f"/tasks/{task['id']}/examples", headers=alice, json={"x": x, "y": y})
         assert predict(c, alice, task["id"]) != before
+
+
+def test_another_worker_serves_the_new_revision_and_no_deleted_task(settings, db, alice):
+    # Two apps on one database are two workers; the second hears no announcements (SQLite,
+    # ANNOUNCEMENTS=false, or its listener down) and re-checks its cache on every request.
+    blind = settings.model_copy(update={"cache_ttl_seconds": 0, "announcements": False})
+    with TestClient(create_app(settings)) as one, TestClient(create_app(blind)) as two:
+        tid = create(one, alice)["id"]
+        assert predict(two, alice, tid) == predict(one, alice, tid)  # cached by both
+        x, y = sinusoid_task(5, amp=4.0, seed=9)
+        r = one.post(f"/tasks/{tid}/examples", headers=alice, json={"x": x, "y": y})
+        assert r.status_code == 200 and r.json()["revision"] == 2
+        assert predict(two, alice, tid) == predict(one, alice, tid)
+        assert one.delete(f"/tasks/{tid}", headers=alice).status_code == 204
+        assert_problem(
+            two.post(f"/tasks/{tid}/predict", headers=alice, json=ASK), 404, f"no task '{tid}'"
+        )
+
+
+class RevokingPool:
+    """The adaptation pool, but the caller's key is revoked while its work runs."""
+
+    def __init__(self, pool, db):
+        self.pool, self.db = pool, db
+
+    async def run(self, fn, client_id=None, share=None):
+        with self.db.session() as session:
+            crud.revoke_client(session, client_id=client_id)
+        return await self.pool.run(fn, client_id, share)
+
+
+def test_a_request_in_flight_when_its_key_is_revoked_stores_nothing(client, db, alice, bob):
+    me, other = client_id_of(db, alice), client_id_of(db, bob)
+    tid = create(client, bob)["id"]
+    services = client.app.state.services
+    override_services(client.app, pool=RevokingPool(services.pool, db))
+    revoked = "your API key was revoked while this request ran; nothing was stored"
+    x, y = sinusoid_task()
+    body = {"model": "sinusoid", "support": {"x": x, "y": y}}
+    assert_problem(client.post("/tasks", headers=alice, json=body), 401, revoked)
+    r = client.post(f"/tasks/{tid}/examples", headers=bob, json={"x": x[:2], "y": y[:2]})
+    assert_problem(r, 401, revoked)
+    with db.session() as session:
+        assert crud.stored(session, client_id=me) == (0, 0)
+        assert crud.get_task(session, client_id=other, task_id=tid).revision == 1
+
+
+class RecordingPool:
+    """The predictions pool, recording whose work it runs, within which share."""
+
+    def __init__(self, pool):
+        self.pool, self.runs = pool, []
+
+    async def run(self, fn, client_id=None, share=None):
+        self.runs.append((client_id, share))
+        return await self.pool.run(fn, client_id, share)
+
+
+def test_a_cache_miss_loads_within_the_clients_share_of_the_pool(client, db, alice):
+    tid = create(client, alice)["id"]
+    recording = RecordingPool(client.app.state.services.predict_pool)
+    override_services(client.app, cache=ModelCache(0), predict_pool=recording)
+    predict(client, alice, tid)  # a small sinusoid predict runs inline: only the load is pooled
+    share = client.app.state.services.settings.predict_per_client
+    assert recording.runs == [(client_id_of(db, alice), share)]
 
 
 def test_new_classes_join_up_to_the_ways(client, alice):

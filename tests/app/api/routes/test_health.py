@@ -8,7 +8,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from app.services.cache import LRUCache
+from app.services.cache import ModelCache
 from tests.conftest import ROOT
 from tests.utils.overrides import override_services
 from tests.utils.server import running_server
@@ -22,12 +22,12 @@ def test_health_readiness_and_metrics(client, alice, database_url):
         "models": ["omniglot-20w1s", "omniglot-5w1s", "sinusoid"],
         "announcements": "live" if database_url.startswith("postgresql") else "none",
     }
-    cache = LRUCache(8)
+    cache = ModelCache(8)
     app: FastAPI = client.app
     override_services(app, cache=cache)
     tid = create(client, alice)["id"]
     client.post(f"/tasks/{tid}/predict", headers=alice, json={"x": [1.0]})
-    cache.pop(tid)
+    cache.drop(tid)
     client.post(f"/tasks/{tid}/predict", headers=alice, json={"x": [1.0]})
     text = client.get("/metrics").text
     assert 'http_requests_total{method="POST",route="/tasks",status="201"} 1.0' in text

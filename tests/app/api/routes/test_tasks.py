@@ -19,7 +19,7 @@ from app import crud
 from app.core.db import Database
 from app.core.metrics import Metrics
 from app.main import create_app
-from app.services.cache import LRUCache
+from app.services.cache import ModelCache
 from app.services.pool import WorkPool
 from meta_core.artifact import load_artifact
 from tests.conftest import ROOT
@@ -427,7 +427,7 @@ def test_overload_answers_503_with_retry_after(client, alice):
 def test_an_exhausted_connection_pool_is_a_503(client, database_url, alice):
     tid = create(client, alice)["id"]
     tiny = Database(database_url, pool_size=1, pool_timeout=0.2)
-    override_services(client.app, db=tiny, cache=LRUCache(0))
+    override_services(client.app, db=tiny, cache=ModelCache(0))
     try:
         with tiny.engine.connect():  # the pool's one connection, taken
             r = client.get(f"/tasks/{tid}", headers=alice)
@@ -440,7 +440,7 @@ def test_an_exhausted_connection_pool_is_a_503(client, database_url, alice):
 
 def test_database_outage_is_503_and_recovers(client, alice):
     app: FastAPI = client.app
-    uncached = override_services(app, cache=LRUCache(0))  # every predict reads the database
+    uncached = override_services(app, cache=ModelCache(0))  # every predict reads the database
     tid = create(client, alice)["id"]
     down = Database("postgresql+psycopg://postgres@127.0.0.1:1/none?connect_timeout=1")
     override_services(app, db=down)
