@@ -1,10 +1,11 @@
-"""``python -m app serve``, ``python -m app clients create|list|revoke|rotate|purge|limits``,
-``python -m app tasks purge-expired`` and ``python -m app models list|reload``."""
+"""``python -m app serve``; ``python -m app clients`` create, list, revoke, rotate, purge,
+limits and recount; ``python -m app tasks purge-expired``; ``python -m app models list|reload``."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 import tempfile
@@ -32,6 +33,15 @@ def multiprocess_metrics() -> None:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
 
 
+def finite_float(text: str) -> float:
+    """A float option's value, refused unless finite: a limit of inf or nan means nothing, and
+    PostgreSQL's JSON cannot store either."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m app")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -55,9 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     limits.add_argument("client_id", type=int)
     for name, field in Limits.model_fields.items():
-        kind = int if field.annotation in (int, "int") else float
+        kind = int if field.annotation in (int, "int") else finite_float
         limits.add_argument(f"--{name.replace('_', '-')}", type=kind, help=field.description)
     limits.add_argument("--reset", action="store_true", help="back to the service's defaults")
+    csub.add_parser(
+        "recount", help="recompute every client's task count and stored bytes from its tasks"
+    )
     tasks = sub.add_parser("tasks", help="manage stored tasks")
     tsub = tasks.add_subparsers(dest="action", required=True)
     tsub.add_parser("purge-expired", help="delete every expired task now")
@@ -132,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
             with db.session() as session:
                 deleted = crud.purge_tasks(session, client_id=args.client_id)
             print(f"deleted {deleted} tasks of client {args.client_id}")
+        elif args.action == "recount":
+            recount_command(db)
         else:
             changes = {
                 name: getattr(args, name)
@@ -190,6 +205,20 @@ def models_command(action: str, settings: Settings) -> int:
                 f"({settings.model_poll_seconds:g} s)"
             )
     return 1 if report.refused else 0
+
+
+def recount_command(db: Database) -> None:
+    """``clients recount``: every client's counters from its task rows, in one transaction; a
+    line for each client whose counters were wrong."""
+    with db.session() as session:
+        recounts = crud.recount_clients(session)
+    changed = [r for r in recounts if r.now != r.was]
+    for r in changed:
+        print(
+            f"client {r.client_id} ({r.name}): tasks {r.was[0]} -> {r.now[0]}, "
+            f"stored bytes {r.was[1]} -> {r.now[1]}"
+        )
+    print(f"recounted {len(recounts)} clients; {len(changed)} corrected")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,14 @@
-"""Alembic environment: the URL from the app's settings (or the caller), compare_type on."""
+"""Alembic environment: the URL from the app's settings (or the caller), compare_type on. On
+SQLite the migrations run with foreign keys off (a batch rebuild drops and recreates a table,
+and dropping ``clients`` would cascade to every task), and are checked after."""
 
 from logging.config import fileConfig
 
 from alembic import context
+from sqlalchemy import Connection
 
 from app.core.config import get_settings
-from app.core.db import make_engine
+from app.core.db import migration_engine
 from app.tables import Base
 
 config = context.config
@@ -26,17 +29,36 @@ def run_migrations_offline() -> None:
         context.run_migrations()
 
 
+def check_foreign_keys(connection: Connection) -> None:
+    """Fail the upgrade (its transaction rolls back) if a row refers to one that is missing:
+    with foreign keys off, SQLite would not have refused it."""
+    found = connection.exec_driver_sql("PRAGMA foreign_key_check").all()
+    if found:
+        rows = "; ".join(
+            f"{t} rowid {rowid} refers to a missing {p} row" for t, rowid, p, _ in found[:5]
+        )
+        more = f" (and {len(found) - 5} more)" if len(found) > 5 else ""
+        raise RuntimeError(
+            f"foreign key check failed after the migrations: {rows}{more} (fix or delete the "
+            "rows, then upgrade again)"
+        )
+
+
 def run_migrations_online() -> None:
-    engine = make_engine(url)
+    sqlite = url.startswith("sqlite")
+    engine = migration_engine(url)
     with engine.connect() as connection:
         context.configure(
             connection=connection,
             target_metadata=Base.metadata,
             compare_type=True,
-            render_as_batch=url.startswith("sqlite"),
+            render_as_batch=sqlite,
+            transactional_ddl=True,  # one transaction: SQLite's too (migration_engine)
         )
         with context.begin_transaction():
             context.run_migrations()
+            if sqlite:
+                check_foreign_keys(connection)
     engine.dispose()
 
 

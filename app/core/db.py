@@ -11,17 +11,20 @@ from typing import Any
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def make_engine(url: str, pool_size: int = 16, pool_timeout: float = 5.0) -> Engine:
+def make_engine(
+    url: str, pool_size: int = 16, pool_timeout: float = 5.0, *, foreign_keys: bool = True
+) -> Engine:
     """An engine whose pool holds ``pool_size`` connections, one per thread that may use it
     (the service sets its thread limit to the same number), and never more: a thread that
     still finds none within ``pool_timeout`` seconds gets ``sqlalchemy.exc.TimeoutError``,
-    which the service answers 503."""
+    which the service answers 503. On SQLite every connection enforces foreign keys unless
+    ``foreign_keys`` is false (:func:`migration_engine`)."""
     pool = {"pool_size": pool_size, "max_overflow": 0, "pool_timeout": pool_timeout}
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
@@ -34,12 +37,32 @@ def make_engine(url: str, pool_size: int = 16, pool_timeout: float = 5.0) -> Eng
         @event.listens_for(engine, "connect")
         def _pragmas(conn: Any, _record: Any) -> None:
             cur = conn.cursor()
-            cur.execute("PRAGMA foreign_keys=ON")
+            # Set at connect: inside a transaction SQLite ignores it.
+            cur.execute(f"PRAGMA foreign_keys={'ON' if foreign_keys else 'OFF'}")
             cur.execute("PRAGMA journal_mode=WAL")
             cur.close()
 
         return engine
     return create_engine(url, pool_pre_ping=True, **pool)
+
+
+def migration_engine(url: str) -> Engine:
+    """The migrations' engine. On SQLite its connections do not enforce foreign keys (a batch
+    rebuild copies a table, drops it and renames the copy: dropping ``clients`` would cascade
+    to every task), and a transaction holds the DDL too (pysqlite would commit a CREATE TABLE
+    at once), so the upgrade is all or nothing and the key check after it can undo it."""
+    engine = make_engine(url, pool_size=1, foreign_keys=False)
+    if engine.dialect.name == "sqlite":
+
+        @event.listens_for(engine, "connect")
+        def _no_implicit_transactions(conn: Any, _record: Any) -> None:
+            conn.isolation_level = None
+
+        @event.listens_for(engine, "begin")
+        def _begin(conn: Connection) -> None:
+            conn.exec_driver_sql("BEGIN")
+
+    return engine
 
 
 class Database:

@@ -5,10 +5,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 
 import httpx
+import pytest
+from sqlalchemy import text
 
 from app import crud
+from app.__main__ import main
 from app.core.security import hash_key
 from tests.conftest import ROOT
 from tests.utils.server import free_port, wait_ready
@@ -117,3 +121,48 @@ def test_client_limits_rotation_and_purge(database_url, db):
     purged = run_cli(env, "clients", "purge", client_id).stdout.strip()
     assert purged == f"deleted 1 tasks of client {client_id}"
     assert run_cli(env, "tasks", "purge-expired").stdout.strip() == "deleted 0 expired tasks"
+
+
+def test_clients_recount_makes_wrong_counters_true(database_url, db):
+    """After an upgrade that lost tasks (or any drift), ``clients recount`` sets each client's
+    counters to what its task rows hold, expired tasks included (they count until purged)."""
+    env = os.environ | {"DATABASE_URL": database_url, "MODEL_DIR": str(ROOT / "models")}
+    with db.session() as session:
+        ids = [
+            crud.create_client(session, name=name, key_hash=name * 16, key_prefix=name).id
+            for name in ("erin", "fred", "gina")
+        ]
+    stored_task(db, ids[0])
+    stored_task(db, ids[0], expires_at=datetime.now(UTC) - timedelta(days=1))
+    stored_task(db, ids[1], support=(b"s" * 100, "0" * 64))
+    with db.session() as session:
+        true = [crud.stored(session, client_id=i) for i in ids]
+        for client_id, wrong in zip(ids[:2], [(0, 0), (5, 1)], strict=True):
+            session.execute(
+                text("UPDATE clients SET task_count = :n, stored_bytes = :b WHERE id = :id"),
+                {"n": wrong[0], "b": wrong[1], "id": client_id},
+            )
+    assert true[0][0] == 2 and true[1][0] == 1 and true[2] == (0, 0)
+
+    out = run_cli(env, "clients", "recount").stdout.splitlines()
+    assert out == [
+        f"client {ids[0]} (erin): tasks 0 -> 2, stored bytes 0 -> {true[0][1]}",
+        f"client {ids[1]} (fred): tasks 5 -> 1, stored bytes 1 -> {true[1][1]}",
+        "recounted 3 clients; 2 corrected",
+    ]
+    with db.session() as session:
+        assert [crud.stored(session, client_id=i) for i in ids] == true
+    again = run_cli(env, "clients", "recount").stdout.splitlines()
+    assert again == ["recounted 3 clients; 0 corrected"]
+
+
+@pytest.mark.parametrize("option", ["--rate-per-second", "--max-adapt-flops"])
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "Infinity", "1e999"])
+def test_clients_limits_refuses_non_finite_values(capsys, option, value):
+    """A float limit must be a finite number (before anything is read or stored)."""
+    with pytest.raises(SystemExit) as exited:
+        main(["clients", "limits", "1", f"{option}={value}"])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"python -m app clients limits: error: argument {option}: not a finite number: {value!r}"
+    )
