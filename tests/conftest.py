@@ -1,15 +1,19 @@
-"""Fixtures for every test: a fixed seed; the Omniglot data of the build machines."""
+"""Fixtures for every test: a fixed seed; tests marked ``omniglot`` need the real Omniglot zips
+(``OMNIGLOT_DIR``): without them they skip, or fail where ``REQUIRE_OMNIGLOT=1``."""
 
-import os
 from pathlib import Path
 
 import pytest
 import torch
 
+from tests.utils.omniglot import real_omniglot
+
 ROOT = Path(__file__).resolve().parents[1]
-# The tests read Omniglot from the shared copy beside the checkout unless OMNIGLOT_DIR says
-# otherwise (the project's own default is the git-ignored ./data/omniglot).
-os.environ.setdefault("OMNIGLOT_DIR", str(ROOT.parent / "shared" / "data" / "omniglot"))
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("omniglot") is not None:
+        real_omniglot()
 
 
 @pytest.fixture(autouse=True)

@@ -21,6 +21,7 @@ def test_shipped_sinusoid_meets_the_k10_bar():
     assert losses[:, 10].mean() < 0.1 * losses[:, 0].mean()
 
 
+@pytest.mark.omniglot
 @pytest.mark.parametrize(
     ("name", "ways", "tasks", "bar"),
     [("omniglot-5w1s", 5, 40, 0.97), ("omniglot-20w1s", 20, 15, 0.90)],

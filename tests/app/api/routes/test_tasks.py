@@ -66,6 +66,7 @@ def test_sinusoid_end_to_end(client, alice):
     assert m["query_loss_after"] == pytest.approx(mse.item(), rel=1e-5)
 
 
+@pytest.mark.omniglot
 def test_classification_uses_the_clients_labels(client, alice):
     from meta_core.data.omniglot import PREPROCESSING, load_images, read_split
 
