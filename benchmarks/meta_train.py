@@ -1,4 +1,9 @@
-"""Meta-training throughput on W1 (sinusoid MLP) and W2 (Conv4, 5-way 1-shot, random images).
+"""Meta-training throughput on the W1 (sinusoid) and W2 (Conv4 few-shot) workloads.
+
+The workloads (docs/benchmarks.md): ``w1`` is sinusoid regression (MLP 1-40-40-1, K = 10,
+meta-batch 25, 1 inner step at lr 0.01); ``w2`` is Conv4 5-way 1-shot on random 28x28 images
+(meta-batch 32, 1 inner step at lr 0.4); ``w2-omniglot`` is W2 on real Omniglot batches, and
+``w2-omniglot-20w`` the 20-way 1-shot setting on them (5 inner steps at lr 0.1, meta-batch 16).
 
 Prints one JSON line per measurement: tasks/s, seconds per iteration, peak resident memory,
 threads and device; for W2 also the achieved GFLOP/s (FLOPs of one iteration counted by
@@ -175,7 +180,7 @@ def measure(step: Callable[[], None], iters: int, sync: Callable[[], None]) -> f
 
 def conv_peak_gflops(device: torch.device, sync: Callable[[], None]) -> float:
     """The best GFLOP/s of Conv4 forward + backward over one plain batch (no per-task weights),
-    among several batch sizes and both memory formats: this machine's practical peak for the
+    among several batch sizes and both memory formats: the device's practical peak for the
     same convolutions."""
     best = 0.0
     for images in (80, 320, 1280):

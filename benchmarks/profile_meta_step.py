@@ -1,4 +1,4 @@
-"""A ``torch.profiler`` summary of one meta-iteration (issue 12, item 1): the top operators and
+"""A ``torch.profiler`` summary of one meta-iteration: the top operators and
 kernels by self time, the gaps between kernel launches on CUDA, and peak memory, for Conv4
 5-way 1-shot (1 step, meta-batch 32) and 20-way 1-shot (5 steps, meta-batch 16), second order,
 vmap over tasks as training runs on a GPU. Random images of Omniglot's shape by default

@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from tests.utils.server import free_port, wait_ready  # noqa: E402  (the tests' readiness poll)
 
-# Like the tests: the build machines' Omniglot copy beside the checkout, unless set.
+# OMNIGLOT_DIR, else a shared/data/omniglot folder beside the checkout if there is one.
 if (ROOT.parent / "shared" / "data" / "omniglot").is_dir():
     os.environ.setdefault("OMNIGLOT_DIR", str(ROOT.parent / "shared" / "data" / "omniglot"))
 
