@@ -6,12 +6,34 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from meta_core.config import eval_config, load_config
 
+# A subcommand: its parsed arguments in, the exit status out.
+Command = Callable[[argparse.Namespace], int]
+
+
+class UsageError(Exception):
+    """Arguments the parser accepted that do not go together: reported as argparse reports
+    its own (usage, the message, exit status 2)."""
+
 
 def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    command: Command = args.func
+    try:
+        return command(args)
+    except UsageError as exc:
+        parser.error(str(exc))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Every subcommand, each bound to its function by ``set_defaults(func=...)``."""
     parser = argparse.ArgumentParser(prog="meta-core", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     tr = sub.add_parser("train", help="meta-train from a preset and write an artifact")
@@ -30,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     tr.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
+    tr.set_defaults(func=train_command)
     ev = sub.add_parser("eval", help="evaluate an artifact: report.json, plots, manifest")
     ev.add_argument("artifact", type=Path)
     ev.add_argument(
@@ -42,54 +65,55 @@ def main(argv: list[str] | None = None) -> int:
     )
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--no-plots", action="store_true")
+    ev.set_defaults(func=eval_command)
     data = sub.add_parser("data", help="datasets to train on without code")
     dsub = data.add_subparsers(dest="action", required=True)
     example = dsub.add_parser(
         "example", help="write a small image-folder dataset and a small CSV table, generated"
     )
     example.add_argument("--out", required=True, type=Path)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    example.set_defaults(func=data_example)
+    return parser
 
-    if args.command == "data":
-        from meta_core.data.example import write_example
 
-        images, table = write_example(args.out)
-        print(f"image folders: {images}\ntable: {table}")
-        return 0
+def train_command(args: argparse.Namespace) -> int:
+    """``train``: 0 once the artifact is written, 2 for data it cannot use (one line, no
+    traceback), 130 when interrupted."""
+    from meta_core.checkpoint import recorded_config
+    from meta_core.data.folders import DataError
+    from meta_core.train import train
 
-    if args.command == "train":
-        from meta_core.checkpoint import recorded_config
-        from meta_core.data.folders import DataError
-        from meta_core.train import train
+    if args.preset is None and not args.resume:
+        raise UsageError("train needs --preset (only --resume reads the run's own config)")
+    if args.preset is None:
+        cfg = recorded_config(args.out, args.overrides)
+    else:
+        cfg = load_config(args.preset, args.overrides)
+    ranks = int(os.environ.get("WORLD_SIZE", "1"))
+    try:
+        train(
+            cfg,
+            args.out,
+            resume=args.resume,
+            progress=not args.no_progress,
+            leave_group=ranks == 1,
+        )
+    except KeyboardInterrupt:
+        return 130
+    except DataError as exc:  # the user's data: one line, no traceback
+        print(f"meta-core train: {exc}", file=sys.stderr)
+        return 2
+    print(f"artifact written to {args.out}")
+    if ranks > 1:  # every rank is past the final barrier: end without C++ teardown
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+    return 0
 
-        if args.preset is None and not args.resume:
-            parser.error("train needs --preset (only --resume reads the run's own config)")
-        if args.preset is None:
-            cfg = recorded_config(args.out, args.overrides)
-        else:
-            cfg = load_config(args.preset, args.overrides)
-        ranks = int(os.environ.get("WORLD_SIZE", "1"))
-        try:
-            train(
-                cfg,
-                args.out,
-                resume=args.resume,
-                progress=not args.no_progress,
-                leave_group=ranks == 1,
-            )
-        except KeyboardInterrupt:
-            return 130
-        except DataError as exc:  # the user's data: one line, no traceback
-            print(f"meta-core train: {exc}", file=sys.stderr)
-            return 2
-        print(f"artifact written to {args.out}")
-        if ranks > 1:  # every rank is past the final barrier: end without C++ teardown
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(0)
-        return 0
 
+def eval_command(args: argparse.Namespace) -> int:
+    """``eval``: the report written beside the artifact, and a line per method and shot
+    count printed."""
     from meta_core.artifact import read_manifest
     from meta_core.evaluate import evaluate_artifact
 
@@ -98,16 +122,25 @@ def main(argv: list[str] | None = None) -> int:
     report = evaluate_artifact(args.artifact, eval_cfg, device=args.device, plots=not args.no_plots)
     for method, by_shots in report["results"].items():
         for shots, by_step in by_shots.items():
-            cells = ", ".join(
-                f"{s}: {v['loss']:.3f}±{v['loss_ci95']:.3f}"
-                + (
-                    f" acc {100 * v['accuracy']:.2f}±{100 * v['accuracy_ci95']:.2f}%"
-                    if "accuracy" in v
-                    else ""
-                )
-                for s, v in by_step.items()
-            )
+            cells = ", ".join(f"{s}: {result_cell(v)}" for s, v in by_step.items())
             print(f"{method:>10} K={shots}: {cells}")
+    return 0
+
+
+def result_cell(v: dict[str, Any]) -> str:
+    """One step's mean loss (and accuracy, for classification) with its 95% interval."""
+    cell = f"{v['loss']:.3f}±{v['loss_ci95']:.3f}"
+    if "accuracy" in v:
+        cell += f" acc {100 * v['accuracy']:.2f}±{100 * v['accuracy_ci95']:.2f}%"
+    return cell
+
+
+def data_example(args: argparse.Namespace) -> int:
+    """``data example``: the generated image folders and table."""
+    from meta_core.data.example import write_example
+
+    images, table = write_example(args.out)
+    print(f"image folders: {images}\ntable: {table}")
     return 0
 
 

@@ -1,13 +1,21 @@
 """Start-up: the app refuses an unmigrated database and a missing MODEL_DIR; its routes are
-mounted with the schema and behaviour ``include_router`` gives."""
+mounted with the schema and behaviour ``include_router`` gives; a client generated from that
+schema (docs/client.md) drives a real server."""
 
 from __future__ import annotations
 
 import gc
+import importlib
+import io
+import os
+import subprocess
+import sys
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import hypothesis
 import pytest
 import schemathesis
@@ -20,8 +28,10 @@ from app.api.routes import health, meta_models, tasks
 from app.core.config import Settings
 from app.core.db import Database, alembic_config
 from app.main import NotMigrated, create_app, mount
+from app.schemas import etag
 from tests.conftest import ROOT
 from tests.utils.database import make_key
+from tests.utils.server import running_server
 
 
 def test_refuses_to_start_on_an_unmigrated_database(tmp_path):
@@ -119,3 +129,83 @@ def test_a_wrong_method_lists_every_method_of_the_path(fuzz_key):
         assert r.status_code == 405 and r.headers["allow"] == "GET, POST"
         r = client.put("/tasks/5c2d3d2e-2b4b-4a8e-9d33-2a7c1b0e9f10", headers=headers)
         assert r.status_code == 405 and r.headers["allow"] == "DELETE, GET"
+
+
+def generate_client(schema_url: str, folder: Path) -> None:
+    """docs/client.md's command: the generated package in ``folder``; any warning (a response
+    or model the generator would leave out) fails."""
+    subprocess.run(
+        [
+            *(sys.executable, "-m", "openapi_python_client", "generate"),
+            *("--url", schema_url, "--output-path", str(folder), "--meta", "none"),
+            *("--config", str(ROOT / "docs" / "client-config.yaml"), "--fail-on-warning"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+
+
+@pytest.fixture
+def generated_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Where ``generate_client`` writes ``maml_client``, importable from there; forgotten
+    after the test (another test's package is another folder's)."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield tmp_path / "maml_client"
+    for name in [m for m in sys.modules if m.split(".")[0] == "maml_client"]:
+        del sys.modules[name]
+
+
+def test_a_generated_client_drives_a_real_server(
+    database_url: str, db: Database, generated_package: Path
+) -> None:
+    """openapi-python-client, run as docs/client.md says on a live server's /openapi.json,
+    generates every operation: its calls create a task, predict, list, get, export (the tar's
+    bytes) and delete it, and parse problem+json answers into its ``Problem``."""
+    key = make_key(db, "generated")
+    env = os.environ | {"DATABASE_URL": database_url, "MODEL_DIR": str(ROOT / "models")}
+    auth = {"Authorization": f"Bearer {key}"}
+    with running_server(env) as base, httpx.Client(base_url=base, headers=auth) as raw:
+        generate_client(f"{base}/openapi.json", generated_package)
+        importlib.invalidate_caches()
+        from maml_client import AuthenticatedClient
+        from maml_client.api.tasks import create_task_tasks_post as create_task
+        from maml_client.api.tasks import delete_task_tasks_task_id_delete as delete_task
+        from maml_client.api.tasks import export_model_tasks_task_id_model_get as export_model
+        from maml_client.api.tasks import get_task_tasks_task_id_get as get_task
+        from maml_client.api.tasks import list_tasks_tasks_get as list_tasks
+        from maml_client.api.tasks import predict_tasks_task_id_predict_post as predict
+        from maml_client.models import Examples, PredictIn, Problem, TaskCreate, TaskOut
+
+        with AuthenticatedClient(base_url=base, token=key) as client:
+            support = Examples(x=[0.0, 1.0, 2.0], y=[0.5, 1.0, -0.25])
+            body = TaskCreate(model="sinusoid", support=support)
+            task = create_task.sync(client=client, body=body)
+            assert isinstance(task, TaskOut)
+            assert (task.model, task.support_size, task.revision) == ("sinusoid", 3, 1)
+
+            out = predict.sync(task.id, client=client, body=PredictIn(x=[0.5, 1.5]))
+            expected = raw.post(f"/tasks/{task.id}/predict", json={"x": [0.5, 1.5]}).json()
+            assert out.to_dict() == expected and len(out.predictions) == 2
+            page = list_tasks.sync(client=client)
+            assert page.total == 1 and [t.id for t in page.items] == [task.id]
+            assert get_task.sync(task.id, client=client).to_dict() == task.to_dict()
+
+            export = export_model.sync_detailed(task.id, client=client)
+            archive = export.parsed.payload.read()
+            assert export.status_code == 200 and export.headers["ETag"] == etag(1)
+            assert archive == raw.get(f"/tasks/{task.id}/model").content
+            with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+                assert sorted(tar.getnames()) == ["manifest.json", "weights.safetensors"]
+
+            assert delete_task.sync_detailed(task.id, client=client).status_code == 204
+            gone = get_task.sync(task.id, client=client)
+            assert isinstance(gone, Problem)
+            assert (gone.status, gone.detail) == (404, f"no task {task.id!r}")
+            assert isinstance(export_model.sync(task.id, client=client), Problem)
+            short = TaskCreate(model="sinusoid", support=Examples(x=[0.0, 1.0], y=[0.5]))
+            bad = create_task.sync(client=client, body=short)
+            assert isinstance(bad, Problem)
+            assert (bad.status, bad.detail) == (
+                422,
+                "support.y has shape [1]; expected [2] or [2, 1] to match x",
+            )
