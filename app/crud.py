@@ -6,6 +6,7 @@ from __future__ import annotations
 import reprlib
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,54 +18,59 @@ from app.core.events import announce
 from app.tables import ClientRow, TaskRow
 
 
+@dataclass(frozen=True)
+class AdaptedState:
+    """What one adaptation leaves of a task: the columns creating it and updating it write
+    (the meta-model it was adapted from, the inner loop's settings and scores, the changed
+    weights and the support set as safetensors bytes with their sha256)."""
+
+    meta_model_name: str
+    meta_model_version: str
+    meta_model_hash: str
+    support_size: int
+    inner_steps: int
+    inner_lr: float | None
+    adapt_ms: float
+    labels: list[int | str] | None
+    metrics: dict[str, float]
+    weights: bytes
+    weights_sha256: str
+    support: bytes | None = None
+    support_sha256: str | None = None
+
+    @property
+    def stored_bytes(self) -> int:
+        """What the task counts in its client's storage: weights and support set."""
+        return len(self.weights) + len(self.support or b"")
+
+    def columns(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)} | {
+            "weights_bytes": len(self.weights),
+            "support_bytes": len(self.support or b""),
+        }
+
+
 def create_task(
     session: Session,
     *,
     client_id: int,
-    meta_model_name: str,
-    meta_model_version: str,
     name: str | None,
-    support_size: int,
-    inner_steps: int,
-    inner_lr: float | None,
-    adapt_ms: float,
-    labels: list[int | str] | None,
-    metrics: dict[str, float],
-    weights: bytes,
-    weights_sha256: str,
+    state: AdaptedState,
     quota: tuple[int, int] | None = None,
     expires_at: datetime | None = None,
-    meta_model_hash: str = "",
-    support: tuple[bytes, str] | None = None,
 ) -> TaskRow:
-    """Add a task, its weights and its support set (bytes and sha256) to the session's
-    transaction, all of it or nothing, counted against the client's storage (within
-    ``quota``, most tasks and bytes, if given: else :class:`OverQuota`)."""
-    support_data, support_sha256 = support if support is not None else (None, None)
-    support_bytes = len(support_data) if support_data is not None else 0
-    _reserve(session, client_id, len(weights) + support_bytes, quota)
+    """Add a task, its weights and its support set to the session's transaction, all of it or
+    nothing, counted against the client's storage (within ``quota``, most tasks and bytes, if
+    given: else :class:`OverQuota`)."""
+    _reserve(session, client_id, state.stored_bytes, quota)
     task = TaskRow(
         id=str(uuid.uuid4()),
         client_id=client_id,
         name=name,
-        meta_model_name=meta_model_name,
-        meta_model_version=meta_model_version,
         created_at=datetime.now(UTC),
-        support_size=support_size,
-        inner_steps=inner_steps,
-        inner_lr=inner_lr,
-        adapt_ms=adapt_ms,
-        labels=labels,
-        metrics=metrics,
-        weights=weights,
-        weights_sha256=weights_sha256,
-        weights_bytes=len(weights),
         expires_at=expires_at,
-        meta_model_hash=meta_model_hash,
-        support=support_data,
-        support_sha256=support_sha256,
-        support_bytes=support_bytes,
         revision=1,
+        **state.columns(),
     )
     session.add(task)
     session.flush()
@@ -188,13 +194,13 @@ def update_task(
     revision: int,
     stored_bytes: int,
     quota: int | None,
-    values: dict[str, Any],
+    state: AdaptedState,
 ) -> None:
-    """Replace the task's adapted model (``values``: its columns) if it is still at
-    ``revision`` (else :class:`StaleRevision`), one revision on, and its bytes in the
-    client's storage (``stored_bytes`` were counted for it; within ``quota`` bytes, else
-    :class:`OverQuota`). One transaction: both or neither."""
-    new_bytes = len(values["weights"]) + len(values.get("support") or b"")
+    """Replace the task's adapted model with ``state`` if it is still at ``revision`` (else
+    :class:`StaleRevision`), one revision on, and its bytes in the client's storage
+    (``stored_bytes`` were counted for it; within ``quota`` bytes, else :class:`OverQuota`).
+    One transaction: both or neither."""
+    new_bytes = state.stored_bytes
     result: Any = session.execute(
         update(TaskRow)
         .where(
@@ -203,13 +209,7 @@ def update_task(
             TaskRow.revision == revision,
             live(),
         )
-        .values(
-            **values,
-            weights_bytes=len(values["weights"]),
-            support_bytes=len(values.get("support") or b""),
-            revision=revision + 1,
-            updated_at=datetime.now(UTC),
-        )
+        .values(**state.columns(), revision=revision + 1, updated_at=datetime.now(UTC))
     )
     if result.rowcount == 0:
         raise StaleRevision

@@ -165,26 +165,17 @@ async def create_task(
     ttl = body.ttl_seconds or settings.task_ttl_seconds
     expires_at = None if ttl is None else datetime.now(UTC) + timedelta(seconds=ttl)
 
+    state = record(meta_model, support, adapted, (data, digest), kept)
+
     def store() -> TaskRow:
         with db.session() as session:
             return crud.create_task(
                 session,
                 client_id=client_id,
-                meta_model_name=meta_model.name,
-                meta_model_version=meta_model.version,
-                meta_model_hash=meta_model.manifest.content_hash,
                 name=body.name,
-                support_size=int(support.x.shape[0]),
-                inner_steps=support.steps,
-                inner_lr=support.lr,
-                adapt_ms=round(adapted.adapt_ms, 3),
-                labels=support.labels,
-                metrics=adapted.metrics,
-                weights=data,
-                weights_sha256=digest,
+                state=state,
                 quota=(limits.max_tasks, limits.max_stored_bytes),
                 expires_at=expires_at,
-                support=kept,
             )
 
     try:
@@ -322,20 +313,7 @@ async def _update_once(
     support, adapted, (data, digest), kept = await services.pool.run(
         work, client_id, limits.adapt_in_flight
     )
-    values = {
-        "meta_model_version": meta_model.version,
-        "meta_model_hash": meta_model.manifest.content_hash,
-        "support_size": int(support.x.shape[0]),
-        "inner_steps": steps,
-        "inner_lr": lr,
-        "adapt_ms": round(adapted.adapt_ms, 3),
-        "labels": support.labels,
-        "metrics": adapted.metrics,
-        "weights": data,
-        "weights_sha256": digest,
-        "support": kept[0],
-        "support_sha256": kept[1],
-    }
+    state = record(meta_model, support, adapted, (data, digest), kept)
     revision, size = task.revision, task.weights_bytes + task.support_bytes
 
     def store() -> TaskRow:
@@ -347,7 +325,7 @@ async def _update_once(
                 revision=revision,
                 stored_bytes=size,
                 quota=limits.max_stored_bytes,
-                values=values,
+                state=state,
             )
             return crud.get_task(session, client_id=client_id, task_id=task_id)
 
@@ -538,6 +516,32 @@ def export(
         metrics=task.metrics,
     )
     return export_task(meta_model, params, record), task
+
+
+def record(
+    meta_model: Artifact,
+    support: SupportSet,
+    adapted: Adaptation,
+    stored: tuple[bytes, str],
+    kept: tuple[bytes, str],
+) -> crud.AdaptedState:
+    """What an adaptation leaves of its task: ``stored`` (its changed weights) and ``kept``
+    (its support set) as bytes with their sha256."""
+    return crud.AdaptedState(
+        meta_model_name=meta_model.name,
+        meta_model_version=meta_model.version,
+        meta_model_hash=meta_model.manifest.content_hash,
+        support_size=int(support.x.shape[0]),
+        inner_steps=support.steps,
+        inner_lr=support.lr,
+        adapt_ms=round(adapted.adapt_ms, 3),
+        labels=support.labels,
+        metrics=adapted.metrics,
+        weights=stored[0],
+        weights_sha256=stored[1],
+        support=kept[0],
+        support_sha256=kept[1],
+    )
 
 
 def changed_weights(meta_model: Artifact, adapted: Adaptation) -> tuple[bytes, str]:

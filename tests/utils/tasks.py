@@ -36,23 +36,33 @@ def create(client: Any, headers: dict[str, str], **body: Any) -> dict[str, Any]:
 
 def stored_task(db: Database, client_id: int, meta_model: str = "sinusoid", **fields: Any) -> str:
     """A task row written straight to the database (no adaptation), as an older service may
-    have left it: the meta-model's own weights unless ``weights`` are given; any other
-    ``crud.create_task`` field may be given too."""
+    have left it: the meta-model's own weights unless ``weights`` are given; ``expires_at``,
+    ``support`` (bytes and sha256) or any other ``crud.AdaptedState`` field may be given too."""
     art = load_artifact(MODELS / meta_model)
     data, digest = weights.serialize(fields.pop("weights", art.params))
-    row = {
+    expires_at = fields.pop("expires_at", None)
+    support, support_sha256 = fields.pop("support", (None, None))
+    state = {
         "meta_model_name": art.name,
         "meta_model_version": art.version,
-        "name": None,
+        "meta_model_hash": "",
         "support_size": 2,
         "inner_steps": 1,
         "inner_lr": None,
         "adapt_ms": 1.0,
         "labels": None,
         "metrics": {"support_loss_before": 1.0},
+        "weights": data,
+        "weights_sha256": digest,
+        "support": support,
+        "support_sha256": support_sha256,
     } | fields
     with db.session() as session:
         task = crud.create_task(
-            session, client_id=client_id, weights=data, weights_sha256=digest, **row
+            session,
+            client_id=client_id,
+            name=None,
+            state=crud.AdaptedState(**state),
+            expires_at=expires_at,
         )
         return task.id
