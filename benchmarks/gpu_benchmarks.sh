@@ -50,11 +50,7 @@ PROFILE_ARGS=${PROFILE_ARGS:-}   # PROFILE=1: profile first; e.g. "--omniglot" f
 PY=${PY:-python3}
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 export META_CORE_CACHE=${META_CORE_CACHE:-$PWD/data/cache}   # omniglot28.safetensors, kept
-# The Omniglot zips: OMNIGLOT_DIR, else a shared/data/omniglot folder beside the checkout or
-# inside it, if there is one (meta_core's own default is data/omniglot).
-for d in ../shared/data/omniglot shared/data/omniglot; do
-    if [ -z "${OMNIGLOT_DIR:-}" ] && [ -d "$d" ]; then export OMNIGLOT_DIR=$PWD/$d; fi
-done
+# The Omniglot zips: OMNIGLOT_DIR, else meta_core's default, data/omniglot.
 mkdir -p "$OUT/$PRESET"
 RUN=$(mktemp -d)/$(basename "${RESUME:-$PRESET}")
 

@@ -35,10 +35,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from tests.utils.server import free_port, wait_ready  # noqa: E402  (the tests' readiness poll)
 
-# OMNIGLOT_DIR, else a shared/data/omniglot folder beside the checkout if there is one.
-if (ROOT.parent / "shared" / "data" / "omniglot").is_dir():
-    os.environ.setdefault("OMNIGLOT_DIR", str(ROOT.parent / "shared" / "data" / "omniglot"))
-
 
 def percentile(values: list[float], q: float) -> float:
     values = sorted(values)

@@ -33,9 +33,6 @@ import torch
 from meta_train import WORKLOADS, conv_peak_gflops, workload_flops
 
 ROOT = Path(__file__).resolve().parents[1]
-# OMNIGLOT_DIR, else a shared/data/omniglot folder beside the checkout if there is one.
-if (ROOT.parent / "shared" / "data" / "omniglot").is_dir():
-    os.environ.setdefault("OMNIGLOT_DIR", str(ROOT.parent / "shared" / "data" / "omniglot"))
 
 
 def parse_config(config: str) -> tuple[int, int, list[str]]:
