@@ -36,6 +36,8 @@ from torch import Tensor, nn
 
 from meta_core.config import Config
 from meta_core.inner_loop import InnerLoop, LearningRate, Params, TaskKind, forward
+from meta_core.memory import AdaptMemory
+from meta_core.memory import measure as measure_memory
 from meta_core.networks import (
     ArchSpec,
     Predictor,
@@ -284,6 +286,12 @@ class Artifact:
     def flops_per_example(self) -> int:
         """One example's forward pass, in floating-point operations (the architecture's)."""
         return self.manifest.architecture.flops
+
+    @functools.cached_property
+    def adapt_memory(self) -> AdaptMemory:
+        """What one adaptation holds in memory, per support row and besides
+        (:mod:`meta_core.memory`): measured on first use, once (a step on two rows)."""
+        return measure_memory(self.inner_loop(steps=1), self.params, self.row_shape, self.n_outputs)
 
     @property
     def input_shape(self) -> list[int]:

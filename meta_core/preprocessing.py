@@ -1,14 +1,14 @@
 """Preprocessing, written once: the data loaders and the service apply the spec stored in an
 artifact's manifest (``preprocessing``), so serving sees exactly what training saw. Images:
-color mode, size, polarity, scale, normalization. Tables: the feature columns' order and
-standardization, and a regression target's."""
+orientation, bit depth, transparency, color mode, size, polarity, scale, normalization.
+Tables: the feature columns' order and standardization, and a regression target's."""
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
 import numpy as np
-from PIL import Image
+from PIL import ExifTags, Image, ImageOps
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 RESAMPLING = {
@@ -51,11 +51,53 @@ class ImagePreprocessing(BaseModel):
         return 1 if self.grayscale else 3
 
 
+SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # "I": how older Pillow read them
+ALPHA = ("RGBA", "RGBa", "LA", "La", "PA")
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """The image as it is meant to be seen: its EXIF orientation applied (a phone's photo is
+    stored sideways with a tag saying so; a turned character is another class)."""
+    if image.getexif().get(ExifTags.Base.Orientation, 1) in (2, 3, 4, 5, 6, 7, 8):
+        turned = ImageOps.exif_transpose(image)
+        assert turned is not None  # not in place
+        return turned
+    return image
+
+
+def eight_bit(image: Image.Image) -> Image.Image:
+    """16-bit grayscale (a PNG's "I;16") scaled to 8 bits, 65535 to 255 (``convert("L")``
+    would clip everything above 255, so mid-grey came out white); a transparent grey value
+    (PNG's tRNS) becomes an alpha channel. Other modes are returned as they are."""
+    if image.mode not in SIXTEEN_BIT:
+        return image
+    values = np.asarray(image).astype(np.int64)
+    gray = Image.fromarray(((np.clip(values, 0, 65535) + 128) // 257).astype(np.uint8))
+    key = image.info.get("transparency")
+    if isinstance(key, int):
+        gray.putalpha(Image.fromarray(np.where(values == key, 0, 255).astype(np.uint8)))
+    return gray
+
+
+def opaque(image: Image.Image, background: int) -> Image.Image:
+    """An image with transparency (an alpha channel, or a transparent colour) composited onto
+    a ``background`` grey level; others as they are. Converting alone would drop the alpha
+    and keep the colour beneath it, usually black: a drawing on a transparent background
+    came out as one dark square."""
+    if image.mode not in ALPHA and "transparency" not in image.info:
+        return image
+    base = Image.new("RGBA", image.size, (background, background, background, 255))
+    return Image.alpha_composite(base, image.convert("RGBA")).convert("RGB")
+
+
 def image_to_uint8(image: Image.Image, spec: ImagePreprocessing) -> np.ndarray:
-    """Color mode, resize, polarity: one image -> ``[H, W]`` (grayscale) or ``[3, H, W]``
-    (RGB) uint8 (then :func:`normalize` it)."""
+    """Orientation, bit depth, transparency, color mode, resize, polarity: one image ->
+    ``[H, W]`` (grayscale) or ``[3, H, W]`` (RGB) uint8 (then :func:`normalize` it).
+    Transparent parts take the colour that becomes 0: white when ``invert`` (black strokes
+    on white, as Omniglot is drawn), else black."""
     height, width = spec.size
     mode = "L" if spec.grayscale else "RGB"
+    image = opaque(eight_bit(upright(image)), 255 if spec.invert else 0)
     small = image.convert(mode).resize((width, height), RESAMPLING[spec.resample])
     pixels = np.asarray(small, dtype=np.uint8)
     if not spec.grayscale:

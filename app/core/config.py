@@ -47,14 +47,20 @@ class Settings(BaseSettings):
     adapt_concurrency: int = Field(2, ge=1, description="adaptations running at once")
     adapt_queue: int = Field(8, ge=0, description="adaptations waiting; beyond: 503")
     adapt_per_client: int = Field(
-        2, ge=1, description="one client's adaptations running or waiting; beyond: 429"
+        1,
+        ge=1,
+        description="one client's adaptations running or waiting; beyond: 429. Below "
+        "ADAPT_CONCURRENCY (when that is over 1), so that one client never holds every slot",
     )
     predict_concurrency: int = Field(
         2, ge=1, description="large or image predictions running at once (on threads)"
     )
     predict_queue: int = Field(16, ge=0, description="large predictions waiting; beyond: 503")
     predict_per_client: int = Field(
-        4, ge=1, description="one client's large predictions running or waiting; beyond: 429"
+        1,
+        ge=1,
+        description="one client's large predictions running or waiting; beyond: 429. Below "
+        "PREDICT_CONCURRENCY (when that is over 1), likewise",
     )
     predict_inline_flops: float = Field(
         1e7,
@@ -96,6 +102,18 @@ class Settings(BaseSettings):
     )
     max_image_bytes: int = Field(4 * 2**20, ge=1024, description="one encoded image")
     max_image_pixels: int = Field(4096 * 4096, ge=1, description="one image, before resizing")
+    max_image_scale: int = Field(
+        32,
+        ge=1,
+        description="each side of an image at most this many times the model's input side "
+        "(a larger JPEG decodes at 1/2, 1/4 or 1/8 of its size if that fits)",
+    )
+    max_request_pixels: int = Field(
+        2**26,
+        ge=1,
+        description="the pixels all images of one request decode, together; each also counts "
+        "against the adaptation's cost (MAX_ADAPT_FLOPS)",
+    )
     retry_after_seconds: int = Field(1, ge=1)
     task_ttl_seconds: int | None = Field(
         None, ge=1, description="a task's lifetime when its request names none (None: forever)"
@@ -112,13 +130,34 @@ class Settings(BaseSettings):
         1e11,
         gt=0,
         description="one adaptation's cost: the model's FLOPs per row x (3 x support rows x "
-        "inner steps + 2 x (support + query rows)); beyond: 422",
+        "inner steps + 2 x (support + query rows)), and its images' decoding; beyond: 422",
+    )
+    max_adapt_bytes: int = Field(
+        512 * 2**20,
+        gt=0,
+        description="the memory one adaptation may need, as estimated from what the "
+        "meta-model's inner loop keeps per row; beyond: 422. A process needs up to "
+        "ADAPT_CONCURRENCY times this, besides its cache and meta-models",
     )
     max_tasks_per_client: int = Field(10_000, ge=0, description="tasks one client stores")
     max_stored_bytes_per_client: int = Field(
         2**30, ge=0, description="bytes of adapted weights one client stores"
     )
     log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _no_client_holds_a_whole_pool(self) -> Settings:
+        pools = (
+            ("ADAPT", self.adapt_per_client, self.adapt_concurrency),
+            ("PREDICT", self.predict_per_client, self.predict_concurrency),
+        )
+        for pool, share, concurrency in pools:
+            if concurrency > 1 and share >= concurrency:
+                raise ValueError(
+                    f"{pool}_PER_CLIENT ({share}) must be below {pool}_CONCURRENCY "
+                    f"({concurrency}): one client could hold every running slot"
+                )
+        return self
 
     @model_validator(mode="after")
     def _production_needs_a_real_database(self) -> Settings:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import reprlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,22 +16,13 @@ from torch import Tensor
 from app.core.config import Settings
 from app.core.errors import InvalidInput
 from app.schemas import TaskCreate
+from app.services.images import ImageLimits as ImageLimits  # callers' import, kept
 from app.services.images import images_to_array
 from app.services.limits import Limits
 from meta_core.artifact import Artifact
 from meta_core.preprocessing import TablePreprocessing
 
 Label = int | str
-
-
-@dataclass(frozen=True)
-class ImageLimits:
-    max_bytes: int
-    max_pixels: int
-
-    @classmethod
-    def of(cls, settings: Settings) -> ImageLimits:
-        return cls(settings.max_image_bytes, settings.max_image_pixels)
 
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -56,7 +48,8 @@ def to_inputs(
     meta_model: Artifact, x: list[Any], field: str, limit: int, images: ImageLimits
 ) -> np.ndarray:
     """``x`` as a float32 ``[n, *input_shape]`` array, or a clear 422. For an image model,
-    rows may be base64 PNG/JPEG strings (or data URLs), preprocessed as in training."""
+    rows may be base64 PNG/JPEG strings (or data URLs), decoded within ``images`` (the
+    request's: what they decode is counted there) and preprocessed as in training."""
     if len(x) > limit:
         raise InvalidInput(f"{field} has {len(x)} rows; the limit is {limit}")
     spec = meta_model.manifest.preprocessing
@@ -67,9 +60,7 @@ def to_inputs(
             raise InvalidInput(
                 f"{field} holds strings, but model {meta_model.name!r} takes numbers"
             )
-        a = images_to_array(
-            x, field, spec, max_bytes=images.max_bytes, max_pixels=images.max_pixels
-        )
+        a = images_to_array(x, field, spec, images)
     else:
         a = as_float32(x, field, "a rectangular array of numbers")
     if a.ndim == 0 or a.shape[0] == 0:
@@ -184,20 +175,50 @@ def check_cost(meta_model: Artifact, body: TaskCreate, limits: Limits, settings:
     check_adapt_cost(meta_model, len(body.support.x), query, steps, limits)
 
 
+# Decoding and resizing one image pixel takes about as long as this many of the inner loop's
+# FLOPs on one core (README, "Limits": the measurements).
+DECODE_FLOPS_PER_PIXEL = 200
+
+
 def check_adapt_cost(
-    meta_model: Artifact, rows: int, query: int, steps: int, limits: Limits
+    meta_model: Artifact, rows: int, query: int, steps: int, limits: Limits, *, pixels: int = 0
 ) -> None:
-    """422 for an adaptation over the caller's cost budget, before any of it is done: the
-    model's FLOPs per row x (3 x support rows x inner steps (forward and backward) + 2 x
-    (support + query rows) (scored before and after))."""
+    """422 for an adaptation over the caller's budgets, before any of it is done. Its cost:
+    the model's FLOPs per row x (3 x support rows x inner steps (forward and backward) + 2 x
+    (support + query rows) (scored before and after)), and ``pixels`` of images to decode
+    at DECODE_FLOPS_PER_PIXEL each. Its memory: what the meta-model's inner loop is measured
+    to keep per row (:attr:`Artifact.adapt_memory`)."""
     flops = meta_model.flops_per_example * (3 * rows * steps + 2 * (rows + query))
+    flops += DECODE_FLOPS_PER_PIXEL * pixels
     if flops > limits.max_adapt_flops:
+        images, fewer = "", "rows or inner_steps"
+        if pixels:
+            images = f", and {pixels} image pixels to decode at {DECODE_FLOPS_PER_PIXEL} FLOPs each"
+            fewer = "rows, inner_steps or smaller images"
         raise InvalidInput(
             f"this adaptation would cost {flops / 1e9:.3g} GFLOP ({rows} support rows x {steps} "
             f"inner steps of model {meta_model.name!r}, {meta_model.flops_per_example} FLOPs "
-            f"per row); the limit is {limits.max_adapt_flops / 1e9:.3g} GFLOP: send fewer rows "
-            "or inner_steps"
+            f"per row{images}); the limit is {limits.max_adapt_flops / 1e9:.3g} GFLOP: send "
+            f"fewer {fewer}"
         )
+    memory = meta_model.adapt_memory.peak(rows, query, steps)
+    if memory > limits.max_adapt_bytes:
+        sets = f"{rows} support rows" + (f" and {query} query rows" if query else "")
+        raise InvalidInput(
+            f"this adaptation would need about {memory / 2**20:.0f} MiB of memory ({sets} of "
+            f"model {meta_model.name!r}); the limit is {limits.max_adapt_bytes / 2**20:.0f} "
+            "MiB: send fewer rows"
+        )
+
+
+def decoding_cost(
+    meta_model: Artifact, rows: int, query: int, steps: int, limits: Limits | None
+) -> Callable[[int], None] | None:
+    """:func:`check_adapt_cost` of an adaptation with the pixels its images decode, for
+    :class:`ImageLimits` to call before decoding them (None: no budget to count them in)."""
+    if limits is None:
+        return None
+    return lambda pixels: check_adapt_cost(meta_model, rows, query, steps, limits, pixels=pixels)
 
 
 def inner_steps(meta_model: Artifact, requested: int | None, settings: Settings) -> int:
@@ -222,9 +243,15 @@ class SupportSet:
     lr: float | None
 
 
-def prepare(meta_model: Artifact, body: TaskCreate, settings: Settings) -> SupportSet:
-    """Validate ``POST /tasks``'s body against the meta-model and the service's limits."""
-    images = ImageLimits.of(settings)
+def prepare(
+    meta_model: Artifact, body: TaskCreate, settings: Settings, *, limits: Limits | None = None
+) -> SupportSet:
+    """Validate ``POST /tasks``'s body against the meta-model and the service's limits, and
+    (with the caller's ``limits``) its images' decoding against the adaptation's cost."""
+    steps = inner_steps(meta_model, body.inner_steps, settings)
+    query_rows = len(body.query.x) if body.query is not None else 0
+    cost = decoding_cost(meta_model, len(body.support.x), query_rows, steps, limits)
+    images = ImageLimits.of(settings, cost)
     sx = torch.from_numpy(
         to_inputs(meta_model, body.support.x, "support.x", settings.max_support, images)
     )
@@ -247,7 +274,6 @@ def prepare(meta_model: Artifact, body: TaskCreate, settings: Settings) -> Suppo
         else:
             qy = to_targets(meta_model, body.query.y, qx.shape[0], "query.y")
         query = (qx, qy)
-    steps = inner_steps(meta_model, body.inner_steps, settings)
     return SupportSet(sx, sy, query, labels, steps, inner_lr(body.inner_lr, settings))
 
 
@@ -263,10 +289,14 @@ def grow(
     labels: list[Label] | None,
     examples: Any,
     settings: Settings,
+    *,
+    limits: Limits | None = None,
+    steps: int = 0,
 ) -> tuple[Tensor, Tensor, list[Label] | None]:
     """A stored support set with ``examples`` (``x`` and ``y``) added, validated as
     ``POST /tasks`` validates its support set: new classes may join up to the model's ways
-    (the classes stay sorted, so stored label indices are renumbered)."""
+    (the classes stay sorted, so stored label indices are renumbered). With the caller's
+    ``limits``, the images' decoding counts against the cost of ``steps`` inner steps."""
     x, y = support
     room = settings.max_support - len(x)
     if len(examples.x) > room:
@@ -274,7 +304,8 @@ def grow(
             f"the task has {len(x)} examples and x adds {len(examples.x)}; a support set holds "
             f"at most {settings.max_support}"
         )
-    images = ImageLimits.of(settings)
+    rows = len(x) + len(examples.x)
+    images = ImageLimits.of(settings, decoding_cost(meta_model, rows, 0, steps, limits))
     new_x = torch.from_numpy(to_inputs(meta_model, examples.x, "x", room, images))
     if labels is None:
         new_y = to_targets(meta_model, examples.y, len(new_x), "y")

@@ -27,6 +27,7 @@ class Limits(BaseModel):
     adapt_in_flight: int = Field(ge=1, description="adaptations running or waiting")
     predict_in_flight: int = Field(ge=1, description="pooled predictions running or waiting")
     max_adapt_flops: float = Field(gt=0, description="the cost of one adaptation")
+    max_adapt_bytes: int = Field(gt=0, description="the memory one adaptation may need")
     max_tasks: int = Field(ge=0, description="tasks stored")
     max_stored_bytes: int = Field(ge=0, description="bytes of adapted weights stored")
 
@@ -38,6 +39,7 @@ class Limits(BaseModel):
             "adapt_in_flight": settings.adapt_per_client,
             "predict_in_flight": settings.predict_per_client,
             "max_adapt_flops": settings.max_adapt_flops,
+            "max_adapt_bytes": settings.max_adapt_bytes,
             "max_tasks": settings.max_tasks_per_client,
             "max_stored_bytes": settings.max_stored_bytes_per_client,
         }

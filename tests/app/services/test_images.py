@@ -7,12 +7,14 @@ import io
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.main import create_app
+from app.services.images import ImageLimits, images_to_array
 from meta_core.artifact import load_artifact
 from meta_core.config import load_config
 from meta_core.data.example import write_example
@@ -101,6 +103,15 @@ def encoded(image: Image.Image, fmt: str) -> str:
     return b64(buf.getvalue())
 
 
+def cut_short(size: int) -> str:
+    """A PNG of ``size`` x ``size`` whose data stops after its header: only a check made
+    before decoding can say anything but 'not decodable' about it."""
+    noise = np.random.default_rng(0).integers(0, 256, (size, size), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(noise).save(buf, format="PNG")
+    return b64(buf.getvalue()[:200])
+
+
 @pytest.mark.parametrize(
     ("x", "detail"),
     [
@@ -116,6 +127,15 @@ def encoded(image: Image.Image, fmt: str) -> str:
         ),
         (["data:image/png,abc"], "support.x[0] is a data URL without base64 data"),
         (
+            [encoded(Image.new("1", (1000, 1000)), "PNG")],
+            "support.x[0] is 1000x1000 pixels; images for this model may be at most 896 "
+            "pixels a side (32 times its 28x28 input): downscale it",
+        ),
+        (
+            [cut_short(800)] * 4,
+            "support.x's images decode to 2560000 pixels; the limit is 2000000 pixels per request",
+        ),
+        (
             [b64(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)],
             "support.x[0] is not a decodable PNG or JPEG image",
         ),
@@ -123,7 +143,9 @@ def encoded(image: Image.Image, fmt: str) -> str:
 )
 def test_bad_images_are_a_clear_422(client, settings, alice, x, detail):
     app: FastAPI = client.app
-    smaller = settings.model_copy(update={"max_image_pixels": 2000 * 2000})
+    smaller = settings.model_copy(
+        update={"max_image_pixels": 2000 * 2000, "max_request_pixels": 2_000_000}
+    )
     override_services(app, settings=smaller)
     r = client.post(
         "/tasks",
@@ -214,3 +236,63 @@ def test_a_users_image_model_adapts_and_predicts_uploaded_pngs(settings, db, ali
         bad = c.post(f"/tasks/{r.json()['id']}/predict", headers=alice, json={"x": [[0.0] * 3]})
         expected = f"takes [n, {', '.join(map(str, shape))}]"
         assert bad.status_code == 422 and expected in bad.json()["detail"]
+
+
+def test_the_query_sets_images_count_with_the_support_sets(client, settings, alice):
+    fewer = settings.model_copy(update={"max_request_pixels": 2_000_000})
+    override_services(client.app, settings=fewer)
+    two = [encoded(Image.new("1", (800, 800), 1), "PNG")] * 2
+    r = client.post(
+        "/tasks",
+        headers=alice,
+        json={
+            "model": "omniglot-5w1s",
+            "support": {"x": two, "y": [0, 1]},
+            "query": {"x": [cut_short(800)] * 3, "y": [0, 1, 0]},
+        },
+    )
+    assert_problem(
+        r,
+        422,
+        "query.x's images decode to 1920000 pixels, 3200000 with the request's other images; "
+        "the limit is 2000000 pixels per request",
+    )
+
+
+OMNIGLOT = load_artifact(Path(__file__).parents[3] / "models" / "omniglot-5w1s")
+
+
+def drawn(size: tuple[int, int]) -> Image.Image:
+    """A character-like drawing (black strokes on white) of ``size`` (width, height)."""
+    mask = np.zeros((28, 28), dtype=bool)
+    mask[4:24, 12:15] = True
+    mask[4:7, 15:22] = True
+    image = Image.fromarray(np.where(mask, 0, 255).astype(np.uint8))
+    return image.resize(size, Image.Resampling.NEAREST)
+
+
+def test_a_phones_mpo_is_read_as_its_first_frame():
+    spec = OMNIGLOT.manifest.preprocessing
+    assert spec is not None and spec.type == "image"
+    first, second = drawn((28, 28)).convert("RGB"), Image.new("RGB", (28, 28), "black")
+    buf = io.BytesIO()
+    first.save(buf, format="MPO", save_all=True, append_images=[second], quality=95)
+    assert Image.open(io.BytesIO(buf.getvalue())).format == "MPO"
+    out = images_to_array([b64(buf.getvalue())], "x", spec, ImageLimits(2**20, 2**24))
+    jpeg = io.BytesIO()
+    first.save(jpeg, format="JPEG", quality=95)  # the same first frame, as a plain JPEG
+    np.testing.assert_array_equal(out[0], image_to_array(Image.open(jpeg), spec))
+
+
+def test_a_large_jpeg_decodes_at_the_reduced_size_that_fits():
+    spec = OMNIGLOT.manifest.preprocessing
+    assert spec is not None and spec.type == "image"
+    photo = io.BytesIO()
+    drawn((4032, 3024)).save(photo, format="JPEG", quality=90)  # a 12-megapixel phone photo
+    limits = ImageLimits(2**23, 2**24)
+    out = images_to_array([b64(photo.getvalue())], "x", spec, limits)
+    # Decoded at 1/8 (504x378, within 32 x 28 = 896 a side), not at 4032x3024 ...
+    assert limits.decoded == 504 * 378
+    # ... and preprocessed to nearly what the full decode gives.
+    full = image_to_array(Image.open(photo), spec)
+    assert np.abs(out[0] - full).max() < 0.1

@@ -3,7 +3,11 @@ and bytes (429), each naming its limit; per-client overrides; the token bucket."
 
 from __future__ import annotations
 
+import base64
+import io
+
 import pytest
+from PIL import Image
 
 from app import crud
 from app.core.config import Settings
@@ -97,3 +101,23 @@ def test_forgetting_idle_buckets_uses_each_clients_own_rate(monkeypatch):
     now[0] += 1.0
     bucket.take(10_002, 1000.0, 2)  # past 10,000 buckets: the full ones are forgotten
     assert bucket.take(1, 0.001, 2) == 0 and bucket.take(1, 0.001, 2) > 0  # not refilled
+
+
+def tiny_png() -> str:
+    buf = io.BytesIO()
+    Image.new("L", (28, 28), 255).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def test_an_adaptation_over_its_memory_budget_is_a_422_before_any_work(client, db, alice):
+    limit(db, alice, max_adapt_bytes=200 * 2**20)
+    body = {"model": "omniglot-5w1s", "support": {"x": [tiny_png()] * 150, "y": [0, 1] * 75}}
+    assert_problem(
+        client.post("/tasks", headers=alice, json=body),
+        422,
+        "this adaptation would need about 461 MiB of memory (150 support rows of model "
+        "'omniglot-5w1s'); the limit is 200 MiB: send fewer rows",
+    )
+    fewer = {"model": "omniglot-5w1s", "support": {"x": [tiny_png()] * 50, "y": [0, 1] * 25}}
+    assert client.post("/tasks", headers=alice, json=fewer).status_code == 201
+    assert client.get("/tasks", headers=alice).json()["total"] == 1

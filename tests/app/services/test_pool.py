@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 from prometheus_client import CollectorRegistry, Counter
+from pydantic import ValidationError
 
+from app.core.config import Settings
 from app.core.errors import Overloaded, TooManyRequests
 from app.services.pool import WorkPool
 from tests.conftest import ROOT
@@ -59,33 +61,36 @@ def png(size: int) -> str:
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_probes_answer_quickly_while_the_heaviest_requests_run(database_url, db):
-    key = make_key(db, "heavy")
-    env = os.environ | {
-        "DATABASE_URL": database_url,
-        "MODEL_DIR": str(ROOT / "models"),
-        "MAX_IMAGE_PIXELS": str(2048 * 2048),
-    }
-    big = png(2048)
-    headers = {"Authorization": f"Bearer {key}"}
+    env = os.environ | {"DATABASE_URL": database_url, "MODEL_DIR": str(ROOT / "models")}
+    # The largest images the model takes (32 x its 28-pixel side), as many as a request may
+    # decode; two clients, as one may hold only one of each pool's two slots.
+    big = png(896)
+    clients = [{"Authorization": f"Bearer {make_key(db, name)}"} for name in ("one", "two")]
     with running_server(env) as base, httpx.Client(base_url=base, timeout=120) as http:
         support = {"x": [big] * 20, "y": list(range(20))}
         body = {"model": "omniglot-20w1s", "support": support}
-        r = http.post("/tasks", headers=headers, json=body)
-        assert r.status_code == 201, r.text
-        task = r.json()["id"]
+        tasks = []
+        for headers in clients:
+            r = http.post("/tasks", headers=headers, json=body)
+            assert r.status_code == 201, r.text
+            tasks.append(r.json()["id"])
         stop = threading.Event()
         statuses: list[int] = []
 
-        def heavy(kind: str) -> None:
+        def heavy(kind: str, headers: dict[str, str], task: str) -> None:
             with httpx.Client(base_url=base, headers=headers, timeout=120) as mine:
                 while not stop.is_set():
                     if kind == "predict":
-                        r = mine.post(f"/tasks/{task}/predict", json={"x": [big] * 60})
+                        r = mine.post(f"/tasks/{task}/predict", json={"x": [big] * 80})
                     else:
                         r = mine.post("/tasks", json=body | {"inner_steps": 5})
                     statuses.append(r.status_code)
 
-        workers = [threading.Thread(target=heavy, args=(k,)) for k in ("predict", "adapt") * 2]
+        workers = [
+            threading.Thread(target=heavy, args=(kind, headers, task))
+            for kind in ("predict", "adapt")
+            for headers, task in zip(clients, tasks, strict=True)
+        ]
         for w in workers:
             w.start()
         try:
@@ -106,3 +111,19 @@ def test_probes_answer_quickly_while_the_heaviest_requests_run(database_url, db)
     latencies.sort()
     print(f"probe latency: p50 {latencies[40] * 1000:.1f} ms, max {latencies[-1] * 1000:.1f} ms")
     assert latencies[-1] < 0.1, f"slowest probe {latencies[-1] * 1000:.0f} ms"
+
+
+def test_by_default_no_client_holds_every_running_slot_of_a_pool():
+    settings = Settings()
+    assert settings.adapt_per_client < settings.adapt_concurrency
+    assert settings.predict_per_client < settings.predict_concurrency
+    for pool in ("adapt", "predict"):
+        with pytest.raises(
+            ValidationError,
+            match=rf"{pool.upper()}_PER_CLIENT \(4\) must be below {pool.upper()}_CONCURRENCY "
+            r"\(4\): one client could hold every running slot",
+        ):
+            Settings(**{f"{pool}_concurrency": 4, f"{pool}_per_client": 4})
+    assert Settings(adapt_concurrency=8, adapt_per_client=7).adapt_per_client == 7
+    # A pool of one slot: whoever runs holds it all, as any pool of one.
+    assert Settings(adapt_concurrency=1, predict_concurrency=1).adapt_per_client == 1
