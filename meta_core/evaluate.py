@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 from meta_core.algorithms import choose_strategy
-from meta_core.artifact import load_artifact, update_evaluation
+from meta_core.artifact import Artifact, load_artifact, update_evaluation
 from meta_core.config import EvalConfig
 from meta_core.inner_loop import LOSSES, InnerLoop, LearningRate, Params, TaskKind
 from meta_core.networks import ArchSpec, build_network
@@ -140,6 +140,9 @@ def fresh_params(spec: ArchSpec, seed: int) -> Params:
     return {k: v.detach() for k, v in build_network(spec).named_parameters()}
 
 
+Method = tuple[Params, LearningRate, list[str] | None]  # start, inner lr, adapted names (None: all)
+
+
 def evaluate_artifact(
     directory: Path | str, cfg: EvalConfig, *, device: str = "cpu", plots: bool = True
 ) -> dict[str, Any]:
@@ -147,70 +150,96 @@ def evaluate_artifact(
     directory = Path(directory)
     dev = torch.device(device)
     art = load_artifact(directory, dev)
-    manifest = art.manifest
-    trained = manifest.training.config
-    family = build_family(trained.family).to(dev)
-    kind = art.task_kind
-    max_steps = max(cfg.steps)
+    family = build_family(art.manifest.training.config.family).to(dev)
+    # The baselines' inner lr: the one asked for, else the artifact's scalar one (no learned rates).
+    base_lr = float(cfg.inner_lr) if cfg.inner_lr > 0 else art.manifest.inner_loop.lr
+    methods = _methods(art, family, cfg, base_lr, dev)
+    results: dict[str, dict[str, Any]] = {method: {} for method in methods}
+    for shots in cfg.shots or [family.shots]:
+        batch = _test_tasks(family, cfg, shots, dev)
+        for method, start in methods.items():
+            results[method][str(shots)] = _scores(art, start, batch, cfg, dev)
+    report = _report(art, cfg, base_lr, results)
+    (directory / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    update_evaluation(directory, {"protocol": report["protocol"], "results": results["maml"]})
+    if plots:
+        _plot(directory, report, art, family, methods, base_lr)
+    return report
+
+
+def _methods(
+    art: Artifact, family: TaskFamily, cfg: EvalConfig, base_lr: float, dev: torch.device
+) -> dict[str, Method]:
+    """The meta-learned start (with its learned rates unless an lr is asked for) and the
+    baselines ``cfg`` names, which adapt every parameter at ``base_lr``."""
     lr = float(cfg.inner_lr) if cfg.inner_lr > 0 else art.learning_rate()
-    shots_list = cfg.shots or [family.shots]
-    base_lr = float(cfg.inner_lr) if cfg.inner_lr > 0 else manifest.inner_loop.lr
-    methods: dict[str, tuple[Params, LearningRate, list[str] | None]] = {
-        "maml": (art.params, lr, art.adapt_names)
-    }
+    methods: dict[str, Method] = {"maml": (art.params, lr, art.adapt_names)}
+    architecture = art.manifest.architecture
     if "random" in cfg.baselines:
-        methods["random"] = (fresh_params(manifest.architecture, cfg.seed), base_lr, None)
+        methods["random"] = (fresh_params(architecture, cfg.seed), base_lr, None)
     if "pretrained" in cfg.baselines:
         log.info("training the pretrained baseline for %d iterations", cfg.baseline_iterations)
+        trained = art.manifest.training.config.train
         pretrained = pretrain_jointly(
             art.model,
-            manifest.architecture,
+            architecture,
             family,
-            kind=kind,
+            kind=art.task_kind,
             iterations=cfg.baseline_iterations,
-            meta_batch=trained.train.meta_batch,
-            lr=trained.train.outer_lr,
+            meta_batch=trained.meta_batch,
+            lr=trained.outer_lr,
             seed=cfg.seed,
             device=dev,
         )
         methods["pretrained"] = (pretrained, base_lr, None)
-    results: dict[str, Any] = {}
-    batches: dict[int, TaskBatch] = {}
-    curves: dict[str, dict[int, Tensor]] = {}
-    for shots in shots_list:
-        batch = family.sample(
-            cfg.tasks, torch.Generator().manual_seed(cfg.seed), split="test", shots=shots
-        ).to(dev)
-        batches[shots] = batch
-        for method, (params, rate, names) in methods.items():
-            losses, metrics = adaptation_curve(
-                art.model,
-                {k: v.to(dev) for k, v in params.items()},
-                batch,
-                kind=kind,
-                steps=max_steps,
-                lr=rate,
-                adapt_names=names,
-                chunk=cfg.chunk,
-            )
-            curves.setdefault(method, {})[shots] = losses
-            row = {}
-            for s in cfg.steps:
-                mean, ci = mean_ci95(losses[:, s])
-                entry = {"loss": mean, "loss_ci95": ci}
-                if kind == "classification":
-                    acc, acc_ci = mean_ci95(metrics[:, s])
-                    entry |= {"accuracy": acc, "accuracy_ci95": acc_ci}
-                row[str(s)] = entry
-            results.setdefault(method, {})[str(shots)] = row
-    report = {
+    return methods
+
+
+def _test_tasks(family: TaskFamily, cfg: EvalConfig, shots: int, dev: torch.device) -> TaskBatch:
+    """``cfg.tasks`` test tasks of ``shots`` shots, the same ones for every method (one seed)."""
+    gen = torch.Generator().manual_seed(cfg.seed)
+    return family.sample(cfg.tasks, gen, split="test", shots=shots).to(dev)
+
+
+def _scores(
+    art: Artifact, method: Method, batch: TaskBatch, cfg: EvalConfig, dev: torch.device
+) -> dict[str, dict[str, float]]:
+    """One method's mean query loss (and accuracy, for classification), each with its 95%
+    half-width, after each of ``cfg.steps`` inner steps."""
+    params, lr, names = method
+    losses, metrics = adaptation_curve(
+        art.model,
+        {k: v.to(dev) for k, v in params.items()},
+        batch,
+        kind=art.task_kind,
+        steps=max(cfg.steps),
+        lr=lr,
+        adapt_names=names,
+        chunk=cfg.chunk,
+    )
+    row = {}
+    for s in cfg.steps:
+        mean, ci = mean_ci95(losses[:, s])
+        entry = {"loss": mean, "loss_ci95": ci}
+        if art.task_kind == "classification":
+            acc, acc_ci = mean_ci95(metrics[:, s])
+            entry |= {"accuracy": acc, "accuracy_ci95": acc_ci}
+        row[str(s)] = entry
+    return row
+
+
+def _report(
+    art: Artifact, cfg: EvalConfig, base_lr: float, results: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """report.json: what was evaluated, how, and the results (method -> shots -> steps)."""
+    return {
         "artifact": {"name": art.name, "version": art.version},
         "protocol": {
             "tasks": cfg.tasks,
             "seed": cfg.seed,
             "steps": cfg.steps,
             "inner_lr": base_lr,
-            "learned_lr": manifest.inner_loop.learned_lr,
+            "learned_lr": art.manifest.inner_loop.learned_lr,
             "split": "test",
             "queries": "as the family's test split",
         },
@@ -221,13 +250,20 @@ def evaluate_artifact(
         },
         "results": results,
     }
-    (directory / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    update_evaluation(directory, {"protocol": report["protocol"], "results": results["maml"]})
-    if plots:
-        from meta_core import plots as plotting
 
-        plotting.training_curves(directory)
-        plotting.steps_plot(directory, report)
-        if isinstance(family, Sinusoid):
-            plotting.sinusoid_figure(directory, art, methods, base_lr)
-    return report
+
+def _plot(
+    directory: Path,
+    report: dict[str, Any],
+    art: Artifact,
+    family: TaskFamily,
+    methods: dict[str, Method],
+    base_lr: float,
+) -> None:
+    """The training curves, loss against steps, and for sinusoids the paper's figure 2."""
+    from meta_core import plots as plotting
+
+    plotting.training_curves(directory)
+    plotting.steps_plot(directory, report)
+    if isinstance(family, Sinusoid):
+        plotting.sinusoid_figure(directory, art, methods, base_lr)

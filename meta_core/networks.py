@@ -11,8 +11,9 @@ other rows sent with it, at training and at prediction time alike (no transducti
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Annotated, Any, Literal
+from collections.abc import Callable, Iterable
+from itertools import pairwise
+from typing import Annotated, Any, Literal, cast
 
 import numpy as np
 import torch
@@ -93,24 +94,30 @@ def first_error(exc: ValidationError) -> str:
 
 
 class MLP(nn.Module):
-    """Fully connected ReLU network: in -> hidden... -> out (W1 uses 1 -> 40 -> 40 -> 1)."""
+    """Fully connected ReLU network: in -> hidden... -> out (W1 uses 1 -> 40 -> 40 -> 1).
+
+    :meth:`forward` is the network's one definition in torch; :func:`predictor` mirrors it in
+    NumPy for serving (tested equal). It calls the functional ops on the layers' parameters
+    (which ``functional_call`` swaps as usual) instead of a module call per layer, whose
+    overhead is most of the time on a small batch (README, predict path)."""
 
     def __init__(self, in_features: int, hidden: list[int], out_features: int) -> None:
         super().__init__()
-        layers: list[nn.Module] = []
-        width = in_features
-        for h in hidden:
-            layers += [nn.Linear(width, h), nn.ReLU()]
-            width = h
-        self.body = nn.Sequential(*layers)
-        self.head = nn.Linear(width, out_features)
-        # The same layers as a plain list: forward calls the functional ops on their
-        # parameters (which ``functional_call`` swaps as usual) instead of a module call per
-        # layer, whose overhead is most of the time on a small batch (README, predict path).
-        self._linears: list[nn.Linear] = [m for m in layers if isinstance(m, nn.Linear)]
+        widths = [in_features, *hidden]
+        # Keyed 0, 2, 4...: the parameter names every artifact carries (body.0.weight,
+        # body.2.weight...), given when a ReLU module sat between the layers.
+        self.body = nn.ModuleDict(
+            {str(2 * i): nn.Linear(a, b) for i, (a, b) in enumerate(pairwise(widths))}
+        )
+        self.head = nn.Linear(widths[-1], out_features)
+
+    @property
+    def hidden_layers(self) -> Iterable[nn.Linear]:
+        """The hidden layers in order, each followed by a ReLU."""
+        return cast("Iterable[nn.Linear]", self.body.values())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for layer in self._linears:
+        for layer in self.hidden_layers:
             x = torch.relu(F.linear(x, layer.weight, layer.bias))
         return F.linear(x, self.head.weight, self.head.bias)
 
@@ -151,7 +158,7 @@ def predictor(module: nn.Module) -> Predictor:
     if isinstance(module, MLP):
         layers = [
             (layer.weight.detach().numpy().T.copy(), layer.bias.detach().numpy().copy())
-            for layer in (*module._linears, module.head)
+            for layer in (*module.hidden_layers, module.head)
         ]
         *hidden, (w_out, b_out) = layers
 

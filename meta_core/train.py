@@ -43,7 +43,7 @@ from meta_core.artifact import (
     save_artifact,
 )
 from meta_core.checkpoint import RunState, snapshot
-from meta_core.config import Config, architecture
+from meta_core.config import Config, TrainConfig, architecture
 from meta_core.evaluate import adaptation_curve
 from meta_core.networks import Conv4Spec, MLPSpec, build_network
 from meta_core.tasks import TaskBatch, build_family
@@ -55,6 +55,17 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def _join(tc: TrainConfig) -> tuple[distributed.World, torch.device]:
+    """This process's thread count, its place in the run (one process, or a rank under
+    ``torchrun``) and the device it trains on; ranks other than 0 log only warnings."""
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    world, device = distributed.init(tc.device)
+    if not world.main:
+        log.setLevel(logging.WARNING)  # rank 0 says it
+    return world, resolve_device(device)
 
 
 STOP_TIME, STOP_INTERRUPT = 1, 2  # why the loop stops early (the larger wins across ranks)
@@ -123,63 +134,89 @@ class Run:
     """One training run's pieces, each step of :func:`train` a named method."""
 
     def __init__(self, cfg: Config, out: Path, *, resume: bool) -> None:
+        """Build the run's pieces, then restore its state from ``out``'s checkpoint
+        (``resume``) or start it afresh."""
         tc = cfg.train
-        if tc.threads:
-            torch.set_num_threads(tc.threads)
         self.cfg, self.out = cfg, out
-        self.world, device = distributed.init(tc.device)
-        self.device = resolve_device(device)
-        if not self.world.main:
-            log.setLevel(logging.WARNING)  # rank 0 says it
+        self.world, self.device = _join(tc)
         self.family = build_family(cfg.family).to(self.device)
         self.spec = architecture(cfg.model, self.family.input_shape, self.family.n_outputs)
-        torch.manual_seed(tc.seed)
-        model = build_network(self.spec).to(self.device)
-        self.learner = MetaLearner.create(model, self.family.kind, cfg.algorithm)
-        self.strategy = choose_strategy(tc.strategy, self.spec.type, self.device)
-        if tc.channels_last:
-            if self.strategy == "vmap":
-                raise ValueError(
-                    'train.channels_last needs train.strategy = "loop": torch.func.vmap '
-                    "does not support channels-last tensors"
-                )
-            channels_last(self.learner)
+        self.learner, self.strategy = self._build_learner()
         self.opt = torch.optim.Adam(
             self.learner.meta_parameters(), lr=tc.outer_lr, fused=tc.fused_adam or None
         )
         self.gen = torch.Generator().manual_seed(self.world.seed(tc.seed))
         self.local_batch = self.world.share(tc.meta_batch)
-        self.val_batch = (  # rank 0 validates
-            self.family.sample(
-                tc.val_tasks, torch.Generator().manual_seed(tc.seed + 1), split="val"
-            ).to(self.device)
-            if self.world.main
-            else None
-        )
-        self.state = RunState()
-        self.best: dict[str, Tensor] = {}
+        self.val_batch = self._validation_tasks()
         out.mkdir(parents=True, exist_ok=True)
         self.metrics_path = out / "metrics.jsonl"
-        if resume:  # the checkpoint already holds a warm start's parameters
-            self.state, self.best = checkpoint.load_checkpoint(
-                out, cfg, self.learner, self.opt, self.gen, self.world
-            )
-            checkpoint.truncate_metrics(self.metrics_path, self.state.iteration)
-            log.info("resumed %s at iteration %d", out, self.state.iteration)
-        elif checkpoint.exists(out):
-            raise FileExistsError(f"{out} holds a checkpoint: pass --resume or choose a new --out")
-        else:
-            if tc.init_from:
-                self.state.warm_start = warm_start(self.learner, self.spec, tc.init_from)
-            if self.world.main:
-                self.metrics_path.write_text("")
+        self.state, self.best = self._restore() if resume else self._start()
         if self.world.distributed:  # one start for all: rank 0's
             distributed.broadcast_parameters(self.learner.meta_parameters())
+        self._log_start()
+        self.meta_loss = self._meta_step()
+        self.amp = autocast(self.device, tc.bf16)
+        self.invoked = time.perf_counter()  # this invocation's window starts (max_seconds)
+        self.started = self.invoked - self.state.elapsed  # the run's, across resumes
+        self.window_start, self.window_iters = time.perf_counter(), 0
+
+    def _build_learner(self) -> tuple[MetaLearner, str]:
+        """The network, initialized from the run's seed, wrapped by the algorithm; and the
+        strategy that batches its tasks (channels-last, when asked, needs the loop)."""
+        tc = self.cfg.train
+        torch.manual_seed(tc.seed)
+        model = build_network(self.spec).to(self.device)
+        learner = MetaLearner.create(model, self.family.kind, self.cfg.algorithm)
+        strategy = choose_strategy(tc.strategy, self.spec.type, self.device)
+        if tc.channels_last:
+            if strategy == "vmap":
+                raise ValueError(
+                    'train.channels_last needs train.strategy = "loop": torch.func.vmap '
+                    "does not support channels-last tensors"
+                )
+            channels_last(learner)
+        return learner, strategy
+
+    def _validation_tasks(self) -> TaskBatch | None:
+        """The held-out tasks rank 0 validates on, from the seed after the run's; other
+        ranks: none."""
+        if not self.world.main:
+            return None
+        tc = self.cfg.train
+        gen = torch.Generator().manual_seed(tc.seed + 1)
+        return self.family.sample(tc.val_tasks, gen, split="val").to(self.device)
+
+    def _restore(self) -> tuple[RunState, dict[str, Tensor]]:
+        """Load the checkpoint into the learner, Adam and the random stream; drop the metrics
+        lines written after it. It already holds a warm start's parameters."""
+        state, best = checkpoint.load_checkpoint(
+            self.out, self.cfg, self.learner, self.opt, self.gen, self.world
+        )
+        checkpoint.truncate_metrics(self.metrics_path, state.iteration)
+        log.info("resumed %s at iteration %d", self.out, state.iteration)
+        return state, best
+
+    def _start(self) -> tuple[RunState, dict[str, Tensor]]:
+        """A fresh state (from ``train.init_from``'s meta-parameters if given) and empty
+        metrics; refuse to start over a checkpoint."""
+        if checkpoint.exists(self.out):
+            raise FileExistsError(
+                f"{self.out} holds a checkpoint: pass --resume or choose a new --out"
+            )
+        state = RunState()
+        if self.cfg.train.init_from:
+            state.warm_start = warm_start(self.learner, self.spec, self.cfg.train.init_from)
+        if self.world.main:
+            self.metrics_path.write_text("")
+        return state, {}
+
+    def _log_start(self) -> None:
+        tc = self.cfg.train
         log.info(
             "training %s on %s (%s, strategy %s%s, %d threads%s)",
-            cfg.name,
+            self.cfg.name,
             self.device,
-            cfg.algorithm.name,
+            self.cfg.algorithm.name,
             self.strategy,
             " compiled" if tc.compile else "",
             torch.get_num_threads(),
@@ -187,17 +224,20 @@ class Run:
             if self.world.distributed
             else "",
         )
-        self.meta_loss: Callable[..., tuple[Tensor, Tensor]] = self.learner.meta_loss
-        if tc.compile:
-            log.info(
-                "torch.compile: the first iteration compiles the meta-step "
-                "(about a minute on a CPU) before training starts"
-            )
-            self.meta_loss = torch.compile(self.learner.meta_loss, mode=tc.compile_mode)
-        self.amp = autocast(self.device, tc.bf16)
-        self.invoked = time.perf_counter()  # this invocation's window starts (max_seconds)
-        self.started = self.invoked - self.state.elapsed  # the run's, across resumes
-        self.window_start, self.window_iters = time.perf_counter(), 0
+
+    def _meta_step(self) -> Callable[..., tuple[Tensor, Tensor]]:
+        """The learner's meta-loss, compiled when ``train.compile`` asks."""
+        tc = self.cfg.train
+        if not tc.compile:
+            return self.learner.meta_loss
+        log.info(
+            "torch.compile: the first iteration compiles the meta-step "
+            "(about a minute on a CPU) before training starts"
+        )
+        compiled: Callable[..., tuple[Tensor, Tensor]] = torch.compile(
+            self.learner.meta_loss, mode=tc.compile_mode
+        )
+        return compiled
 
     def progress_bar(self, enabled: bool) -> tqdm[Any]:
         compiling = self.cfg.train.compile and self.state.iteration == 0

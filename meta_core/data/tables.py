@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from meta_core.data.folders import DataError, split_names
+from meta_core.data.folders import SPLITS, DataError, split_names
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,33 @@ def read_table(
     """Read and check the table; group rows by task; split tasks. ``needed``: the rows a task
     must have (shots + queries; per class for classification)."""
     columns = read_columns(path)
+    features = _feature_columns(path, columns, task_column, target_column, features)
+    x = np.stack([_numbers(path, c, columns[c]) for c in features], axis=1)
+    y, classes = _targets(path, target_column, columns[target_column], kind)
+    rows = _rows_by_task(columns[task_column])
+    enough, skipped = _tasks_with_enough_rows(path, rows, y, classes, needed)
+    split = split_names(list(enough), fractions, seed)
+    for s in SPLITS:
+        if not split[s]:
+            raise DataError(
+                f"{path}: the {s} split has no task: {len(enough)} of the {len(rows)} values "
+                f"of {task_column!r} have at least {needed} rows"
+                + (" of every class" if classes else "")
+                + " (shots + queries); at least 3 such tasks are needed"
+            )
+    tasks = {s: {t: (x[enough[t]], y[enough[t]]) for t in split[s]} for s in SPLITS}
+    return Table(features, tasks, classes, skipped)
+
+
+def _feature_columns(
+    path: Path,
+    columns: dict[str, list[Any]],
+    task_column: str,
+    target_column: str,
+    features: list[str],
+) -> list[str]:
+    """The input columns, ``features`` or else every other numeric column, once the task and
+    target columns are known to be there."""
     for role, name in (
         ("family.task_column", task_column),
         ("family.target_column", target_column),
@@ -112,22 +139,41 @@ def read_table(
     missing = [c for c in features if c not in columns]
     if missing:
         raise DataError(f"{path} has no column {missing[0]!r} (family.features)")
-    x = np.stack([_numbers(path, c, columns[c]) for c in features], axis=1)
-    raw_target = columns[target_column]
-    classes = None
-    if kind == "classification":
-        labels = [str(v) for v in raw_target]
-        classes = sorted(set(labels))
-        if len(classes) < 2:
-            raise DataError(f"{path}: column {target_column!r} has one class; need at least 2")
-        index = {c: i for i, c in enumerate(classes)}
-        y = np.array([index[v] for v in labels], dtype=np.int64)
-    else:
-        y = _numbers(path, target_column, raw_target)
-    owners = [str(v) for v in columns[task_column]]
+    return features
+
+
+def _targets(
+    path: Path, name: str, values: list[Any], kind: str
+) -> tuple[np.ndarray, list[Any] | None]:
+    """The target column as numbers to regress, or (classification) as indices into its
+    sorted distinct values, which are returned with them."""
+    if kind != "classification":
+        return _numbers(path, name, values), None
+    labels = [str(v) for v in values]
+    classes = sorted(set(labels))
+    if len(classes) < 2:
+        raise DataError(f"{path}: column {name!r} has one class; need at least 2")
+    index = {c: i for i, c in enumerate(classes)}
+    return np.array([index[v] for v in labels], dtype=np.int64), classes
+
+
+def _rows_by_task(owners: list[Any]) -> dict[str, list[int]]:
+    """Each value of the task column (as text), with the indices of its rows in order."""
     rows: dict[str, list[int]] = {}
     for i, task in enumerate(owners):
-        rows.setdefault(task, []).append(i)
+        rows.setdefault(str(task), []).append(i)
+    return rows
+
+
+def _tasks_with_enough_rows(
+    path: Path,
+    rows: dict[str, list[int]],
+    y: np.ndarray,
+    classes: list[Any] | None,
+    needed: int,
+) -> tuple[dict[str, list[int]], dict[str, int]]:
+    """The tasks with at least ``needed`` rows (of every class), and the others' row counts,
+    which are left out with one warning."""
     enough, skipped = {}, {}
     for task, idx in rows.items():
         counts = np.bincount(y[idx], minlength=len(classes)) if classes else np.array([len(idx)])
@@ -144,19 +190,7 @@ def read_table(
             needed,
             " of every class" if classes else "",
         )
-    split = split_names(list(enough), fractions, seed)
-    for s in ("train", "val", "test"):
-        if not split[s]:
-            raise DataError(
-                f"{path}: the {s} split has no task: {len(enough)} of the {len(rows)} values "
-                f"of {task_column!r} have at least {needed} rows"
-                + (" of every class" if classes else "")
-                + " (shots + queries); at least 3 such tasks are needed"
-            )
-    tasks = {
-        s: {t: (x[enough[t]], y[enough[t]]) for t in split[s]} for s in ("train", "val", "test")
-    }
-    return Table(features, tasks, classes, skipped)
+    return enough, skipped
 
 
 def _all_numbers(values: list[Any]) -> bool:

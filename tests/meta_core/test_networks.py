@@ -59,3 +59,27 @@ def test_the_serving_predictor_computes_the_modules_forward(spec):
     assert np.array_equal(x_np, x.numpy()), "the caller's array must not be written"
     one = predictor(net)(x_np[:1])
     np.testing.assert_allclose(one, out[:1], rtol=1e-5, atol=1e-6)
+
+
+def test_the_mlp_keeps_the_parameter_names_artifacts_carry_and_computes_a_relu_network():
+    torch.manual_seed(0)
+    net = build_network(MLP | {"hidden": [16, 8]})
+    p = dict(net.named_parameters())
+    assert [(k, tuple(v.shape)) for k, v in p.items()] == [
+        ("body.0.weight", (16, 3)),
+        ("body.0.bias", (16,)),
+        ("body.2.weight", (8, 16)),
+        ("body.2.bias", (8,)),
+        ("head.weight", (2, 8)),
+        ("head.bias", (2,)),
+    ]
+    x = torch.randn(5, 3)
+    h = torch.relu(x @ p["body.0.weight"].T + p["body.0.bias"])
+    h = torch.relu(h @ p["body.2.weight"].T + p["body.2.bias"])
+    torch.testing.assert_close(net(x), h @ p["head.weight"].T + p["head.bias"])
+    # functional_call swaps the parameters the forward pass reads.
+    doubled = {k: 2 * v.detach() for k, v in p.items()}
+    h = torch.relu(x @ doubled["body.0.weight"].T + doubled["body.0.bias"])
+    h = torch.relu(h @ doubled["body.2.weight"].T + doubled["body.2.bias"])
+    expected = h @ doubled["head.weight"].T + doubled["head.bias"]
+    torch.testing.assert_close(forward(net, doubled, x), expected)
