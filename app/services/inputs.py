@@ -244,7 +244,7 @@ class SupportSet:
 
 
 def prepare(
-    meta_model: Artifact, body: TaskCreate, settings: Settings, *, limits: Limits | None = None
+    meta_model: Artifact, body: TaskCreate, settings: Settings, *, limits: Limits
 ) -> SupportSet:
     """Validate ``POST /tasks``'s body against the meta-model and the service's limits, and
     (with the caller's ``limits``) its images' decoding against the adaptation's cost."""
@@ -290,8 +290,8 @@ def grow(
     examples: Any,
     settings: Settings,
     *,
-    limits: Limits | None = None,
-    steps: int = 0,
+    limits: Limits,
+    steps: int,
 ) -> tuple[Tensor, Tensor, list[Label] | None]:
     """A stored support set with ``examples`` (``x`` and ``y``) added, validated as
     ``POST /tasks`` validates its support set: new classes may join up to the model's ways

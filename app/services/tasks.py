@@ -156,7 +156,7 @@ async def create_task(
     await run_in_threadpool(early_quota)  # before spending the CPU
 
     def work() -> tuple[SupportSet, Adaptation, tuple[bytes, str], tuple[bytes, str]]:
-        support = prepare(meta_model, body, settings)
+        support = prepare(meta_model, body, settings, limits=limits)
         adapted = adapt(meta_model, support)
         stored = weights.serialize_support(support.x, support.y)
         return support, adapted, changed_weights(meta_model, adapted), stored
@@ -304,7 +304,9 @@ async def _update_once(
         fits(meta_model, task, x, labels)
         new_labels = labels
         if change.examples is not None:
-            x, y, new_labels = grow(meta_model, (x, y), labels, change.examples, settings)
+            x, y, new_labels = grow(
+                meta_model, (x, y), labels, change.examples, settings, limits=limits, steps=steps
+            )
         support = SupportSet(x, y, None, new_labels, steps, lr)
         adapted = adapt(meta_model, support)
         kept = weights.serialize_support(x, y)
