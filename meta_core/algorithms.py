@@ -1,9 +1,9 @@
 """Meta-learners: MAML (second and first order), ANIL, Meta-SGD and the MAML++ options.
 
 They differ only in which parameters adapt, which learning rates are learned and how the query
-losses are weighted; every one runs :meth:`meta_core.inner_loop.InnerLoop.trajectory`. A meta-batch
-runs either vmapped over tasks (``torch.func.vmap``) or task by task; both call the same
-:func:`task_loss` and give the same meta-gradient (tested).
+losses are weighted; every one runs :meth:`meta_core.inner_loop.InnerLoop.trajectory`. A
+meta-batch runs either vmapped over tasks (``torch.func.vmap``) or task by task; both call the
+same :func:`task_loss` and give the same meta-gradient (tested).
 """
 
 from __future__ import annotations
