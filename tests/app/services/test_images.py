@@ -18,9 +18,10 @@ from app.services.images import ImageLimits, images_to_array
 from meta_core.artifact import load_artifact
 from meta_core.config import load_config
 from meta_core.data.example import write_example
-from meta_core.data.omniglot import default_data_dir, read_set, read_split
+from meta_core.data.omniglot import read_set, read_split
 from meta_core.preprocessing import image_to_array
 from meta_core.train import train
+from tests.utils.omniglot import real_omniglot
 from tests.utils.overrides import override_services
 from tests.utils.problem import assert_problem
 
@@ -30,7 +31,7 @@ def drawings() -> dict[str, list[bytes]]:
     """The raw PNG bytes of every held-out character's 20 drawings, as a client has them."""
     chars = {}
     for name in ("images_background", "images_evaluation"):
-        chars |= read_set(default_data_dir(), name)
+        chars |= read_set(real_omniglot(), name)
     return {c: [data for _, data in sorted(chars[c])] for c in read_split("test")}
 
 
