@@ -172,9 +172,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings=settings,
             db=db,
             registry=MetaModelRegistry.load(settings.model_dir, settings.trained_model_dir),
-            cache=ModelCache(
-                settings.cache_size, settings.cache_bytes, settings.cache_ttl_seconds
-            ),
+            cache=ModelCache(settings.cache_size, settings.cache_bytes, settings.cache_ttl_seconds),
             pool=WorkPool(
                 "adaptations",
                 settings.adapt_concurrency,

@@ -207,10 +207,13 @@ PROBLEM_WHEN = {
     400: "The body is not valid JSON, or could not be read",
     401: "No API key, or an invalid or revoked one",
     404: "No such task or meta-model (another client's task is none)",
+    408: "The body did not arrive within BODY_TIMEOUT_SECONDS",
     409: "The stored task cannot be used as it is (say how to fix it)",
     412: "If-Match names a revision of the task other than its current one (its ETag)",
-    413: "The body exceeds MAX_BODY_BYTES",
-    422: "The input is invalid for the meta-model or the service's limits",
+    413: "The body exceeds MAX_BODY_BYTES, the most the meta-model's rows can take, or "
+    "MAX_BODY_VALUES values",
+    422: "The body, a parameter or a header is invalid, or does not fit the meta-model or the "
+    "service's limits",
     429: "Over one of the client's limits (rate, work in flight, stored tasks or bytes)",
     503: "Overloaded, or the database is unavailable; retry after Retry-After",
 }

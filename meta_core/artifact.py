@@ -383,9 +383,26 @@ def export_task(meta_model: Artifact, params: Mapping[str, Tensor], task: TaskRe
 def _read_files(path: Path) -> tuple[bytes, bytes]:
     """``manifest.json`` and ``weights.safetensors`` from an artifact directory, or from a tar
     archive (an exported task): only those two regular files at its top are read, never
-    extracted."""
+    extracted; in a directory too, only regular files of at most MAX_ARCHIVE_MEMBER bytes (a
+    FIFO, opened without waiting for a writer, or a device is refused unread)."""
+    import os
+    import stat
+
     if not path.is_file():
-        return (path / MANIFEST).read_bytes(), (path / WEIGHTS).read_bytes()
+        contents = []
+        for name in (MANIFEST, WEIGHTS):
+            fd = os.open(path / name, os.O_RDONLY | os.O_NONBLOCK)
+            with os.fdopen(fd, "rb") as file:
+                info = os.fstat(fd)
+                too_large = f"{path}: {name} is larger than {MAX_ARCHIVE_MEMBER} bytes"
+                if not stat.S_ISREG(info.st_mode):
+                    raise ArtifactError(f"{path}: {name} is not a regular file")
+                if info.st_size > MAX_ARCHIVE_MEMBER:
+                    raise ArtifactError(too_large)
+                contents.append(file.read(MAX_ARCHIVE_MEMBER + 1))
+                if len(contents[-1]) > MAX_ARCHIVE_MEMBER:  # it grew while read
+                    raise ArtifactError(too_large)
+        return contents[0], contents[1]
     found: dict[str, bytes] = {}
     try:
         with tarfile.open(path, mode="r:*") as tar:

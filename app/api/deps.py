@@ -26,7 +26,7 @@ from app.core.metrics import Metrics
 from app.core.security import hash_key
 from app.services import tasks as task_service
 from app.services.cache import AdaptedModel, ModelCache
-from app.services.keys import Caller
+from app.services.keys import Caller, well_formed
 from app.services.limits import Limits
 from app.services.pool import WorkPool
 from app.services.registry import MetaModelRegistry
@@ -96,10 +96,13 @@ SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 async def authenticate(header: str, services: Services) -> Caller:
     """The calling client and its limits, from the ``Authorization: Bearer <key>`` header (401
     otherwise), checked before anything reads the body (the ``Admission`` middleware calls
-    this). A key's verdict is remembered briefly (:class:`~app.services.keys.KeyCache`)."""
+    this). A key not of the service's format is refused unread; a key's verdict is remembered
+    briefly (:class:`~app.services.keys.KeyCache`)."""
     scheme, _, key = header.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
         raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
+    if not well_formed(key.strip()):  # no key of ours: no database read
+        raise Unauthorized("invalid or revoked API key")
     key_hash = hash_key(key.strip())
     keys, db = services.keys, services.db
     known, caller = keys.get(key_hash)
@@ -147,9 +150,7 @@ def owned_task(task_id: str, client_id: CurrentClient, session: SessionDep) -> T
 OwnedTask = Annotated[TaskRow, Depends(owned_task)]
 
 
-async def adapted_model(
-    task_id: str, caller: CurrentCaller, services: ServicesDep
-) -> AdaptedModel:
+async def adapted_model(task_id: str, caller: CurrentCaller, services: ServicesDep) -> AdaptedModel:
     """The client's adapted model for ``task_id`` (from the cache, else the database), or 404.
     It takes the service container whole: on the predict path each dependency costs time."""
     return await task_service.load_adapted(task_id, caller=caller, services=services)

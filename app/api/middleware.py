@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.deps import CALLER, authenticate, services_of
@@ -17,6 +18,7 @@ from app.core.errors import (
     PayloadTooLarge,
     TooManyRequests,
     database_unavailable,
+    problem,
     render,
 )
 from app.core.metrics import Metrics
@@ -26,7 +28,33 @@ log = logging.getLogger("app")
 
 
 class _TooLarge(Exception):
-    pass
+    """Raised in the app where it reads a body over the limit."""
+
+
+class _CountedBody:
+    """A request's ``receive`` and ``send`` while a body without a Content-Length streams in:
+    past ``limit`` bytes a 413 is raised where the app reads it. The app may answer that its
+    own way (FastAPI: 400, "There was an error parsing the body"): that answer is dropped, and
+    the 413 sent instead, closing the connection (the rest of the body is never read)."""
+
+    def __init__(self, receive: Receive, send: Send, limit: int) -> None:
+        self._receive, self._send, self.limit = receive, send, limit
+        self.seen, self.started = 0, False
+        self.refused: JSONResponse | None = None
+
+    async def receive(self) -> Message:
+        message = await self._receive()
+        self.seen += len(message.get("body", b""))
+        if self.seen > self.limit:
+            detail = f"the request body exceeds {self.limit} bytes"
+            self.refused = problem(413, PayloadTooLarge.title, detail, {"Connection": "close"})
+            raise _TooLarge
+        return message
+
+    async def send(self, message: Message) -> None:
+        if self.refused is None:  # else the app's answer to the refusal: dropped
+            self.started = True
+            await self._send(message)
 
 
 class Admission:
@@ -36,7 +64,8 @@ class Admission:
     reads exactly that many bytes), its API key (401; not on the ``public`` paths) and the
     client's request rate (429). The :class:`~app.services.keys.Caller` goes into the
     request's state, where the ``CurrentCaller`` and ``CurrentClient`` dependencies read it.
-    One middleware, one pass over the headers: each layer costs the predict path."""
+    One middleware, one pass over the headers: each layer costs the predict path. (How long
+    a body may take is the server's to hold, app/core/server.py.)"""
 
     def __init__(self, app: ASGIApp, limit: int, public: frozenset[str]) -> None:
         self.app, self.limit, self.public = app, limit, public
@@ -58,20 +87,14 @@ class Admission:
                 return await render(refused)(scope, receive, send)
         if length is not None:
             return await self.app(scope, receive, send)
-        seen = 0
-
-        async def counted() -> Message:
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise _TooLarge
-            return message
-
+        body = _CountedBody(receive, send, self.limit)
         try:
-            await self.app(scope, counted, send)
-        except _TooLarge:
-            await self._too_large(scope, receive, send)
+            await self.app(scope, body.receive, body.send)
+        except Exception:
+            if body.refused is None:
+                raise
+        if body.refused is not None and not body.started:
+            await body.refused(scope, receive, send)
 
     async def _admit(self, scope: Scope, header: str) -> AppError | None:
         """None with the caller in the scope's state, or the error to answer."""
@@ -99,9 +122,18 @@ class Admission:
         await render(error)(scope, receive, send)
 
 
+def printable(text: str) -> str:
+    """A client's text for a log line: as it is if printable, else with each character that
+    is not (newlines, escapes, and a backslash, so that no escape is ambiguous) written as
+    ``repr`` writes it, so a request can never start a log line of its own."""
+    if text.isprintable() and "\\" not in text:
+        return text
+    return "".join(c if c.isprintable() and c != "\\" else repr(c)[1:-1] for c in text)
+
+
 class RequestMetrics:
     """Counts and times each request by its route template; logs one line per failed request
-    (every request at DEBUG)."""
+    (every request at DEBUG), its method and path made :func:`printable`."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app, self.metrics = app, metrics
@@ -136,4 +168,5 @@ class RequestMetrics:
             series[0].inc()
             series[1].observe(elapsed)
             if status >= 400 or log.isEnabledFor(logging.DEBUG):
-                log.info("%s %s %d %.1fms", scope["method"], scope["path"], status, elapsed * 1000)
+                method, path = printable(scope["method"]), printable(scope["path"])
+                log.info("%s %s %d %.1fms", method, path, status, elapsed * 1000)

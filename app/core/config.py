@@ -97,8 +97,24 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         8 * 2**20,
         ge=1024,
-        description="one request body; JSON parsing holds the interpreter lock about 6 ms "
-        "per MiB of numbers, so this bounds how long one request can stall its worker",
+        description="one request body (a numeric meta-model's bodies: what its row limits "
+        "allow, less); bodies over 64 KiB are parsed in pieces on a thread",
+    )
+    max_body_values: int = Field(
+        1_000_000,
+        ge=2**15,
+        description="the values (numbers, labels, images, rows) one request body may hold; "
+        "turning numbers into an array holds the interpreter lock about 30 ns each, so this "
+        "bounds how long one request can stall its worker",
+    )
+    header_timeout_seconds: float = Field(
+        10.0, gt=0, description="a request's headers must arrive within this; else 408"
+    )
+    max_header_bytes: int = Field(
+        64 * 2**10, ge=1024, description="a request's line and headers; beyond: 431"
+    )
+    body_timeout_seconds: float = Field(
+        60.0, gt=0, description="a request's body must arrive within this of its headers; else 408"
     )
     max_image_bytes: int = Field(4 * 2**20, ge=1024, description="one encoded image")
     max_image_pixels: int = Field(4096 * 4096, ge=1, description="one image, before resizing")

@@ -18,16 +18,29 @@ connections (uvicorn's own socket, created with protocol 0, leaves it on). The p
 that stops (killed, or replaced on SIGHUP) resets the connections still waiting in its own
 queue, not yet accepted, where a shared queue would have kept them for another worker; clients
 retry a reset connect. Elsewhere, or with one worker, this is plain :func:`uvicorn.run`.
+
+Either way connections speak :class:`LimitedHTTP`: uvicorn's HTTP/1.1 protocol (httptools),
+with deadlines on a request's headers and body and a limit on its headers' size. uvicorn's own
+``timeout_keep_alive`` closes a connection only when it is idle after a response, so a
+connection that opened and said nothing, or sent its headers or its body a byte at a time, was
+held for as long as the client liked; and httptools bounds no header's size (h11 does, with
+``h11_max_incomplete_event_size``). Here, not in a middleware, a request that arrives whole
+costs nothing: an ASGI middleware would time every read of every body.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import socket
 import sys
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.supervisors import Multiprocess
+
+from app.core.config import get_settings
 
 
 def listening_socket(
@@ -67,7 +80,8 @@ class _OwnSocket:
 
 def run(app: str, *, host: str, port: int, workers: int, **options: Any) -> None:
     """Serve ``app`` (an import string) with ``workers`` processes; ``options`` are
-    :class:`uvicorn.Config`'s."""
+    :class:`uvicorn.Config`'s (``http``: :class:`LimitedHTTP` unless given)."""
+    options.setdefault("http", f"{__name__}:LimitedHTTP")  # by name: each worker imports it
     if workers <= 1 or sys.platform != "linux":
         uvicorn.run(app, host=host, port=port, workers=workers, **options)
         return
@@ -81,3 +95,99 @@ def run(app: str, *, host: str, port: int, workers: int, **options: Any) -> None
         Multiprocess(config, sockets=own).run()
     finally:
         reserved.close()
+
+
+def _refusal(status: int, reason: str, detail: str) -> bytes:
+    """A whole HTTP response, problem+json, that closes the connection."""
+    body = json.dumps({"type": "about:blank", "title": reason, "status": status, "detail": detail})
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/problem+json\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    )
+    return (head + body).encode()
+
+
+class LimitedHTTP(HttpToolsProtocol):
+    """uvicorn's HTTP/1.1 protocol, with each request held to limits: its line and headers to
+    HEADER_TIMEOUT_SECONDS (from their first byte, or from the connection's opening: 408, or a
+    close if nothing came at all) and to MAX_HEADER_BYTES (431), its body to
+    BODY_TIMEOUT_SECONDS from its headers (408, the app's answer to the body it lacks being
+    dropped; a close if the app has answered already). Each closes the connection. A request
+    that arrives whole (headers and body in one read, the usual case for small ones) sets no
+    timer at all."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        settings = get_settings()  # in the worker process: its environment's
+        self.header_timeout = settings.header_timeout_seconds
+        self.body_timeout = settings.body_timeout_seconds
+        self.max_header_bytes = settings.max_header_bytes
+        self._timer: asyncio.TimerHandle | None = None
+        self._awaiting: Literal["headers", "body", None] = None
+        self._header_bytes = 0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._await("headers", self.header_timeout, self._headers_too_slow)
+
+    def data_received(self, data: bytes) -> None:
+        before = self.cycle
+        super().data_received(data)
+        cycle = self.cycle
+        if self.transport.is_closing():
+            return
+        if cycle is not before:  # a new request: its headers are in
+            self._stop()
+            if cycle.more_body:
+                self._await("body", self.body_timeout, self._body_too_slow)
+        elif self._awaiting == "body":
+            if not cycle.more_body:
+                self._stop()
+        elif self._awaiting == "headers" or cycle is None or cycle.response_complete:
+            if self._awaiting is None:  # the first bytes of the next request's headers
+                self._await("headers", self.header_timeout, self._headers_too_slow)
+            self._header_bytes += len(data)
+            if self._header_bytes > self.max_header_bytes:
+                detail = f"the request line and headers exceed {self.max_header_bytes} bytes"
+                self._refuse(_refusal(431, "Request Header Fields Too Large", detail))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop()
+        super().connection_lost(exc)
+
+    def _await(self, what: Literal["headers", "body"], seconds: float, late: Any) -> None:
+        self._stop()
+        self._awaiting, self._header_bytes = what, 0
+        self._timer = self.loop.call_later(seconds, late)
+
+    def _stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer, self._awaiting = None, None
+
+    def _headers_too_slow(self) -> None:
+        self._timer = None
+        if self.transport.is_closing():
+            return
+        if not self._header_bytes:  # nothing said: nothing to answer
+            self.transport.close()
+            return
+        detail = f"the request's headers did not arrive within {self.header_timeout:g} seconds"
+        self._refuse(_refusal(408, "Request Timeout", detail))
+
+    def _body_too_slow(self) -> None:
+        self._timer = None
+        if self.transport.is_closing():
+            return
+        if self.cycle.response_started:  # answered without it: only the connection to end
+            self.transport.close()
+            return
+        detail = f"the request body did not arrive within {self.body_timeout:g} seconds"
+        self._refuse(_refusal(408, "Request Timeout", detail))
+
+    def _refuse(self, response: bytes) -> None:
+        """Answer (the app, still waiting for the body, is told the client left: its own
+        answer goes nowhere) and close."""
+        self._stop()
+        self.transport.write(response)
+        self.transport.close()

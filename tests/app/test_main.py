@@ -73,6 +73,22 @@ def test_mounted_routes_give_the_schema_include_router_gives(tmp_path):
     assert ours["components"] == theirs["components"]
 
 
+def test_every_error_is_documented_as_problem_json(tmp_path):
+    """Each error answer is problem+json (app/core/errors.py), and the schema says so for each
+    (FastAPI's own 422 for a route with parameters says application/json)."""
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'x.db'}", model_dir=ROOT / "models")
+    schema = create_app(settings).openapi()
+    wrong = [
+        f"{method.upper()} {path} {status}: {list(answer.get('content', {}))}"
+        for path, operations in schema["paths"].items()
+        for method, operation in operations.items()
+        for status, answer in operation["responses"].items()
+        if status >= "400" and list(answer.get("content", {})) != ["application/problem+json"]
+    ]
+    assert wrong == []
+    assert "HTTPValidationError" not in schema["components"]["schemas"]
+
+
 def test_mount_refuses_what_it_cannot_redeclare():
     router = APIRouter()
     router.add_route("/plain", lambda request: None)

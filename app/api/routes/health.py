@@ -48,4 +48,5 @@ async def metrics(metrics: MetricsDep) -> Response:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    text = await run_in_threadpool(generate_latest, registry)  # every series: not on the loop
+    return Response(text, media_type=CONTENT_TYPE_LATEST)

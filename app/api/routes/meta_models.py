@@ -23,7 +23,7 @@ async def list_meta_models(registry: RegistryDep, _: CurrentClient) -> list[Meta
     ]
 
 
-@router.get("/{name}", response_model=MetaModelOut, responses=problems(404))
+@router.get("/{name}", response_model=MetaModelOut, responses=problems(404, 422))
 async def get_meta_model(name: str, registry: RegistryDep, _: CurrentClient) -> MetaModelOut:
     """A meta-model's default version, with every version served (404 if unknown)."""
     art = registry.get(name)

@@ -6,13 +6,15 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
+import pydantic_core
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import ValidationError
-from starlette.requests import ClientDisconnect
+from starlette.concurrency import run_in_threadpool
 
 from app import crud
+from app.api import bodies
 from app.api.deps import (
     Adapted,
     CacheDep,
@@ -30,7 +32,7 @@ from app.api.deps import (
     current_caller,
     services_of,
 )
-from app.core.errors import AppError
+from app.core.config import Settings
 from app.schemas import (
     Examples,
     ExamplesIn,
@@ -46,9 +48,12 @@ from app.schemas import (
 from app.services import tasks as service
 from app.services.keys import Caller
 from app.services.state import Services
+from app.tables import TaskRow
+from meta_core.artifact import Artifact
 
-# Every route here may answer these (the key, the body limit, the client's rate, the database).
-router = APIRouter(prefix="/tasks", tags=["tasks"], responses=problems(401, 413, 429, 503))
+# Every route here may answer these (the key, the body's time and size, the client's rate,
+# the database).
+router = APIRouter(prefix="/tasks", tags=["tasks"], responses=problems(401, 408, 413, 429, 503))
 MAX_OFFSET = 2**31 - 1  # beyond, databases overflow; no client has that many tasks
 IfMatch = Annotated[
     str | None,
@@ -73,9 +78,10 @@ def tagged(task: TaskOut, response: Response) -> TaskOut:
 # Predict first: requests are matched against routes in order, and predict is the hot path.
 class PredictRoute(APIRoute):
     """The predict route resolves its own arguments, in this order: the services, the caller
-    (identified by the ``Admission`` middleware before the body is read), the body
-    (``PredictIn``: 400/422 exactly as FastAPI words them), the adapted model (404), and
-    answers with the ``PredictOut`` it returns.
+    (identified by the ``Admission`` middleware before the body is read), the adapted model
+    (404), the body (413 over what the model's rows can take, app/api/bodies.py; then
+    ``PredictIn``: 400/422 exactly as FastAPI words them; over SMALL bytes, parsed off the
+    event loop), and answers with the ``PredictOut`` it returns.
 
     FastAPI's generic per-request machinery (dependency graph, body field, response
     re-validation) costs several times the prediction itself on a small model; README, "The
@@ -89,13 +95,8 @@ class PredictRoute(APIRoute):
             services = services_of(request.app)
             task_id: str = request.path_params["task_id"]
             caller = await current_caller(request)
-            try:
-                body = PredictIn.model_validate_json(await request.body())
-            except ClientDisconnect:  # as FastAPI answers a body it could not read
-                raise AppError("the request body could not be read") from None
-            except ValidationError as exc:
-                raise RequestValidationError(exc.errors(include_url=False)) from None
             adapted = await adapted_model(task_id, caller, services)
+            body = await predict_body(request, adapted.meta_model, services.settings)
             out: PredictOut = await endpoint(
                 task_id=task_id,
                 body=body,
@@ -107,6 +108,26 @@ class PredictRoute(APIRoute):
             return Response(out.model_dump_json(), media_type="application/json")
 
         return handler
+
+
+async def predict_body(request: Request, meta_model: Artifact, settings: Settings) -> PredictIn:
+    """The body of a predict for ``meta_model``: a small one validated from its JSON at once,
+    a larger one held to the model's limit and parsed in pieces on a thread."""
+    size = bodies.content_length(request)
+    limit = None
+    if size is None or size > bodies.SMALL:
+        limit = bodies.predict_limit(meta_model, settings)
+        bodies.refuse_by_length(request, limit)
+    raw = await bodies.read(request)
+    try:
+        if len(raw) <= bodies.SMALL:
+            return PredictIn.model_validate_json(raw)
+        limit = limit or bodies.predict_limit(meta_model, settings)
+        if len(raw) > limit.max_bytes:
+            raise bodies.too_large(limit)
+        return PredictIn.model_validate(await bodies.parse(raw, limit, pydantic_core.from_json))
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors(include_url=False)) from None
 
 
 async def predict(
@@ -139,14 +160,37 @@ router.add_api_route(
 )
 
 
-@router.post(
-    "",
-    response_model=TaskOut,
-    status_code=201,
-    responses={201: WITH_ETAG, **problems(400, 404, 422)},
-)
+class CreateRoute(bodies.LargeBodyRoute):
+    """``POST /tasks``: a large body, before it names its model, is held to the most a task of
+    any model served can take, then to its own model's."""
+
+    async def body_limit(self, request: Request, services: Services) -> bodies.BodyLimit:
+        served = [
+            art for versions in services.registry.versions.values() for art in versions.values()
+        ]
+        return bodies.any_task_limit(served, services.settings)
+
+
+class ExamplesRoute(bodies.LargeBodyRoute):
+    """``POST /tasks/{id}/examples``: a large body is held to what the task's meta-model can
+    take (the task is read first: 404 before the body is)."""
+
+    async def body_limit(self, request: Request, services: Services) -> bodies.BodyLimit:
+        client_id = (await current_caller(request)).client_id
+        task_id: str = request.path_params["task_id"]
+
+        def read() -> TaskRow:
+            with services.db.session() as session:
+                return crud.get_task(session, client_id=client_id, task_id=task_id)
+
+        task = await run_in_threadpool(read)
+        meta_model = services.registry.exact(task.meta_model_name, task.meta_model_version)
+        return bodies.examples_limit(meta_model, services.settings)
+
+
 async def create_task(
     body: TaskCreate,
+    request: Request,
     response: Response,
     caller: CurrentCaller,
     settings: SettingsDep,
@@ -157,6 +201,11 @@ async def create_task(
     db: DatabaseDep,
 ) -> TaskOut:
     """Adapt a meta-model to a support set and store the adapted model."""
+    size = len(await request.body())  # read already: cached
+    if size > bodies.SMALL:
+        limit = bodies.task_limit(registry.for_new_task(body.model, body.model_version), settings)
+        if size > limit.max_bytes:
+            raise bodies.too_large(limit)
     row = await service.create_task(
         body,
         caller=caller,
@@ -171,6 +220,17 @@ async def create_task(
     return tagged(TaskOut.of(row), response)
 
 
+router.add_api_route(
+    "",
+    create_task,
+    methods=["POST"],
+    response_model=TaskOut,
+    status_code=201,
+    responses={201: WITH_ETAG, **problems(400, 404, 422)},
+    route_class_override=CreateRoute,
+)
+
+
 @router.get("", response_model=TaskPage, responses=problems(422))
 def list_tasks(
     session: SessionDep,
@@ -183,13 +243,13 @@ def list_tasks(
     return TaskPage(items=[TaskOut.of(t) for t in rows], total=total, limit=limit, offset=offset)
 
 
-@router.get("/{task_id}", response_model=TaskOut, responses={200: WITH_ETAG, **problems(404)})
+@router.get("/{task_id}", response_model=TaskOut, responses={200: WITH_ETAG, **problems(404, 422)})
 def get_task(task: OwnedTask, response: Response) -> TaskOut:
     """One task (404 if unknown or another client's), with its revision as the ETag."""
     return tagged(TaskOut.of(task), response)
 
 
-@router.delete("/{task_id}", status_code=204, responses=problems(404, 412))
+@router.delete("/{task_id}", status_code=204, responses=problems(404, 412, 422))
 def delete_task(
     task_id: str,
     session: SessionDep,
@@ -215,7 +275,7 @@ def delete_task(
             "content": {"application/x-tar": {"schema": {"type": "string", "format": "binary"}}},
             "headers": WITH_ETAG["headers"],
         },
-        **problems(404, 409),
+        **problems(404, 409, 422),
     },
 )
 def export_model(
@@ -236,7 +296,6 @@ def export_model(
 UPDATE_PROBLEMS = {200: WITH_ETAG, **problems(400, 404, 409, 412, 422)}
 
 
-@router.post("/{task_id}/examples", response_model=TaskOut, responses=UPDATE_PROBLEMS)
 async def add_examples(
     task_id: str,
     body: ExamplesIn,
@@ -252,6 +311,16 @@ async def add_examples(
         examples=examples, inner_steps=body.inner_steps, inner_lr=body.inner_lr, if_match=if_match
     )
     return tagged(await _update(task_id, change, services, caller), response)
+
+
+router.add_api_route(
+    "/{task_id}/examples",
+    add_examples,
+    methods=["POST"],
+    response_model=TaskOut,
+    responses=UPDATE_PROBLEMS,
+    route_class_override=ExamplesRoute,
+)
 
 
 @router.post("/{task_id}/readapt", response_model=TaskOut, responses=UPDATE_PROBLEMS)

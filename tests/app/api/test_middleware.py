@@ -3,6 +3,7 @@ public ones, and a rejected key is remembered; the body limit; request metrics."
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
@@ -10,9 +11,11 @@ import time
 import pytest
 
 from app import crud
+from app.core.security import new_key
 from tests.conftest import ROOT
 from tests.utils.problem import assert_problem
 from tests.utils.server import running_server
+from tests.utils.tasks import create
 
 PROTECTED = [
     ("POST", "/tasks"),
@@ -52,7 +55,7 @@ def test_a_rejected_key_is_remembered(client, monkeypatch):
         return real(session, key_hash=key_hash)
 
     monkeypatch.setattr(crud, "active_client", counted)
-    wrong = {"Authorization": "Bearer mk_wrong"}
+    wrong = {"Authorization": f"Bearer {new_key()}"}  # well formed: looked up once
     for _ in range(5):
         assert client.get("/tasks", headers=wrong).status_code == 401
     assert len(lookups) == 1
@@ -72,3 +75,42 @@ def test_a_real_server_refuses_a_wrong_key_without_waiting_for_the_body(database
             answer = conn.recv(4096)
             assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
             assert time.monotonic() - start < 5
+
+
+@pytest.mark.parametrize(
+    "route", ["/tasks", "/tasks/{id}/predict", "/tasks/{id}/examples", "/tasks/{id}/readapt"]
+)
+def test_a_body_without_a_length_over_the_limit_is_a_413(client, alice, route):
+    """Counted as it streams in (chunked), and refused as a body with a length is, whatever
+    the route makes of a body it could not read."""
+    path = route.format(id=create(client, alice)["id"])
+    chunks = iter([b" " * 2**16] * 17)  # 1 MiB and a bit, in pieces: no Content-Length
+    r = client.post(path, headers=alice | {"content-type": "application/json"}, content=chunks)
+    assert_problem(r, 413, "the request body exceeds 1048576 bytes")
+    assert r.headers["connection"] == "close"
+
+
+def test_a_path_cannot_write_a_log_line_of_its_own(client, caplog):
+    """Control characters a client puts in the path (percent-encoded) are escaped in the
+    request's log line, so it cannot forge another line (or recolour a terminal)."""
+    with caplog.at_level(logging.INFO, logger="app"):
+        r = client.get("/x%0A2026-01-01 ERROR forged%1B[31m\\%E2%80%A8")
+    assert r.status_code == 401
+    [line] = [rec.getMessage() for rec in caplog.records if rec.name == "app"]
+    assert line.startswith("GET /x\\n2026-01-01 ERROR forged\\x1b[31m\\\\\\u2028 401 ")
+    assert line.isprintable()
+
+
+def test_a_malformed_key_is_refused_without_a_database_read(client, monkeypatch):
+    lookups = []
+    real = crud.active_client
+
+    def counted(session, *, key_hash):
+        lookups.append(key_hash)
+        return real(session, key_hash=key_hash)
+
+    monkeypatch.setattr(crud, "active_client", counted)
+    for key in ("no", "mk_wrong", "mk_" + "a" * 42 + "!", "mk_" + "a" * 5000):
+        r = client.get("/tasks", headers={"Authorization": f"Bearer {key}"})
+        assert_problem(r, 401, "invalid or revoked API key")
+    assert lookups == []

@@ -4,6 +4,8 @@ the workers, a taken port fails at once, a restarted worker listens again."""
 from __future__ import annotations
 
 import asyncio
+import itertools
+import json
 import os
 import signal
 import socket
@@ -15,6 +17,7 @@ import pytest
 
 from app.core import server
 from tests.conftest import ROOT
+from tests.utils.database import make_key
 from tests.utils.server import free_port, running_server
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="SO_REUSEPORT balancing: Linux")
@@ -148,3 +151,68 @@ def test_each_worker_listens_on_its_own_socket_restarts_included(database_url, d
             time.sleep(0.2)
         after = one_socket_per_worker(port, 2)
         assert killed not in [pid for pids in after.values() for pid in pids]
+
+
+def trickle(conn: socket.socket, data: bytes, give_up: float = 15) -> tuple[bytes, float]:
+    """Send ``data`` a byte at a time, each once the server has had a tenth of a second to
+    answer: its answer, read until it closes the connection (b"" if it closed without one),
+    and the seconds from the first byte to the answer."""
+    start = time.monotonic()
+    conn.settimeout(0.1)
+    for i in itertools.count():
+        if i < len(data):
+            conn.sendall(data[i : i + 1])
+        try:
+            answer = conn.recv(65536)
+        except TimeoutError:
+            assert time.monotonic() - start < give_up, f"no answer after {i} bytes"
+            continue
+        except ConnectionResetError:
+            answer = b""
+        seconds = time.monotonic() - start
+        conn.settimeout(5)
+        while chunk := answer and conn.recv(65536):
+            answer += chunk
+        return answer, seconds
+    raise AssertionError("unreachable")
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_slow_or_oversized_requests_are_cut_off(database_url, db):
+    """A request's headers within HEADER_TIMEOUT_SECONDS (408; a silent connection is closed)
+    and MAX_HEADER_BYTES (431), its body within BODY_TIMEOUT_SECONDS (408)."""
+    limits = {
+        "HEADER_TIMEOUT_SECONDS": "1",
+        "BODY_TIMEOUT_SECONDS": "1",
+        "MAX_HEADER_BYTES": "4096",
+    }
+    env = os.environ | {"DATABASE_URL": database_url, "MODEL_DIR": str(ROOT / "models")} | limits
+    key = make_key(db, "slow")
+    head = b"POST /tasks HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    with running_server(env) as base:
+        address = base.removeprefix("http://").split(":")
+
+        def connect() -> socket.socket:
+            return socket.create_connection((address[0], int(address[1])), timeout=10)
+
+        with connect() as conn:  # says nothing
+            answer, seconds = trickle(conn, b"")
+            assert answer == b"" and 0.9 < seconds < 5
+        with connect() as conn:  # headers a byte at a time
+            answer, seconds = trickle(conn, head * 10)
+            assert answer.startswith(b"HTTP/1.1 408 "), answer[:100]
+            assert b"did not arrive within 1 seconds" in answer and 0.9 < seconds < 5
+        with connect() as conn:  # headers without end
+            conn.sendall(head + b"X-Pad: " + b"a" * 5000)
+            answer, _ = trickle(conn, b"")
+            assert answer.startswith(b"HTTP/1.1 431 "), answer[:100]
+        with connect() as conn:  # the body a byte at a time
+            conn.sendall(
+                head + f"Authorization: Bearer {key}\r\nContent-Length: 1000\r\n\r\n".encode()
+            )
+            answer, seconds = trickle(conn, b"{" * 1000)
+            assert answer.startswith(b"HTTP/1.1 408 "), answer[:100]
+            status, _, body = answer.partition(b"\r\n\r\n")
+            assert b"connection: close" in status.lower()
+            assert json.loads(body)["detail"] == "the request body did not arrive within 1 seconds"
+            assert 0.9 < seconds < 5

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
 
 from app.__main__ import main
-from app.services.registry import MetaModelRegistry
+from app.services.registry import MetaModelRegistry, Reload
+from meta_core.artifact import MAX_ARCHIVE_MEMBER
 from tests.conftest import ROOT
 from tests.utils.meta_models import new_version
 
@@ -122,3 +126,33 @@ def test_a_served_version_changed_in_place_is_refused(folder: Path):
     assert registry.reload().added == []
     (folder / ".incoming").rename(folder / "sinusoid-3")
     assert registry.reload().added == [f"sinusoid 3.0.0 ({folder / 'sinusoid-3'})"]
+
+
+def unblock(fifo: Path) -> None:
+    """End of file for a reader blocked on ``fifo``, if one is."""
+    with contextlib.suppress(OSError):  # ENXIO: no reader
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+
+
+@pytest.mark.parametrize("name", ["manifest.json", "weights.safetensors"])
+def test_a_fifo_or_a_huge_file_in_a_model_folder_is_refused_unread(folder, name):
+    """Regular files only, of at most MAX_ARCHIVE_MEMBER bytes, as in an archive: a FIFO named
+    manifest.json used to hold the scan (and every later one) forever."""
+    registry = MetaModelRegistry.load(folder)
+    for kind in ("fifo", "huge"):
+        shutil.copytree(folder / "sinusoid", folder / kind)
+        (folder / kind / name).unlink()
+    os.mkfifo(folder / "fifo" / name)
+    with open(folder / "huge" / name, "wb") as f:
+        f.truncate(MAX_ARCHIVE_MEMBER + 1)  # sparse: nothing written
+    reports: list[Reload] = []
+    scan = threading.Thread(target=lambda: reports.append(registry.reload()), daemon=True)
+    scan.start()
+    scan.join(timeout=30)
+    unblock(folder / "fifo" / name)
+    assert reports, "the scan is still waiting"
+    assert sorted(reports[0].refused) == [
+        f"{folder / 'fifo'}: {folder / 'fifo'}: {name} is not a regular file",
+        f"{folder / 'huge'}: {folder / 'huge'}: {name} is larger than {MAX_ARCHIVE_MEMBER} bytes",
+    ]
+    assert registry.version_names("sinusoid") == ["1.0.0"]

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 import httpx
 import pytest
 from fastapi import FastAPI
 
+from app.api.routes import health
 from app.services.cache import ModelCache
 from tests.conftest import ROOT
 from tests.utils.overrides import override_services
@@ -48,3 +50,21 @@ def test_metrics_count_every_worker(database_url, db):
         for _ in range(4):  # whichever worker answers the scrape
             lines = httpx.get(f"{base}/metrics").text.splitlines()
             assert f"{series} 40.0" in lines, [line for line in lines if "healthz" in line]
+
+
+def test_metrics_are_rendered_off_the_event_loop(client, monkeypatch):
+    """Rendering every series (all workers' files, with several) is work for a thread."""
+    rendered_on_loop = []
+
+    def render(registry):
+        try:
+            asyncio.get_running_loop()
+            rendered_on_loop.append(True)
+        except RuntimeError:  # a worker thread has no running loop
+            rendered_on_loop.append(False)
+        return b"# rendered\n"
+
+    monkeypatch.setattr(health, "generate_latest", render)
+    r = client.get("/metrics")
+    assert r.status_code == 200 and r.text == "# rendered\n"
+    assert rendered_on_loop == [False]
