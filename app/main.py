@@ -5,7 +5,6 @@ on ``app.state`` and reach routes only through :mod:`app.api.deps`."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import gc
 import logging
 import threading
@@ -27,11 +26,6 @@ from app.core.errors import install_handlers
 from app.core.events import Listener, libpq_url
 from app.core.metrics import Metrics
 from app.schemas import Problem
-from app.services import tasks as task_service
-from app.services.cache import ModelCache
-from app.services.keys import KeyCache
-from app.services.limits import RateLimiter
-from app.services.pool import WorkPool
 from app.services.registry import MetaModelRegistry
 from app.services.state import Services
 
@@ -168,35 +162,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.threads
         db = Database(settings.database_url, settings.threads, settings.db_pool_timeout)
         check_migrated(db)
-        services = Services(
-            settings=settings,
-            db=db,
-            registry=MetaModelRegistry.load(settings.model_dir, settings.trained_model_dir),
-            cache=ModelCache(settings.cache_size, settings.cache_bytes, settings.cache_ttl_seconds),
-            pool=WorkPool(
-                "adaptations",
-                settings.adapt_concurrency,
-                settings.adapt_queue,
-                settings.retry_after_seconds,
-                metrics.rejected,
-            ),
-            predict_pool=WorkPool(
-                "predictions",
-                settings.predict_concurrency,
-                settings.predict_queue,
-                settings.retry_after_seconds,
-                metrics.rejected,
-            ),
-            metrics=metrics,
-            keys=KeyCache(settings.auth_cache_seconds, settings.auth_reject_seconds),
-            rates=RateLimiter(),
-        )
+        services = Services.start(settings, db, metrics)
         listener = listen(services)
-        services = dataclasses.replace(services, listener=listener)
+        services = services.replace(listener=listener)
         app.state.services = services
-        purging = asyncio.create_task(
-            task_service.purge_expired(db, settings.purge_interval_seconds)
-        )
+        purging = asyncio.create_task(services.tasks.purge_expired(settings.purge_interval_seconds))
         polling = asyncio.create_task(poll_models(services.registry, settings.model_poll_seconds))
         # What is loaded by now (modules, meta-models, warm-ups) lives as long as the process:
         # out of the cyclic collector's sight, a full collection walks only what requests left
@@ -215,7 +185,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         polling.cancel()
         if listener is not None:
             listener.stop()
-        services.pool.shutdown()
+        services.adapt_pool.shutdown()
         services.predict_pool.shutdown()
         db.dispose()
 

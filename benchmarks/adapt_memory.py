@@ -1,6 +1,6 @@
 """An adaptation's real peak memory against the service's estimate (``Artifact.adapt_memory``,
 checked against MAX_ADAPT_BYTES). Each case runs in a fresh process: a meta-model loaded and
-warmed up as the service does, then one adaptation (``app.services.tasks.adapt``, on a pool
+warmed up as the service does, then one adaptation (``app.services.adaptation.adapt``, on a pool
 thread as the service runs it) on random rows; its peak is the growth of the process's peak
 resident memory (VmHWM, reset through /proc/self/clear_refs first). One JSON line a case.
 
@@ -31,8 +31,8 @@ def status(key: str) -> int:
 
 def one_case(model: str, rows: int, query: int, steps: int) -> dict[str, object]:
     """The measurement itself, in this process (``--child``)."""
-    from app.services.inputs import SupportSet
-    from app.services.tasks import adapt
+    from app.services.adaptation import adapt
+    from app.services.inputs import AdaptationRequest
     from meta_core.artifact import load_artifact
 
     torch.set_num_threads(1)
@@ -46,10 +46,12 @@ def one_case(model: str, rows: int, query: int, steps: int) -> dict[str, object]
         return x, torch.rand(n, meta_model.n_outputs)
 
     pool = ThreadPoolExecutor(1)
-    warm = SupportSet(*examples(2), None, labels, 1, None)
+    warm = AdaptationRequest(*examples(2), None, labels, 1, None)
     pool.submit(adapt, meta_model, warm).result()
     estimate = meta_model.adapt_memory.peak(rows, query, steps)
-    support = SupportSet(*examples(rows), examples(query) if query else None, labels, steps, None)
+    support = AdaptationRequest(
+        *examples(rows), examples(query) if query else None, labels, steps, None
+    )
     base = status("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
     pool.submit(adapt, meta_model, support).result()

@@ -6,8 +6,8 @@ rates under ``lr.``) and ``manifest.json``, read into the typed :class:`Manifest
 corruption is detected. Loading validates every field, rebuilds the network from its spec and
 checks each tensor's name, shape and dtype against it. Nothing is ever unpickled.
 
-Encoding (:func:`save_artifact`, :func:`manifest_for_run`) and decoding (:func:`load_artifact`)
-live here side by side.
+Encoding (:func:`save_artifact`, :func:`export_task`) and decoding (:func:`load_artifact`) live
+here side by side.
 """
 
 from __future__ import annotations

@@ -20,17 +20,16 @@ from starlette.concurrency import run_in_threadpool
 
 from app import crud
 from app.core.config import Settings
-from app.core.db import Database
 from app.core.errors import Unauthorized
 from app.core.metrics import Metrics
 from app.core.security import hash_key
-from app.services import tasks as task_service
-from app.services.cache import AdaptedModel, ModelCache
+from app.services import prediction
+from app.services.cache import AdaptedModel
 from app.services.keys import Caller, well_formed
 from app.services.limits import Limits
-from app.services.pool import WorkPool
 from app.services.registry import MetaModelRegistry
 from app.services.state import Services
+from app.services.tasks import TaskService
 from app.tables import TaskRow
 
 
@@ -56,20 +55,12 @@ async def get_settings(services: ServicesDep) -> Settings:
     return services.settings
 
 
-async def get_database(services: ServicesDep) -> Database:
-    return services.db
-
-
 async def get_registry(services: ServicesDep) -> MetaModelRegistry:
     return services.registry
 
 
-async def get_cache(services: ServicesDep) -> ModelCache:
-    return services.cache
-
-
-async def get_pool(services: ServicesDep) -> WorkPool:
-    return services.pool
+async def get_tasks(services: ServicesDep) -> TaskService:
+    return services.tasks
 
 
 async def get_metrics(services: ServicesDep) -> Metrics:
@@ -77,16 +68,14 @@ async def get_metrics(services: ServicesDep) -> Metrics:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-DatabaseDep = Annotated[Database, Depends(get_database)]
 RegistryDep = Annotated[MetaModelRegistry, Depends(get_registry)]
-CacheDep = Annotated[ModelCache, Depends(get_cache)]
-PoolDep = Annotated[WorkPool, Depends(get_pool)]
+TasksDep = Annotated[TaskService, Depends(get_tasks)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 
 
-def get_session(db: DatabaseDep) -> Iterator[Session]:
+def get_session(services: ServicesDep) -> Iterator[Session]:
     """The request's transaction, committed before the response is sent (scope "function")."""
-    with db.session() as session:
+    with services.db.session() as session:
         yield session
 
 
@@ -153,7 +142,7 @@ OwnedTask = Annotated[TaskRow, Depends(owned_task)]
 async def adapted_model(task_id: str, caller: CurrentCaller, services: ServicesDep) -> AdaptedModel:
     """The client's adapted model for ``task_id`` (from the cache, else the database), or 404.
     It takes the service container whole: on the predict path each dependency costs time."""
-    return await task_service.load_adapted(task_id, caller=caller, services=services)
+    return await prediction.load_adapted(task_id, caller=caller, services=services)
 
 
 Adapted = Annotated[AdaptedModel, Depends(adapted_model)]

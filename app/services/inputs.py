@@ -232,7 +232,7 @@ def inner_steps(meta_model: Artifact, requested: int | None, settings: Settings)
 
 
 @dataclass(frozen=True)
-class SupportSet:
+class AdaptationRequest:
     """A validated adaptation request, ready for the inner loop."""
 
     x: Tensor
@@ -245,7 +245,7 @@ class SupportSet:
 
 def prepare(
     meta_model: Artifact, body: TaskCreate, settings: Settings, *, limits: Limits
-) -> SupportSet:
+) -> AdaptationRequest:
     """Validate ``POST /tasks``'s body against the meta-model and the service's limits, and
     (with the caller's ``limits``) its images' decoding against the adaptation's cost."""
     steps = inner_steps(meta_model, body.inner_steps, settings)
@@ -274,7 +274,7 @@ def prepare(
         else:
             qy = to_targets(meta_model, body.query.y, qx.shape[0], "query.y")
         query = (qx, qy)
-    return SupportSet(sx, sy, query, labels, steps, inner_lr(body.inner_lr, settings))
+    return AdaptationRequest(sx, sy, query, labels, steps, inner_lr(body.inner_lr, settings))
 
 
 def inner_lr(lr: float | None, settings: Settings) -> float | None:

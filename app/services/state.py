@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 from app.core.config import Settings
 from app.core.db import Database
@@ -13,6 +15,7 @@ from app.services.keys import KeyCache
 from app.services.limits import RateLimiter
 from app.services.pool import WorkPool
 from app.services.registry import MetaModelRegistry
+from app.services.tasks import TaskService
 
 
 @dataclass(frozen=True)
@@ -21,9 +24,47 @@ class Services:
     db: Database
     registry: MetaModelRegistry
     cache: ModelCache
-    pool: WorkPool  # adaptations
+    adapt_pool: WorkPool  # adaptations
     predict_pool: WorkPool  # predictions too large or slow for the event loop
     metrics: Metrics
     keys: KeyCache
     rates: RateLimiter
+    tasks: TaskService  # made of the fields above
     listener: Listener | None = None  # PostgreSQL's change announcements (events.py)
+
+    @classmethod
+    def start(cls, settings: Settings, db: Database, metrics: Metrics) -> Services:
+        """A process's container: the meta-models loaded, the cache, the two pools, the key
+        cache, the rate limiter and the task service over them."""
+
+        def pool(what: str, concurrency: int, queue: int) -> WorkPool:
+            return WorkPool(
+                what, concurrency, queue, settings.retry_after_seconds, metrics.rejected
+            )
+
+        registry = MetaModelRegistry.load(settings.model_dir, settings.trained_model_dir)
+        cache = ModelCache(settings.cache_size, settings.cache_bytes, settings.cache_ttl_seconds)
+        adapt_pool = pool("adaptations", settings.adapt_concurrency, settings.adapt_queue)
+        return cls(
+            settings=settings,
+            db=db,
+            registry=registry,
+            cache=cache,
+            adapt_pool=adapt_pool,
+            predict_pool=pool("predictions", settings.predict_concurrency, settings.predict_queue),
+            metrics=metrics,
+            keys=KeyCache(settings.auth_cache_seconds, settings.auth_reject_seconds),
+            rates=RateLimiter(),
+            tasks=TaskService(settings, db, registry, adapt_pool, cache, metrics),
+        )
+
+    def replace(self, **changes: Any) -> Services:
+        """The container with ``changes``, its task service made of the new fields (unless
+        ``tasks`` is among them)."""
+        new = dataclasses.replace(self, **changes)
+        if "tasks" in changes:
+            return new
+        tasks = TaskService(
+            new.settings, new.db, new.registry, new.adapt_pool, new.cache, new.metrics
+        )
+        return dataclasses.replace(new, tasks=tasks)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from fastapi import FastAPI
@@ -15,6 +14,6 @@ def override_services(app: FastAPI, **changes: Any) -> Services:
     """Every route sees the app's services with ``changes`` (e.g. ``cache=ModelCache(0)``)
     until ``app.dependency_overrides`` is cleared; returns the replacement."""
     current: Services = app.state.services
-    replaced = dataclasses.replace(current, **changes)
+    replaced = current.replace(**changes)
     app.dependency_overrides[get_services] = lambda: replaced
     return replaced

@@ -17,17 +17,12 @@ from app import crud
 from app.api import bodies
 from app.api.deps import (
     Adapted,
-    CacheDep,
     CurrentCaller,
     CurrentClient,
-    DatabaseDep,
-    MetricsDep,
     OwnedTask,
-    PoolDep,
-    RegistryDep,
     ServicesDep,
     SessionDep,
-    SettingsDep,
+    TasksDep,
     adapted_model,
     current_caller,
     services_of,
@@ -45,9 +40,10 @@ from app.schemas import (
     etag,
     problems,
 )
-from app.services import tasks as service
+from app.services import prediction
 from app.services.keys import Caller
 from app.services.state import Services
+from app.services.tasks import Update
 from app.tables import TaskRow
 from meta_core.artifact import Artifact
 
@@ -139,7 +135,7 @@ async def predict(
     request: Request,
 ) -> PredictOut:
     """Predictions of the task's adapted model for every row of x."""
-    return await service.predict(
+    return await prediction.predict(
         task_id,
         adapted,
         body.x,
@@ -193,29 +189,16 @@ async def create_task(
     request: Request,
     response: Response,
     caller: CurrentCaller,
-    settings: SettingsDep,
-    registry: RegistryDep,
-    pool: PoolDep,
-    cache: CacheDep,
-    metrics: MetricsDep,
-    db: DatabaseDep,
+    services: ServicesDep,
 ) -> TaskOut:
     """Adapt a meta-model to a support set and store the adapted model."""
     size = len(await request.body())  # read already: cached
     if size > bodies.SMALL:
-        limit = bodies.task_limit(registry.for_new_task(body.model, body.model_version), settings)
+        meta_model = services.registry.for_new_task(body.model, body.model_version)
+        limit = bodies.task_limit(meta_model, services.settings)
         if size > limit.max_bytes:
             raise bodies.too_large(limit)
-    row = await service.create_task(
-        body,
-        caller=caller,
-        settings=settings,
-        registry=registry,
-        pool=pool,
-        cache=cache,
-        metrics=metrics,
-        db=db,
-    )
+    row = await services.tasks.create(body, caller)
     response.headers["Location"] = f"/tasks/{row.id}"
     return tagged(TaskOut.of(row), response)
 
@@ -254,13 +237,11 @@ def delete_task(
     task_id: str,
     session: SessionDep,
     client_id: CurrentClient,
-    cache: CacheDep,
+    tasks: TasksDep,
     if_match: IfMatch = None,
 ) -> Response:
     """Delete a task, its adapted model and its support set."""
-    service.delete_task(
-        session, client_id=client_id, task_id=task_id, cache=cache, if_match=if_match
-    )
+    tasks.delete(session, client_id=client_id, task_id=task_id, if_match=if_match)
     return Response(status_code=204)
 
 
@@ -279,10 +260,10 @@ def delete_task(
     },
 )
 def export_model(
-    task_id: str, session: SessionDep, client_id: CurrentClient, registry: RegistryDep
+    task_id: str, session: SessionDep, client_id: CurrentClient, tasks: TasksDep
 ) -> Response:
     """Download the task's adapted model, to predict offline exactly as the service does."""
-    archive, task = service.export(session, client_id=client_id, task_id=task_id, registry=registry)
+    archive, task = tasks.export(session, client_id=client_id, task_id=task_id)
     return Response(
         archive,
         media_type="application/x-tar",
@@ -307,7 +288,7 @@ async def add_examples(
     """Add labelled examples to the task's support set (new classes allowed, up to the
     meta-model's ways) and adapt again from the meta-initialization on the whole set."""
     examples = Examples(x=body.x, y=body.y)
-    change = service.Update(
+    change = Update(
         examples=examples, inner_steps=body.inner_steps, inner_lr=body.inner_lr, if_match=if_match
     )
     return tagged(await _update(task_id, change, services, caller), response)
@@ -336,7 +317,7 @@ async def readapt(
     meta-model (``model_version``; how a task moves off a version that is retired), or with
     other inner-loop settings."""
     body = body or ReadaptIn()
-    change = service.Update(
+    change = Update(
         model_version=body.model_version,
         inner_steps=body.inner_steps,
         inner_lr=body.inner_lr,
@@ -345,8 +326,5 @@ async def readapt(
     return tagged(await _update(task_id, change, services, caller), response)
 
 
-async def _update(
-    task_id: str, change: service.Update, services: Services, caller: Caller
-) -> TaskOut:
-    row = await service.update_task(task_id, change, caller=caller, services=services)
-    return TaskOut.of(row)
+async def _update(task_id: str, change: Update, services: Services, caller: Caller) -> TaskOut:
+    return TaskOut.of(await services.tasks.update(task_id, change, caller))

@@ -102,7 +102,7 @@ def test_a_request_in_flight_when_its_key_is_revoked_stores_nothing(client, db, 
     me, other = client_id_of(db, alice), client_id_of(db, bob)
     tid = create(client, bob)["id"]
     services = client.app.state.services
-    override_services(client.app, pool=RevokingPool(services.pool, db))
+    override_services(client.app, adapt_pool=RevokingPool(services.adapt_pool, db))
     revoked = "your API key was revoked while this request ran; nothing was stored"
     x, y = sinusoid_task()
     body = {"model": "sinusoid", "support": {"x": x, "y": y}}

@@ -410,7 +410,7 @@ def test_overload_answers_503_with_retry_after(client, alice):
     pool = WorkPool("adaptations", 1, 0, 1, metrics.rejected)
 
     pool.in_flight = pool.capacity  # as if every slot and queue place were taken
-    override_services(app, pool=pool, metrics=metrics)
+    override_services(app, adapt_pool=pool, metrics=metrics)
     x, y = sinusoid_task()
     r = client.post(
         "/tasks", headers=alice, json={"model": "sinusoid", "support": {"x": x, "y": y}}

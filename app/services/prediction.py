@@ -1,0 +1,168 @@
+"""Serving a task's adapted model: from the cache (by revision) or the database, and its
+predictions, on the event loop when they are light, else on the predictions pool."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from starlette.concurrency import run_in_threadpool
+from torch import Tensor
+
+from app import crud
+from app.core.config import Settings
+from app.core.errors import InvalidInput, NotFound
+from app.schemas import ClassPrediction, PredictOut, readable
+from app.services import weights
+from app.services.cache import GONE, AdaptedModel
+from app.services.images import ImageLimits
+from app.services.inputs import to_inputs
+from app.services.keys import Caller
+from app.services.pool import WorkPool
+from app.services.versions import pinned_meta_model
+from app.tables import TaskRow
+from meta_core.artifact import Artifact
+from meta_core.networks import MLPSpec, Predictor
+from meta_core.preprocessing import TablePreprocessing
+
+if TYPE_CHECKING:
+    from app.services.state import Services
+
+
+async def load_adapted(task_id: str, *, caller: Caller, services: Services) -> AdaptedModel:
+    """The client's adapted model: from the cache (its revision re-checked in the database
+    once it is CACHE_TTL_SECONDS old, as another worker may have changed or deleted the
+    task), else from the database, or 404. A load runs on the predictions pool, within the
+    client's share of it: a client whose predicts miss the cache pays for its own reads."""
+    client_id, cache, db = caller.client_id, services.cache, services.db
+    adapted, fresh = cache.get(task_id)
+    if adapted is not None and adapted.expired():
+        cache.drop(task_id)
+        adapted = None
+    if adapted is not None and adapted.client_id == client_id:
+        if fresh:
+            services.metrics.cache_hits.inc()
+            return adapted
+
+        def revision_now() -> int | None:
+            with db.session() as session:
+                return crud.task_revision(session, client_id=client_id, task_id=task_id)
+
+        revision = await run_in_threadpool(revision_now)
+        if revision is None:
+            cache.drop(task_id, GONE)
+            raise NotFound(f"no task {task_id!r}")
+        if revision == adapted.revision:
+            services.metrics.cache_hits.inc()
+            cache.touch(task_id, revision)
+            return adapted
+        cache.drop(task_id, revision)  # changed by another process: read the new revision
+    services.metrics.cache_misses.inc()
+    read_at = time.monotonic()
+    registry = services.registry
+
+    def load() -> AdaptedModel:
+        with db.session() as session:
+            task = crud.get_task(session, client_id=client_id, task_id=task_id, with_weights=True)
+        meta_model = pinned_meta_model(task, registry)
+        params = weights.deserialize(meta_model, task.weights, task.weights_sha256)
+        return as_adapted(task, client_id, meta_model, params, meta_model.predictor(params))
+
+    adapted = await services.predict_pool.run(load, client_id, caller.limits.predict_in_flight)
+    cache.put(task_id, adapted, read_at)
+    return adapted
+
+
+def as_adapted(
+    task: TaskRow,
+    client_id: int,
+    meta_model: Artifact,
+    params: dict[str, Tensor],
+    predict: Predictor,
+) -> AdaptedModel:
+    """What the cache keeps of the client's task at its current revision."""
+    return AdaptedModel(
+        client_id=client_id,
+        meta_model=meta_model,
+        predict=predict,
+        expires_at=task.expires_at,
+        labels=readable(task.labels),
+        revision=task.revision,
+        nbytes=held_bytes(meta_model, params),
+    )
+
+
+def held_bytes(meta_model: Artifact, params: dict[str, Tensor]) -> int:
+    """The memory an adapted model holds beyond its meta-model's: the tensors adaptation made
+    (with ANIL, the head; the body is the meta-model's own), or every weight for an MLP,
+    whose predictor copies them all (:func:`meta_core.networks.predictor`)."""
+    copies_all = isinstance(meta_model.manifest.architecture, MLPSpec)
+    base = meta_model.params
+    return sum(
+        v.numel() * v.element_size()
+        for k, v in params.items()
+        if copies_all or k not in base or v.data_ptr() != base[k].data_ptr()
+    )
+
+
+INLINE_BODY_BYTES = 64 * 2**10  # a body this small parses and converts in microseconds
+
+
+async def predict(
+    task_id: str,
+    adapted: AdaptedModel,
+    x: list[Any],
+    *,
+    body_bytes: int,
+    caller: Caller,
+    settings: Settings,
+    pool: WorkPool,
+) -> PredictOut:
+    """:func:`predict_now`, on the event loop when the request is light (numbers in a small
+    body, rows x the model's FLOPs per row within PREDICT_INLINE_FLOPS: microseconds, where
+    a thread hop would cost more than the work), else on the predictions pool (images, many
+    rows, a large model), so that no request holds the event loop."""
+    light = (
+        body_bytes <= INLINE_BODY_BYTES
+        and not (x and isinstance(x[0], str))
+        and len(x) * adapted.meta_model.flops_per_example <= settings.predict_inline_flops
+    )
+    if light:
+        return predict_now(task_id, adapted, x, settings)
+    work = lambda: predict_now(task_id, adapted, x, settings)  # noqa: E731
+    return await pool.run(work, caller.client_id, caller.limits.predict_in_flight)
+
+
+def predict_now(
+    task_id: str, adapted: AdaptedModel, x: list[Any], settings: Settings
+) -> PredictOut:
+    """The adapted model's prediction for every row of ``x``: values (regression), or the
+    predicted label and the probabilities over the task's labels (classification)."""
+    meta_model = adapted.meta_model
+    inputs = to_inputs(meta_model, x, "x", settings.max_predict_rows, ImageLimits.of(settings))
+    out = adapted.predict(inputs)
+    # One reduction: a float64 sum of finite float32 values is finite; NaN and inf are not.
+    if not math.isfinite(out.sum(dtype=np.float64)):
+        bad = np.flatnonzero(~np.isfinite(out).reshape(len(out), -1).all(axis=1))
+        raise InvalidInput(
+            f"the predictions for rows {bad[:5].tolist()} of x are not finite: those inputs "
+            "are too large for the model's float32 arithmetic"
+        )
+    labels = adapted.labels
+    if labels is None:
+        spec = meta_model.manifest.preprocessing
+        if isinstance(spec, TablePreprocessing):  # back to the target's units
+            out = spec.outputs(out)
+        values = out.reshape(-1).tolist() if meta_model.n_outputs == 1 else out.tolist()
+        # Floats from a float32 array: nothing to validate (the schema still serializes it).
+        return PredictOut.model_construct(task_id=task_id, labels=None, predictions=values)
+    logits = out[:, : len(labels)]  # the units of the task's classes
+    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs = exp / exp.sum(axis=1, keepdims=True)
+    rows = [
+        ClassPrediction(label=labels[i], probabilities=p)
+        for i, p in zip(probs.argmax(axis=1).tolist(), probs.tolist(), strict=True)
+    ]
+    return PredictOut(task_id=task_id, labels=labels, predictions=rows)
