@@ -28,7 +28,7 @@ class Reload:
 class MetaModelRegistry:
     """Every version of every meta-model in the model folders; a name's default is its newest
     version, which new tasks get unless they name one. A task keeps the version it was
-    adapted from (tasks.load_adapted).
+    adapted from (prediction.load_adapted).
 
     :meth:`reload` scans the folders again (every MODEL_POLL_SECONDS, on an announcement, or
     at the operator's ``python -m app models reload``): a new artifact is loaded and served; an
@@ -80,80 +80,21 @@ class MetaModelRegistry:
             return self._reload()
 
     def _reload(self) -> Reload:
+        """Scan the folders, serve what may be served (a version served already keeps its
+        artifact: a newcomer under the same name and version is refused), report what
+        changed."""
         report = Reload()
-        paths = sorted(
-            p.parent
-            for folder in self.folders
-            if folder.is_dir()
-            for p in folder.glob("*/manifest.json")
-            if not p.parent.name.startswith(".")  # being copied in: renamed into place after
-        )
-        current: dict[Path, Artifact] = {}
-        for path in paths:
-            try:
-                stamp = _stamp(path)
-            except OSError:
-                continue  # removed while scanning
-            seen = self._seen.get(path)
-            if seen is not None and seen[0] == stamp:
-                if seen[1] is not None:
-                    current[path] = seen[1]
-                continue
-            try:
-                art = load_artifact(path)
-                _warm_up(art)
-            except Exception as exc:  # any reason: refused, and what is served stays
-                why = f"{path}: {exc}"
-                report.refused.append(why)
-                log.error("meta-model refused, not served: %s", why)
-                self._seen[path] = (stamp, None)
-                if seen is not None and seen[1] is not None:
-                    current[path] = seen[1]  # the working artifact it was stays served
-                continue
-            was = seen[1] if seen is not None else None
-            if (
-                was is not None
-                and (was.name, was.version) == (art.name, art.version)
-                and was.manifest.content_hash != art.manifest.content_hash
-            ):
-                why = (
-                    f"{path}: changed in place, but {art.name!r} version {art.version} is "
-                    "already served from it; a version is immutable: write a new version "
-                    "(its own folder) instead"
-                )
-                report.refused.append(why)
-                log.error("meta-model refused, not served: %s", why)
-                self._seen[path] = (stamp, was)
-                current[path] = was
-                continue
-            self._seen[path] = (stamp, art)
-            current[path] = art
-        for path in list(self._seen):
-            if path not in paths:
-                del self._seen[path]
-        before = {
-            (a.name, a.version, a.manifest.content_hash): a
-            for served in self.versions.values()
-            for a in served.values()
-        }
-        # Versions served already come first: a newcomer never displaces one.
-        ordered = sorted(
-            current.values(),
-            key=lambda a: (a.name, a.version, a.manifest.content_hash) not in before,
-        )
+        before = self._served()
+        current = self._scan(report)
+        ordered = sorted(current, key=lambda a: _key(a) not in before)  # served ones first
         for art in self._serve(ordered):
-            why = (
+            self._refuse(
+                report,
                 f"{art.path}: {art.name!r} version {art.version} is already served from "
                 f"another artifact ({self.versions[art.name][art.version].path}); a version "
-                "is immutable: write a new version instead"
+                "is immutable: write a new version instead",
             )
-            report.refused.append(why)
-            log.error("meta-model refused, not served: %s", why)
-        after = {
-            (a.name, a.version, a.manifest.content_hash): a
-            for served in self.versions.values()
-            for a in served.values()
-        }
+        after = self._served()
         for key in after.keys() - before.keys():
             report.added.append(f"{key[0]} {key[1]} ({after[key].path})")
             log.info("serving meta-model %s %s from %s", key[0], key[1], after[key].path)
@@ -161,6 +102,64 @@ class MetaModelRegistry:
             report.removed.append(f"{key[0]} {key[1]} ({before[key].path})")
             log.warning("no longer serving meta-model %s %s: its folder is gone", *key[:2])
         return report
+
+    def _scan(self, report: Reload) -> list[Artifact]:
+        """The artifact to serve from each folder holding a manifest (folders whose names
+        start with "." are being copied in, and skipped)."""
+        paths = sorted(
+            p.parent
+            for folder in self.folders
+            if folder.is_dir()
+            for p in folder.glob("*/manifest.json")
+            if not p.parent.name.startswith(".")
+        )
+        for path in set(self._seen) - set(paths):
+            del self._seen[path]
+        found = (self._examine(path, report) for path in paths)
+        return [art for art in found if art is not None]
+
+    def _examine(self, path: Path, report: Reload) -> Artifact | None:
+        """The artifact to serve from ``path``: as loaded before if its files have not
+        changed, else loaded again and warmed up. An invalid one, or one changed in place
+        under a version it served, is refused, and what it served stays served."""
+        try:
+            stamp = _stamp(path)
+        except OSError:
+            return None  # removed while scanning
+        seen = self._seen.get(path)
+        was = seen[1] if seen is not None else None
+        if seen is not None and seen[0] == stamp:
+            return was
+        try:
+            art = load_artifact(path)
+            _warm_up(art)
+        except Exception as exc:  # any reason: refused, and what is served stays
+            self._refuse(report, f"{path}: {exc}")
+            self._seen[path] = (stamp, was)
+            return was
+        if (
+            was is not None
+            and (was.name, was.version) == (art.name, art.version)
+            and was.manifest.content_hash != art.manifest.content_hash
+        ):
+            self._refuse(
+                report,
+                f"{path}: changed in place, but {art.name!r} version {art.version} is already "
+                "served from it; a version is immutable: write a new version (its own "
+                "folder) instead",
+            )
+            self._seen[path] = (stamp, was)
+            return was
+        self._seen[path] = (stamp, art)
+        return art
+
+    def _served(self) -> dict[tuple[str, str, str], Artifact]:
+        return {_key(a): a for served in self.versions.values() for a in served.values()}
+
+    @staticmethod
+    def _refuse(report: Reload, why: str) -> None:
+        report.refused.append(why)
+        log.error("meta-model refused, not served: %s", why)
 
     @property
     def names(self) -> list[str]:
@@ -204,8 +203,15 @@ def _stamp(path: Path) -> tuple[int, int]:
     ).stat().st_mtime_ns
 
 
+def _key(art: Artifact) -> tuple[str, str, str]:
+    return art.name, art.version, art.manifest.content_hash
+
+
 def _warm_up(art: Artifact) -> None:
-    """One adaptation at load, so the first client request does not pay torch's set-up."""
+    """One adaptation at load, so the first client request does not pay torch's set-up, and
+    the inner loop's memory per row measured (:attr:`Artifact.adapt_memory`), so that no
+    request's cost check measures it on the event loop."""
+    art.adapt_memory  # noqa: B018  (a cached property: measured here, once)
     x = torch.zeros(2, *art.input_shape)
     y = (
         torch.zeros(2, dtype=torch.long)

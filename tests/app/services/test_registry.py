@@ -54,8 +54,9 @@ def test_an_invalid_artifact_is_refused_and_never_replaces_a_working_one(folder,
     report = registry.reload()
     assert any("not valid JSON" in why for why in report.refused)
     assert registry.exact("sinusoid", "1.0.0") is served
-    # Refused once per change of its files, not at every scan.
+    # Refused once per change of its files, not at every scan, and still served after it.
     assert registry.reload().refused == []
+    assert registry.exact("sinusoid", "1.0.0") is served
 
 
 def test_a_version_is_immutable(folder: Path):
