@@ -3,18 +3,60 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from app.tables import TaskRow
 from meta_core.artifact import Artifact, InnerLoopSpec
 from meta_core.preprocessing import Preprocessing
 
+# The shapes rows and targets may take, for the OpenAPI schema. The service validates them
+# itself, against the meta-model they are for (a 422 that names the field and says what fits).
+NUMBERS = {"type": "array", "items": {"type": "number"}}
+ROWS = WithJsonSchema(
+    {
+        "type": "array",
+        "items": {
+            "anyOf": [
+                {"type": "number", "description": "a one-number row (a one-input model)"},
+                {
+                    "type": "array",
+                    "description": "a row of numbers, or an image model's [channels, height, "
+                    "width] as nested arrays of numbers",
+                    "items": {"anyOf": [{"type": "number"}, {"type": "array", "items": {}}]},
+                },
+                {"type": "string", "description": "an image model's base64 PNG or JPEG"},
+                {
+                    "type": "object",
+                    "description": "a table model's row, keyed by column name",
+                    "additionalProperties": {"type": "number"},
+                },
+            ]
+        },
+    }
+)
+TARGETS = WithJsonSchema(
+    {
+        "type": "array",
+        "items": {
+            "anyOf": [
+                {"type": "number", "description": "a regression target"},
+                {**NUMBERS, "description": "a regression target of several outputs"},
+                {"type": "string", "description": "a class label"},
+            ]
+        },
+        "description": "regression: a number (or numbers) per row; classification: a label "
+        "per row, an integer or a string",
+    }
+)
+Rows = Annotated[list[Any], ROWS]
+Targets = Annotated[list[Any], TARGETS]
+
 
 class Examples(BaseModel):
-    x: list[Any] = Field(description="rows of inputs, each of the model's input shape")
-    y: list[Any] = Field(description="targets (regression) or labels, integers or strings")
+    x: Rows = Field(description="rows of inputs, each of the model's input shape")
+    y: Targets = Field(description="targets (regression) or labels, integers or strings")
 
 
 class TaskCreate(BaseModel):
@@ -147,7 +189,7 @@ class TaskPage(BaseModel):
 class PredictIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    x: list[Any]
+    x: Rows = Field(description="rows of inputs, each of the model's input shape")
 
 
 class ClassPrediction(BaseModel):
