@@ -83,3 +83,16 @@ def test_the_mlp_keeps_the_parameter_names_artifacts_carry_and_computes_a_relu_n
     h = torch.relu(h @ doubled["body.2.weight"].T + doubled["body.2.bias"])
     expected = h @ doubled["head.weight"].T + doubled["head.bias"]
     torch.testing.assert_close(forward(net, doubled, x), expected)
+
+
+def test_a_large_request_is_predicted_in_chunks_with_the_same_answer(monkeypatch):
+    torch.manual_seed(0)
+    net = build_network(CONV).requires_grad_(False).eval()
+    x = torch.randn(150, 1, 28, 28).numpy()
+    whole = net(torch.from_numpy(x)).numpy()
+    seen: list[int] = []
+    forward = net.forward
+    monkeypatch.setattr(net, "forward", lambda batch: seen.append(len(batch)) or forward(batch))
+    out = predictor(net)(x)
+    assert seen == [64, 64, 22]  # at most PREDICT_CHUNK rows' activations at once
+    np.testing.assert_allclose(out, whole, rtol=1e-5, atol=1e-6)
