@@ -53,10 +53,10 @@ def check_migrated(db: Database) -> None:
 def mount(app: FastAPI, *routers: APIRouter) -> None:
     """Declare the routers' routes on the app itself, as ``include_router`` did before FastAPI
     made it lazy: an included router is a branch matched twice per request, which costs
-    predict a sixth of its time (README, "The predict path against its floor"). Each route is
-    declared anew, so it takes the app's dependency overrides; the OpenAPI schema is the one
-    ``include_router`` gives (tested). Requests are matched in order: the routes go first, in
-    the routers' order, ahead of the documentation routes FastAPI declares itself."""
+    predict a sixth of its time (docs/benchmarks.md, "The predict path against its floor"). Each
+    route is declared anew, so it takes the app's dependency overrides; the OpenAPI schema is
+    the one ``include_router`` gives (tested). Requests are matched in order: the routes go
+    first, in the routers' order, ahead of the documentation routes FastAPI declares itself."""
     first = len(app.router.routes)
     for router in routers:
         for route in router.routes:
@@ -170,8 +170,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         polling = asyncio.create_task(poll_models(services.registry, settings.model_poll_seconds))
         # What is loaded by now (modules, meta-models, warm-ups) lives as long as the process:
         # out of the cyclic collector's sight, a full collection walks only what requests left
-        # behind instead of holding the GIL, and so the event loop, over all of it (README,
-        # "The service": "No request blocks the event loop", has the measurement).
+        # behind instead of holding the GIL, and so the event loop, over all of it
+        # (docs/architecture.md, "What runs where: nothing blocks the event loop", has the
+        # measurement).
         gc.collect()
         gc.freeze()
         log.info(

@@ -145,7 +145,7 @@ def adapted_names(params: Params, algorithm: str) -> list[str] | None:
 
 def choose_strategy(requested: str, arch_type: str, device: torch.device) -> str:
     """``auto``: per-task loop for Conv4 on the CPU, where vmap's grouped convolutions are
-    slower (README, W2); vmap everywhere else."""
+    slower (docs/benchmarks.md, "Meta-training throughput", W2); vmap everywhere else."""
     if requested != "auto":
         return requested
     return "loop" if arch_type == "conv4" and device.type == "cpu" else "vmap"

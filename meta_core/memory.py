@@ -6,8 +6,9 @@ runs a worker out of memory. The bytes are measured rather than counted by hand:
 saved tensors (``torch.autograd.graph.saved_tensors_hooks``) during one inner step on one row
 and on two, the difference being what each row adds, whatever the network and whichever
 parameters adapt (ANIL's head keeps far less than the whole network). :meth:`AdaptMemory.peak`
-turns them into an estimate of an adaptation's peak, with the allocator's share; the README
-compares it with the real peak (resident memory) measured by ``benchmarks/adapt_memory.py``.
+turns them into an estimate of an adaptation's peak, with the allocator's share;
+docs/benchmarks.md, "Adaptation memory", compares it with the real peak (resident memory)
+measured by ``benchmarks/adapt_memory.py``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from torch import Tensor
 
 from meta_core.inner_loop import InnerLoop
 
-# The allocator's share beyond the tensors, chosen against measured peaks (README, "Limits"):
+# The allocator's share beyond the tensors, chosen against measured peaks (docs/benchmarks.md,
+# "Adaptation memory"):
 # a quarter more, and the blocks it has freed but keeps in its heaps over the steps, up to
 # twice the tensors while they are small enough to live there (glibc: under 32 MiB each), at
 # most ALLOCATOR_SLACK.

@@ -99,7 +99,8 @@ class MLP(nn.Module):
     :meth:`forward` is the network's one definition in torch; :func:`predictor` mirrors it in
     NumPy for serving (tested equal). It calls the functional ops on the layers' parameters
     (which ``functional_call`` swaps as usual) instead of a module call per layer, whose
-    overhead is most of the time on a small batch (README, predict path)."""
+    overhead is most of the time on a small batch (docs/benchmarks.md, "The predict path
+    against its floor")."""
 
     def __init__(self, in_features: int, hidden: list[int], out_features: int) -> None:
         super().__init__()

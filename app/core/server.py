@@ -4,8 +4,8 @@ uvicorn's ``--workers N`` binds one socket in the supervisor and hands it to eve
 workers race to accept on one queue, and the one that wakes first takes every connection
 waiting (asyncio accepts up to its backlog per wake-up). Long-lived keep-alive connections, as
 a load balancer or a client's connection pool keeps, then stay where they landed, and one
-worker may serve them all while the others idle (README, "The predict path against its floor",
-has the measurement).
+worker may serve them all while the others idle (docs/benchmarks.md, "The predict path against
+its floor", has the measurement).
 
 On Linux each worker here listens on a socket of its own, all bound to the address with
 ``SO_REUSEPORT``: the kernel spreads new connections over the workers by a hash of their

@@ -176,7 +176,7 @@ def check_cost(meta_model: Artifact, body: TaskCreate, limits: Limits, settings:
 
 
 # Decoding and resizing one image pixel takes about as long as this many of the inner loop's
-# FLOPs on one core (README, "Limits": the measurements).
+# FLOPs on one core (docs/benchmarks.md, "Image decoding": the measurements).
 DECODE_FLOPS_PER_PIXEL = 200
 
 

@@ -1,6 +1,6 @@
 """``meta-core data example --out DIR``: a small dataset of each kind the project trains on
-without code, generated here (nothing is downloaded), for the README's walkthrough and the
-tests.
+without code, generated here (nothing is downloaded), for the walkthrough in docs/training.md
+("Your own data, no code") and the tests.
 
 - ``DIR/images/<shape>-<color>/NN.png``: 36 classes (6 shapes x 6 colours), ``per_class``
   RGB drawings each, jittered in size, position and rotation over a noisy background.

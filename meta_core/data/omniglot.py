@@ -33,7 +33,8 @@ PREPROCESSING = ImagePreprocessing(
     size=(IMAGE_SIZE, IMAGE_SIZE), resample="lanczos", invert=True, scale=1.0 / 255.0
 )
 # The official release: github.com/brendenlake/omniglot, folder python/ (md5 as torchvision
-# checks them). README.md lists the sizes and sha256 of the copies this project is tested with.
+# checks them). docs/training.md, "Omniglot", lists the sizes and sha256 of the copies this
+# project is tested with.
 OFFICIAL_MD5 = {
     "images_background.zip": "68d2efa1b9178cc56df9314c21c6e718",
     "images_evaluation.zip": "6b91aef0f799c5bb55b94e3f2daec811",

@@ -80,9 +80,10 @@ class PredictRoute(APIRoute):
     event loop), and answers with the ``PredictOut`` it returns.
 
     FastAPI's generic per-request machinery (dependency graph, body field, response
-    re-validation) costs several times the prediction itself on a small model; README, "The
-    predict path against its floor", has the measurement. The route function below stays the
-    one place the work is done, and its declaration gives the OpenAPI schema."""
+    re-validation) costs several times the prediction itself on a small model;
+    docs/benchmarks.md, "The predict path against its floor", has the measurement. The route
+    function below stays the one place the work is done, and its declaration gives the OpenAPI
+    schema."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         endpoint = self.endpoint
