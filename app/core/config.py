@@ -157,7 +157,7 @@ class Settings(BaseSettings):
     )
     max_tasks_per_client: int = Field(10_000, ge=0, description="tasks one client stores")
     max_stored_bytes_per_client: int = Field(
-        2**30, ge=0, description="bytes of adapted weights one client stores"
+        2**30, ge=0, description="bytes of adapted weights and support sets one client stores"
     )
     log_level: str = "INFO"
 

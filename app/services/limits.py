@@ -29,7 +29,7 @@ class Limits(BaseModel):
     max_adapt_flops: float = Field(gt=0, description="the cost of one adaptation")
     max_adapt_bytes: int = Field(gt=0, description="the memory one adaptation may need")
     max_tasks: int = Field(ge=0, description="tasks stored")
-    max_stored_bytes: int = Field(ge=0, description="bytes of adapted weights stored")
+    max_stored_bytes: int = Field(ge=0, description="bytes of weights and support sets stored")
 
     @classmethod
     def of(cls, settings: Settings, overrides: dict[str, Any] | None = None) -> Limits:
