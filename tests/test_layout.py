@@ -1,5 +1,6 @@
 """The architecture's rules: app imports meta_core, never the reverse; test files mirror the
-modules they test; no test module imports another's helpers (shared ones are in tests/utils)."""
+modules they test; no test module imports another's helpers (shared ones are in tests/utils); no
+function runs on for pages."""
 
 import ast
 from pathlib import Path
@@ -52,3 +53,21 @@ def test_no_test_module_imports_another():
         if name.startswith("tests.") and not name.startswith(("tests.utils", "tests.conftest"))
     ]
     assert offenders == []
+
+
+MAX_FUNCTION_LINES = 60
+
+
+def test_no_function_is_longer_than_its_reason_allows():
+    """A function over MAX_FUNCTION_LINES is usually several steps waiting for names: each
+    one in app/ and meta_core/ is either shorter or says why in its docstring ("Long: ...")."""
+    long = [
+        f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({length} lines)"
+        for package in ("app", "meta_core")
+        for path in (ROOT / package).rglob("*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        and (length := (node.end_lineno or node.lineno) - node.lineno + 1) > MAX_FUNCTION_LINES
+        and "Long: " not in (ast.get_docstring(node) or "")
+    ]
+    assert long == []
