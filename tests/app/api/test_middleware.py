@@ -46,15 +46,21 @@ def test_probes_metrics_and_docs_need_no_key(client, path):
     assert client.get(path).status_code == 200
 
 
-def test_a_rejected_key_is_remembered(client, monkeypatch):
-    lookups = []
+@pytest.fixture
+def lookups(monkeypatch) -> list[str]:
+    """The key hashes looked up in the database, in order."""
+    seen: list[str] = []
     real = crud.active_client
 
     def counted(session, *, key_hash):
-        lookups.append(key_hash)
+        seen.append(key_hash)
         return real(session, key_hash=key_hash)
 
     monkeypatch.setattr(crud, "active_client", counted)
+    return seen
+
+
+def test_a_rejected_key_is_remembered(client, lookups):
     wrong = {"Authorization": f"Bearer {new_key()}"}  # well formed: looked up once
     for _ in range(5):
         assert client.get("/tasks", headers=wrong).status_code == 401
@@ -101,15 +107,7 @@ def test_a_path_cannot_write_a_log_line_of_its_own(client, caplog):
     assert line.isprintable()
 
 
-def test_a_malformed_key_is_refused_without_a_database_read(client, monkeypatch):
-    lookups = []
-    real = crud.active_client
-
-    def counted(session, *, key_hash):
-        lookups.append(key_hash)
-        return real(session, key_hash=key_hash)
-
-    monkeypatch.setattr(crud, "active_client", counted)
+def test_a_malformed_key_is_refused_without_a_database_read(client, lookups):
     for key in ("no", "mk_wrong", "mk_" + "a" * 42 + "!", "mk_" + "a" * 5000):
         r = client.get("/tasks", headers={"Authorization": f"Bearer {key}"})
         assert_problem(r, 401, "invalid or revoked API key")
