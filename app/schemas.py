@@ -26,7 +26,11 @@ ROWS = WithJsonSchema(
                     "width] as nested arrays of numbers",
                     "items": {"anyOf": [{"type": "number"}, {"type": "array", "items": {}}]},
                 },
-                {"type": "string", "description": "an image model's base64 PNG or JPEG"},
+                {
+                    "type": "string",
+                    "description": "an image model's base64 PNG or JPEG, or a text model's "
+                    "sentence",
+                },
                 {
                     "type": "object",
                     "description": "a table model's row, keyed by column name",

@@ -20,7 +20,7 @@ import json
 import math
 import tarfile
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError
@@ -28,6 +28,7 @@ from importlib.metadata import version as _pkg_version
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from safetensors import SafetensorError
@@ -35,6 +36,7 @@ from safetensors.torch import load, save
 from torch import Tensor, nn
 
 from meta_core.config import Config
+from meta_core.encoders import EncoderError, TextEncoder, load_encoder
 from meta_core.inner_loop import InnerLoop, LearningRate, Params, TaskKind, forward
 from meta_core.memory import AdaptMemory
 from meta_core.memory import measure as measure_memory
@@ -46,7 +48,7 @@ from meta_core.networks import (
     head_names,
     predictor,
 )
-from meta_core.preprocessing import Preprocessing
+from meta_core.preprocessing import Preprocessing, TextPreprocessing
 
 SCHEMA_VERSION = 1
 WEIGHTS = "weights.safetensors"
@@ -254,6 +256,7 @@ class Artifact:
     model: nn.Module
     params: Params
     lrs: Params
+    encoder: TextEncoder | None = None  # a text meta-model's frozen encoder (its manifest's)
     _threads: threading.local = field(default_factory=threading.local, repr=False, compare=False)
 
     def network(self) -> nn.Module:
@@ -336,6 +339,12 @@ class Artifact:
         with torch.inference_mode():
             return forward(self.network(), params, x)
 
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """A text meta-model's input rows for ``texts``: its encoder's embeddings."""
+        if self.encoder is None:
+            raise ValueError(f"meta-model {self.name!r} does not take text")
+        return self.encoder.encode(texts)
+
     def materialize(self, params: Mapping[str, Tensor]) -> nn.Module:
         """A module holding ``params`` (shared, not copied), for repeated prediction without
         ``functional_call``'s per-call cost; it computes exactly what :meth:`predict` does."""
@@ -357,7 +366,8 @@ def export_task(meta_model: Artifact, params: Mapping[str, Tensor], task: TaskRe
     ``weights.safetensors``): the meta-model's manifest and learned rates with the task's
     parameters, named ``<meta-model>-task-<id>``, version its revision, ``task`` saying what
     it was adapted from. :func:`load_artifact` reads it; ``predictor(params)`` predicts
-    exactly as the service does."""
+    exactly as the service does (a text meta-model's encoder is named, not copied: it is
+    loaded from the same installed package, and :meth:`Artifact.embed` makes the rows)."""
     tensors = {f"net.{k}": v.detach().float().cpu().contiguous() for k, v in params.items()}
     tensors |= {f"lr.{k}": v.detach().float().cpu().contiguous() for k, v in meta_model.lrs.items()}
     weights = save(tensors)
@@ -495,7 +505,19 @@ def load_artifact(directory: Path | str, device: torch.device | str = "cpu") -> 
         p.requires_grad_(False)
     params = {k: v.to(device) for k, v in params.items()}
     lrs = {k: v.to(device) for k, v in lrs.items()}
-    return Artifact(directory, manifest, model, params, lrs)
+    return Artifact(directory, manifest, model, params, lrs, _encoder(directory, manifest))
+
+
+def _encoder(directory: Path, manifest: Manifest) -> TextEncoder | None:
+    """The frozen encoder a text meta-model's manifest names, its weights' sha256 checked
+    (loaded once per process, shared by every artifact naming it)."""
+    spec = manifest.preprocessing
+    if not isinstance(spec, TextPreprocessing):
+        return None
+    try:
+        return load_encoder(spec.encoder)
+    except EncoderError as exc:
+        raise ArtifactError(f"{directory}: {exc}") from None
 
 
 def _validate_lrs(directory: Path, inner: InnerLoopSpec, params: Params, lrs: Params) -> None:

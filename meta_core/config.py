@@ -156,8 +156,40 @@ class TableFamily(Section):
     split_seed: int = 0
 
 
+class TextFamily(Section):
+    """N-way K-shot over a user's labelled sentences (CSV, JSONL or Parquet): ``text_column``
+    the sentence, ``label_column`` its class. Classes, never examples, are split into train /
+    val / test by ``split`` fractions and ``split_seed``; with ``group_column`` (a customer, a
+    source), groups are split instead, a class is a (group, label) pair, and each group's
+    classes stay within one split. The sentences are embedded once by the frozen ``encoder``;
+    the network on top is meta-trained."""
+
+    name: Literal["text"] = "text"
+    path: str = Field(min_length=1)
+    text_column: str = Field("text", min_length=1)
+    label_column: str = Field("label", min_length=1)
+    group_column: str = ""
+    encoder: str = "all-MiniLM-L6-v2"  # meta_core.encoders.ENCODERS
+    ways: int = Field(5, ge=2)
+    shots: int = Field(5, ge=1)
+    queries: int = Field(15, ge=1)
+    # A class with fewer than shots + queries examples, or a row without a label: "error"
+    # (one line naming it) or "drop" (left out, with one warning saying how many).
+    small_classes: Literal["error", "drop"] = "error"
+    unlabelled: Literal["error", "drop"] = "error"
+    max_per_class: int = Field(100, ge=2)  # a larger class keeps a seeded sample of this many
+    split: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    split_seed: int = 0
+    cache_dir: str = ""  # the embeddings' cache; empty: META_CORE_CACHE, else ~/.cache/meta_core
+
+
 FamilyConfig = Annotated[
-    SinusoidFamily | OmniglotFamily | RandomImagesFamily | ImageFolderFamily | TableFamily,
+    SinusoidFamily
+    | OmniglotFamily
+    | RandomImagesFamily
+    | ImageFolderFamily
+    | TableFamily
+    | TextFamily,
     Field(discriminator="name"),
 ]
 

@@ -1,7 +1,8 @@
 """Preprocessing, written once: the data loaders and the service apply the spec stored in an
 artifact's manifest (``preprocessing``), so serving sees exactly what training saw. Images:
 orientation, bit depth, transparency, color mode, size, polarity, scale, normalization.
-Tables: the feature columns' order and standardization, and a regression target's."""
+Tables: the feature columns' order and standardization, and a regression target's. Text: the
+pretrained encoder (named and hashed) whose sentence embeddings are the network's input."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from typing import Annotated, Literal
 import numpy as np
 from PIL import ExifTags, Image, ImageOps
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from meta_core.encoders import EncoderSpec
 
 RESAMPLING = {
     "lanczos": Image.Resampling.LANCZOS,
@@ -164,4 +167,18 @@ class TablePreprocessing(BaseModel):
         return (out * np.float32(self.target_std) + np.float32(self.target_mean)).astype(np.float32)
 
 
-Preprocessing = Annotated[ImagePreprocessing | TablePreprocessing, Field(discriminator="type")]
+class TextPreprocessing(BaseModel):
+    """How a sentence becomes a network input: the pretrained encoder's embedding (tokenized,
+    truncated to its ``max_tokens``, mean-pooled, L2-normalised), computed once per example;
+    the network on top is what meta-training and the inner loop change. The encoder's weights
+    are not in the artifact: the manifest names them and their sha256, checked on load."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["text"] = "text"
+    encoder: EncoderSpec
+
+
+Preprocessing = Annotated[
+    ImagePreprocessing | TablePreprocessing | TextPreprocessing, Field(discriminator="type")
+]

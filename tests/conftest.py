@@ -1,5 +1,6 @@
 """Fixtures for every test: a fixed seed; tests marked ``omniglot`` need the real Omniglot zips
-(``OMNIGLOT_DIR``): without them they skip, or fail where ``REQUIRE_OMNIGLOT=1``."""
+(``OMNIGLOT_DIR``), ``text_encoder`` the text encoder's package, ``wordnet`` Debian's
+WordNet: without them they skip, or fail where CI asks for them (``REQUIRE_...=1``)."""
 
 from pathlib import Path
 
@@ -7,6 +8,7 @@ import pytest
 import torch
 
 from tests.utils.omniglot import real_omniglot
+from tests.utils.text import require_encoder, require_wordnet
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -14,6 +16,10 @@ ROOT = Path(__file__).resolve().parents[1]
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.get_closest_marker("omniglot") is not None:
         real_omniglot()
+    if item.get_closest_marker("text_encoder") is not None:
+        require_encoder()
+    if item.get_closest_marker("wordnet") is not None:
+        require_wordnet()
 
 
 @pytest.fixture(autouse=True)

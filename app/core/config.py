@@ -130,6 +130,19 @@ class Settings(BaseSettings):
         description="the pixels all images of one request decode, together; each also counts "
         "against the adaptation's cost (MAX_ADAPT_FLOPS)",
     )
+    max_text_chars: int = Field(
+        2000,
+        ge=1,
+        description="one sentence sent to a text meta-model, in characters (its encoder "
+        "truncates beyond its own token limit, as in training)",
+    )
+    max_request_tokens: int = Field(
+        8192,
+        ge=1,
+        description="the tokens all sentences of one request encode, together (about 2 s of "
+        "two cores for all-MiniLM-L6-v2); each also counts against the adaptation's cost "
+        "(MAX_ADAPT_FLOPS)",
+    )
     retry_after_seconds: int = Field(1, ge=1)
     task_ttl_seconds: int | None = Field(
         None, ge=1, description="a task's lifetime when its request names none (None: forever)"

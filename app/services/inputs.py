@@ -1,13 +1,12 @@
 """A client's examples as tensors, or a clear 422: shapes, finiteness, row limits, labels, and
-images preprocessed as in training."""
+images and sentences preprocessed as in training."""
 
 from __future__ import annotations
 
 import math
 import reprlib
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -19,8 +18,9 @@ from app.schemas import TaskCreate
 from app.services.images import ImageLimits as ImageLimits  # callers' import, kept
 from app.services.images import images_to_array
 from app.services.limits import Limits
+from app.services.texts import TextLimits, texts_to_array
 from meta_core.artifact import Artifact
-from meta_core.preprocessing import TablePreprocessing
+from meta_core.preprocessing import TablePreprocessing, TextPreprocessing
 
 Label = int | str
 
@@ -44,12 +44,32 @@ def as_float32(values: list[Any], field: str, what: str) -> np.ndarray:
     return a.astype(np.float32)
 
 
+@dataclass
+class InputLimits:
+    """One request's bounds on what its rows decode: images' pixels, sentences' tokens (make
+    one per request: what was decoded so far is counted there)."""
+
+    images: ImageLimits
+    texts: TextLimits
+
+    @classmethod
+    def of(cls, settings: Settings, cost: Cost | None = None) -> InputLimits:
+        """The service's bounds, and with ``cost`` the caller's cost budget on top."""
+        if cost is None:
+            return cls(ImageLimits.of(settings), TextLimits.of(settings))
+        return cls(
+            ImageLimits.of(settings, lambda pixels: cost(pixels=pixels)),
+            TextLimits.of(settings, lambda tokens: cost(tokens=tokens)),
+        )
+
+
 def to_inputs(
-    meta_model: Artifact, x: list[Any], field: str, limit: int, images: ImageLimits
+    meta_model: Artifact, x: list[Any], field: str, limit: int, bounds: InputLimits
 ) -> np.ndarray:
     """``x`` as a float32 ``[n, *input_shape]`` array, or a clear 422. For an image model,
-    rows may be base64 PNG/JPEG strings (or data URLs), decoded within ``images`` (the
-    request's: what they decode is counted there) and preprocessed as in training."""
+    rows may be base64 PNG/JPEG strings (or data URLs), decoded within ``bounds`` (the
+    request's: what they decode is counted there) and preprocessed as in training; for a text
+    model, sentences, embedded by its encoder within ``bounds``."""
     if len(x) > limit:
         raise InvalidInput(f"{field} has {len(x)} rows; the limit is {limit}")
     spec = meta_model.manifest.preprocessing
@@ -60,7 +80,11 @@ def to_inputs(
             raise InvalidInput(
                 f"{field} holds strings, but model {meta_model.name!r} takes numbers"
             )
-        a = images_to_array(x, field, spec, images)
+        if isinstance(spec, TextPreprocessing):
+            assert meta_model.encoder is not None  # loaded with the artifact
+            a = texts_to_array(x, field, meta_model.encoder, bounds.texts)
+        else:
+            a = images_to_array(x, field, spec, bounds.images)
     else:
         a = as_float32(x, field, "a rectangular array of numbers")
     if a.ndim == 0 or a.shape[0] == 0:
@@ -181,20 +205,33 @@ DECODE_FLOPS_PER_PIXEL = 200
 
 
 def check_adapt_cost(
-    meta_model: Artifact, rows: int, query: int, steps: int, limits: Limits, *, pixels: int = 0
+    meta_model: Artifact,
+    rows: int,
+    query: int,
+    steps: int,
+    limits: Limits,
+    *,
+    pixels: int = 0,
+    tokens: int = 0,
 ) -> None:
     """422 for an adaptation over the caller's budgets, before any of it is done. Its cost:
     the model's FLOPs per row x (3 x support rows x inner steps (forward and backward) + 2 x
-    (support + query rows) (scored before and after)), and ``pixels`` of images to decode
-    at DECODE_FLOPS_PER_PIXEL each. Its memory: what the meta-model's inner loop is measured
-    to keep per row (:attr:`Artifact.adapt_memory`)."""
+    (support + query rows) (scored before and after)), ``pixels`` of images to decode at
+    DECODE_FLOPS_PER_PIXEL each, and ``tokens`` of sentences to encode at the encoder's
+    FLOPs per token. Its memory: what the meta-model's inner loop is measured to keep per row
+    (:attr:`Artifact.adapt_memory`)."""
     flops = meta_model.flops_per_example * (3 * rows * steps + 2 * (rows + query))
     flops += DECODE_FLOPS_PER_PIXEL * pixels
+    per_token = meta_model.encoder.flops_per_token if meta_model.encoder is not None else 0
+    flops += per_token * tokens
     if flops > limits.max_adapt_flops:
         images, fewer = "", "rows or inner_steps"
         if pixels:
             images = f", and {pixels} image pixels to decode at {DECODE_FLOPS_PER_PIXEL} FLOPs each"
             fewer = "rows, inner_steps or smaller images"
+        if tokens:
+            images = f", and {tokens} tokens to encode at {per_token / 1e6:.3g} MFLOPs each"
+            fewer = "rows, inner_steps or shorter sentences"
         raise InvalidInput(
             f"this adaptation would cost {flops / 1e9:.3g} GFLOP ({rows} support rows x {steps} "
             f"inner steps of model {meta_model.name!r}, {meta_model.flops_per_example} FLOPs "
@@ -211,14 +248,23 @@ def check_adapt_cost(
         )
 
 
+class Cost(Protocol):
+    def __call__(self, *, pixels: int = 0, tokens: int = 0) -> None: ...
+
+
 def decoding_cost(
     meta_model: Artifact, rows: int, query: int, steps: int, limits: Limits | None
-) -> Callable[[int], None] | None:
-    """:func:`check_adapt_cost` of an adaptation with the pixels its images decode, for
-    :class:`ImageLimits` to call before decoding them (None: no budget to count them in)."""
+) -> Cost | None:
+    """:func:`check_adapt_cost` of an adaptation with the pixels its images decode or the
+    tokens its sentences encode, for :class:`InputLimits` to call before decoding them (None:
+    no budget to count them in)."""
     if limits is None:
         return None
-    return lambda pixels: check_adapt_cost(meta_model, rows, query, steps, limits, pixels=pixels)
+
+    def cost(*, pixels: int = 0, tokens: int = 0) -> None:
+        check_adapt_cost(meta_model, rows, query, steps, limits, pixels=pixels, tokens=tokens)
+
+    return cost
 
 
 def inner_steps(meta_model: Artifact, requested: int | None, settings: Settings) -> int:
@@ -251,9 +297,9 @@ def prepare(
     steps = inner_steps(meta_model, body.inner_steps, settings)
     query_rows = len(body.query.x) if body.query is not None else 0
     cost = decoding_cost(meta_model, len(body.support.x), query_rows, steps, limits)
-    images = ImageLimits.of(settings, cost)
+    bounds = InputLimits.of(settings, cost)
     sx = torch.from_numpy(
-        to_inputs(meta_model, body.support.x, "support.x", settings.max_support, images)
+        to_inputs(meta_model, body.support.x, "support.x", settings.max_support, bounds)
     )
     labels = None
     if meta_model.task_kind == "classification":
@@ -265,7 +311,7 @@ def prepare(
     query = None
     if body.query is not None:
         qx = torch.from_numpy(
-            to_inputs(meta_model, body.query.x, "query.x", settings.max_query, images)
+            to_inputs(meta_model, body.query.x, "query.x", settings.max_query, bounds)
         )
         if labels is not None:
             qy = to_label_indices(
@@ -296,7 +342,8 @@ def grow(
     """A stored support set with ``examples`` (``x`` and ``y``) added, validated as
     ``POST /tasks`` validates its support set: new classes may join up to the model's ways
     (the classes stay sorted, so stored label indices are renumbered). With the caller's
-    ``limits``, the images' decoding counts against the cost of ``steps`` inner steps."""
+    ``limits``, the images' decoding (or the sentences' encoding) counts against the cost of
+    ``steps`` inner steps."""
     x, y = support
     room = settings.max_support - len(x)
     if len(examples.x) > room:
@@ -305,8 +352,8 @@ def grow(
             f"at most {settings.max_support}"
         )
     rows = len(x) + len(examples.x)
-    images = ImageLimits.of(settings, decoding_cost(meta_model, rows, 0, steps, limits))
-    new_x = torch.from_numpy(to_inputs(meta_model, examples.x, "x", room, images))
+    bounds = InputLimits.of(settings, decoding_cost(meta_model, rows, 0, steps, limits))
+    new_x = torch.from_numpy(to_inputs(meta_model, examples.x, "x", room, bounds))
     if labels is None:
         new_y = to_targets(meta_model, examples.y, len(new_x), "y")
         return torch.cat([x, new_x]), torch.cat([y, new_y]), None

@@ -17,8 +17,7 @@ from app.core.errors import InvalidInput, NotFound
 from app.schemas import ClassPrediction, PredictOut, readable
 from app.services import weights
 from app.services.cache import GONE, AdaptedModel
-from app.services.images import ImageLimits
-from app.services.inputs import to_inputs
+from app.services.inputs import InputLimits, to_inputs
 from app.services.keys import Caller
 from app.services.pool import WorkPool
 from app.services.versions import pinned_meta_model
@@ -141,7 +140,7 @@ def predict_now(
     """The adapted model's prediction for every row of ``x``: values (regression), or the
     predicted label and the probabilities over the task's labels (classification)."""
     meta_model = adapted.meta_model
-    inputs = to_inputs(meta_model, x, "x", settings.max_predict_rows, ImageLimits.of(settings))
+    inputs = to_inputs(meta_model, x, "x", settings.max_predict_rows, InputLimits.of(settings))
     out = adapted.predict(inputs)
     # One reduction: a float64 sum of finite float32 values is finite; NaN and inf are not.
     if not math.isfinite(out.sum(dtype=np.float64)):

@@ -203,7 +203,7 @@ class TaskService:
 
         def prepared() -> AdaptationRequest:
             x, y = weights.deserialize_support(support_data, support_sha256)
-            check_fits(meta_model, task, x, labels)
+            check_fits(meta_model, task, x, labels, weights.support_features(support_data))
             new_labels = labels
             if change.examples is not None:
                 x, y, new_labels = grow(
@@ -236,7 +236,8 @@ class TaskService:
         def work() -> tuple[AdaptationRequest, crud.AdaptedState, Adaptation]:
             request = prepared()
             adapted = adapt(meta_model, request)
-            kept = weights.serialize_support(request.x, request.y)
+            kind = weights.features(meta_model)
+            kept = weights.serialize_support(request.x, request.y, kind)
             return request, record(meta_model, request, adapted, kept), adapted
 
         client_id = caller.client_id

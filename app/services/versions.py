@@ -9,6 +9,7 @@ from torch import Tensor
 
 from app.core.errors import Conflict, InvalidInput
 from app.services.registry import MetaModelRegistry
+from app.services.weights import features
 from app.tables import TaskRow
 from meta_core.artifact import Artifact
 
@@ -54,10 +55,24 @@ def target_meta_model(task: TaskRow, version: str | None, registry: MetaModelReg
     return registry.for_new_task(name, None if version == "latest" else version)
 
 
-def check_fits(meta_model: Artifact, task: TaskRow, x: Tensor, labels: list[Any] | None) -> None:
+def check_fits(
+    meta_model: Artifact,
+    task: TaskRow,
+    x: Tensor,
+    labels: list[Any] | None,
+    stored: str | None = None,
+) -> None:
     """422 when the task's support set cannot adapt ``meta_model`` (another version of its
-    meta-model with another input shape, kind or fewer classes)."""
+    meta-model with another input shape, kind, fewer classes, or rows ``stored`` by another
+    encoder: :func:`app.services.weights.features`)."""
     where = f"version {meta_model.version} of {meta_model.name!r}"
+    wanted = features(meta_model)
+    if stored != wanted:
+        raise InvalidInput(
+            f"{where} takes {wanted or 'rows of numbers'}; the task's support set holds "
+            f"{stored or 'rows of numbers'}, which it cannot adapt from: adapt a new task "
+            "from its examples (POST /tasks)"
+        )
     if tuple(x.shape[1:]) != meta_model.row_shape:
         raise InvalidInput(
             f"{where} takes rows of shape {list(meta_model.row_shape)}; the task's support set "

@@ -4,6 +4,8 @@ pickle) with a sha256."""
 from __future__ import annotations
 
 import hashlib
+import json
+import struct
 
 import torch
 from safetensors import SafetensorError
@@ -39,9 +41,38 @@ def deserialize(meta_model: Artifact, data: bytes, sha256: str) -> dict[str, Ten
     return meta_model.params | tensors
 
 
-def serialize_support(x: Tensor, y: Tensor) -> tuple[bytes, str]:
-    """A validated support set (inputs, and targets or label indices) as safetensors bytes."""
-    return serialize({"x": x, "y": y})
+def features(meta_model: Artifact) -> str | None:
+    """What a meta-model's input rows are, when they are not the client's own numbers or
+    pixels: a text meta-model's are its encoder's embeddings (named with the weights' hash),
+    which another encoder's rows cannot stand in for."""
+    encoder = meta_model.encoder
+    return (
+        None
+        if encoder is None
+        else f"{encoder.spec.name} embeddings (sha256:{encoder.spec.sha256})"
+    )
+
+
+def serialize_support(x: Tensor, y: Tensor, kind: str | None = None) -> tuple[bytes, str]:
+    """A validated support set (inputs, and targets or label indices) as safetensors bytes;
+    ``kind`` (:func:`features`) recorded in its metadata when the rows are embeddings."""
+    data = save(
+        {"x": x.contiguous(), "y": y.contiguous()},
+        metadata={"features": kind} if kind is not None else None,
+    )
+    return data, hashlib.sha256(data).hexdigest()
+
+
+def support_features(data: bytes) -> str | None:
+    """The :func:`features` a stored support set was made with (None: plain rows, as every
+    support set stored before text meta-models is)."""
+    try:
+        (size,) = struct.unpack("<Q", data[:8])
+        header = json.loads(data[8 : 8 + size])
+    except (struct.error, ValueError):
+        raise StoredWeightsCorrupt("the stored support set is unreadable") from None
+    value = (header.get("__metadata__") or {}).get("features")
+    return value if isinstance(value, str) else None
 
 
 def deserialize_support(data: bytes, sha256: str) -> tuple[Tensor, Tensor]:

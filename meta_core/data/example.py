@@ -7,6 +7,9 @@ without code, generated here (nothing is downloaded), for the walkthrough in doc
 - ``DIR/table.csv``: sensor readings of 40 machines (``machine``, ``temperature``, ``load``,
   ``vibration``), and each reading's ``wear``, which every machine relates to the readings in
   its own way (its own coefficients): a family of regression tasks, one per machine.
+- ``DIR/sentences.csv``: customer messages (``text``), each with its ``intent`` (20 of them:
+  a refund, a delivery, a password...) and the ``customer`` (a shop) it came to, written from
+  templates and word lists: N-way K-shot text classification.
 """
 
 from __future__ import annotations
@@ -108,6 +111,54 @@ def write_table(out: Path, machines: int = 40, rows: int = 30, seed: int = 0) ->
                         round(wear, 4),
                     ]
                 )
+    return path
+
+
+INTENTS = {
+    "refund": ["I want my money back for the {item}", "please refund the {item} I returned"],
+    "delivery": ["where is my {item}, it has not arrived", "the {item} is late, when will it come"],
+    "password": ["I forgot my password", "how do I reset the password of my account"],
+    "cancel": ["cancel my order of the {item}", "I no longer want the {item}, stop the order"],
+    "invoice": ["send me the invoice for the {item}", "I need a receipt for my {item}"],
+    "broken": ["the {item} arrived broken", "my {item} stopped working after a day"],
+    "size": ["does the {item} come in a larger size", "the {item} is too small for me"],
+    "discount": ["is there a discount code for the {item}", "can I get the {item} cheaper"],
+    "address": ["I moved, please change my delivery address", "update the address on my account"],
+    "opening": ["when does your shop open on {day}", "are you open on {day} morning"],
+    "payment": ["my card was declined for the {item}", "can I pay for the {item} by transfer"],
+    "thanks": ["thank you, the {item} is perfect", "great service, I love the {item}"],
+    "stock": ["is the {item} back in stock", "when will you have the {item} again"],
+    "warranty": ["is the {item} still under warranty", "how long is the guarantee on the {item}"],
+    "gift": ["can you gift wrap the {item}", "I want to send the {item} as a present"],
+    "newsletter": ["unsubscribe me from your emails", "stop sending me the newsletter"],
+    "complaint": ["your staff was rude to me on {day}", "I am unhappy with how I was treated"],
+    "exchange": ["can I swap the {item} for another colour", "I would like to exchange the {item}"],
+    "login": ["I cannot log in to the app", "the website says my account is locked"],
+    "tracking": ["send me the tracking number for my {item}", "how can I track the {item}"],
+}
+ITEMS = ("shoes", "jacket", "lamp", "phone case", "blender", "book", "chair", "headphones")
+DAYS = ("monday", "friday", "saturday", "sunday", "the holiday")
+OPENERS = ("", "hello, ", "hi, ", "good morning, ", "excuse me, ", "sorry to bother you, ")
+CLOSERS = ("", ".", "!", "?", " thanks.", " please help.", " asap.")
+CUSTOMERS = ("bookshop", "outdoor-store", "electronics")
+
+
+def write_sentences(out: Path, per_class: int = 30, seed: int = 0) -> Path:
+    """``out/sentences.csv``: ``per_class`` messages of each intent at each customer."""
+    rng = random.Random(seed)
+    path = out / "sentences.csv"
+    out.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "intent", "customer"])
+        for customer in CUSTOMERS:
+            for intent, templates in INTENTS.items():
+                for _ in range(per_class):
+                    body = rng.choice(templates).format(
+                        item=rng.choice(ITEMS), day=rng.choice(DAYS)
+                    )
+                    text = rng.choice(OPENERS) + body + rng.choice(CLOSERS)
+                    writer.writerow([text[0].upper() + text[1:], intent, customer])
     return path
 
 

@@ -15,6 +15,7 @@ from meta_core.config import (
     RandomImagesFamily,
     SinusoidFamily,
     TableFamily,
+    TextFamily,
 )
 from meta_core.tasks.base import Split, TaskBatch, TaskFamily, TaskKind
 from meta_core.tasks.nway import NWayKShot, pool_from_labelled
@@ -67,17 +68,29 @@ def _table(cfg: TableFamily) -> TaskFamily:
     return table_family(cfg)
 
 
+def _text(cfg: TextFamily) -> TaskFamily:
+    from meta_core.tasks.text import text_family
+
+    return text_family(cfg)
+
+
 FAMILIES: dict[type[Any], Callable[[Any], TaskFamily]] = {
     SinusoidFamily: _sinusoid,
     OmniglotFamily: _omniglot,
     RandomImagesFamily: _random_images,
     ImageFolderFamily: _image_folder,
     TableFamily: _table,
+    TextFamily: _text,
 }
 
 
 def build_family(
-    cfg: SinusoidFamily | OmniglotFamily | RandomImagesFamily | ImageFolderFamily | TableFamily,
+    cfg: SinusoidFamily
+    | OmniglotFamily
+    | RandomImagesFamily
+    | ImageFolderFamily
+    | TableFamily
+    | TextFamily,
 ) -> TaskFamily:
     """The family a config's ``[family]`` table names."""
     return FAMILIES[type(cfg)](cfg)

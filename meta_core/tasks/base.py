@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from meta_core.inner_loop import TaskKind
-from meta_core.preprocessing import ImagePreprocessing, TablePreprocessing
+from meta_core.preprocessing import ImagePreprocessing, TablePreprocessing, TextPreprocessing
 
 Split = Literal["train", "val", "test"]
 
@@ -66,9 +66,9 @@ class TaskFamily(Protocol):
     def n_outputs(self) -> int: ...
 
     @property
-    def preprocessing(self) -> ImagePreprocessing | TablePreprocessing | None:
-        """How the service turns an uploaded image or a table's row into an input row (None:
-        numbers as they are)."""
+    def preprocessing(self) -> ImagePreprocessing | TablePreprocessing | TextPreprocessing | None:
+        """How the service turns an uploaded image, a table's row or a sentence into an input
+        row (None: numbers as they are)."""
         ...
 
     def sample(

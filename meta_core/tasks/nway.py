@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from meta_core.inner_loop import TaskKind
-from meta_core.preprocessing import ImagePreprocessing
+from meta_core.preprocessing import ImagePreprocessing, TextPreprocessing
 from meta_core.tasks.base import Split, TaskBatch
 
 
@@ -33,7 +33,9 @@ def pool_from_labelled(x: Tensor, y: Tensor) -> Tensor:
 
 @dataclass
 class NWayKShot:
-    """``pools[split]`` is ``[classes, per_class, *input_shape]`` (any dtype; float on output)."""
+    """``pools[split]`` is ``[classes, per_class, *input_shape]`` (any dtype; float on output).
+    With ``counts[split]`` (``[classes]``), class ``c`` has only its first ``counts[c]``
+    examples (the rest is padding, never drawn): classes of different sizes in one tensor."""
 
     pools: dict[str, Tensor]
     ways: int = 5
@@ -41,9 +43,10 @@ class NWayKShot:
     queries: int = 15
     name: str = "nway"
     scale: float = 1.0
-    preprocessing: ImagePreprocessing | None = None
+    preprocessing: ImagePreprocessing | TextPreprocessing | None = None
     kind: TaskKind = "classification"
     details: dict[str, Any] = field(default_factory=dict)  # more for describe() (the split)
+    counts: dict[str, Tensor] | None = None
     input_shape: tuple[int, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -66,23 +69,34 @@ class NWayKShot:
         *,
         split: Split = "train",
         shots: int | None = None,
+        ways: int | None = None,
     ) -> TaskBatch:
+        """Tasks of ``ways`` classes (default: the family's; fewer use the first output units,
+        as the service serves a task with fewer classes than the model's outputs)."""
         k = self.shots if shots is None else shots
+        n_ways = self.ways if ways is None else ways
+        if not 2 <= n_ways <= self.ways:
+            raise ValueError(f"{n_ways}-way tasks: the family's model has {self.ways} outputs")
         pool = self.pools[split]
         n_classes, per_class = pool.shape[:2]
-        if k + self.queries > per_class:
-            raise ValueError(f"{k} shots + {self.queries} queries > {per_class} examples a class")
-        classes = torch.rand(n_tasks, n_classes, generator=generator).argsort(1)[:, : self.ways]
-        picks = torch.rand(n_tasks, self.ways, per_class, generator=generator).argsort(2)
-        picks = picks[..., : k + self.queries]
+        counts = self.counts[split] if self.counts is not None else None
+        fewest = int(counts.min()) if counts is not None else per_class
+        if k + self.queries > fewest:
+            raise ValueError(f"{k} shots + {self.queries} queries > {fewest} examples a class")
+        classes = torch.rand(n_tasks, n_classes, generator=generator).argsort(1)[:, :n_ways]
+        keys = torch.rand(n_tasks, n_ways, per_class, generator=generator)
+        if counts is not None:  # padding sorts last (key 2 > any rand)
+            padding = torch.arange(per_class) >= counts.cpu()[classes].unsqueeze(-1)
+            keys = keys.masked_fill(padding, 2.0)
+        picks = keys.argsort(2)[..., : k + self.queries]
         flat = (classes.unsqueeze(-1) * per_class + picks).to(pool.device)
         images = pool.flatten(0, 1)[flat].float() * self.scale  # [T, ways, k + q, *shape]
         spec = self.preprocessing
-        if spec is not None and spec.mean is not None and spec.std is not None:
+        if isinstance(spec, ImagePreprocessing) and spec.mean is not None and spec.std is not None:
             mean = torch.tensor(spec.mean, device=images.device).view(-1, 1, 1)
             images = (images - mean) / torch.tensor(spec.std, device=images.device).view(-1, 1, 1)
-        labels = torch.arange(self.ways, device=pool.device).view(1, -1, 1)
-        labels = labels.expand(n_tasks, self.ways, k + self.queries)
+        labels = torch.arange(n_ways, device=pool.device).view(1, -1, 1)
+        labels = labels.expand(n_tasks, n_ways, k + self.queries)
         shape = self.input_shape
         return TaskBatch(
             images[:, :, :k].reshape(n_tasks, -1, *shape),
