@@ -1,4 +1,5 @@
-"""``meta-core train``, ``meta-core eval`` and ``meta-core data example``."""
+"""``meta-core train``, ``meta-core eval``, ``meta-core data example`` and
+``meta-core data wordnet``."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from meta_core.config import eval_config, load_config
+from meta_core.data.wordnet import WORDNET_DIR, summarize, write_wordnet
 
 # A subcommand: its parsed arguments in, the exit status out.
 Command = Callable[[argparse.Namespace], int]
@@ -73,6 +75,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     example.add_argument("--out", required=True, type=Path)
     example.set_defaults(func=data_example)
+    wordnet = dsub.add_parser(
+        "wordnet", help="write a labelled text corpus (CSV) from WordNet's database files"
+    )
+    wordnet.add_argument("--out", required=True, type=Path, help="writes OUT/wordnet.csv")
+    wordnet.add_argument(
+        "--wordnet-dir",
+        type=Path,
+        default=WORDNET_DIR,
+        help="WordNet's data.* files (default: %(default)s, Debian's wordnet-base)",
+    )
+    wordnet.set_defaults(func=data_wordnet)
     return parser
 
 
@@ -141,6 +154,20 @@ def data_example(args: argparse.Namespace) -> int:
 
     images, table = write_example(args.out)
     print(f"image folders: {images}\ntable: {table}")
+    return 0
+
+
+def data_wordnet(args: argparse.Namespace) -> int:
+    """``data wordnet``: the corpus written and summarized, or 2 for a folder without
+    WordNet (one line, no traceback)."""
+    from meta_core.data.folders import DataError
+
+    try:
+        path = write_wordnet(args.out, args.wordnet_dir)
+    except DataError as exc:
+        print(f"meta-core data wordnet: {exc}", file=sys.stderr)
+        return 2
+    print(f"corpus: {path}\n{summarize(path).line()}")
     return 0
 
 
