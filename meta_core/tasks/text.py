@@ -33,9 +33,9 @@ def embeddings(encoder: TextEncoder, texts: list[str], cache_dir: Path) -> np.nd
         key.update(text.encode("utf-8", "surrogatepass") + b"\0")
     path = cache_dir / "text-embeddings" / f"{key.hexdigest()}.npy"
     if path.is_file():
-        cached = np.load(path, allow_pickle=False)
+        cached: np.ndarray = np.load(path, allow_pickle=False).astype(np.float32, copy=False)
         if cached.shape == (len(texts), encoder.spec.dim):
-            return cached.astype(np.float32, copy=False)
+            return cached
     log.info("embedding %d sentences with %s", len(texts), encoder.spec.name)
     vectors = encoder.encode(texts)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -35,9 +35,9 @@ def classes(n: int, per_class: int) -> list[list[str]]:
 def test_classes_never_examples_are_split_with_the_seed(tmp_path: Path):
     path = write_sentences(tmp_path, per_class=6)
     data = read_text_dataset(family(path))
-    assert len(data.texts) == 12 and not data.grouped
+    assert len(data.texts) == 20 and not data.grouped
     names = [set(data.split[s]) for s in ("train", "val", "test")]
-    assert sum(len(n) for n in names) == 12 and not (names[0] & names[1] or names[1] & names[2])
+    assert sum(len(n) for n in names) == 20 and not (names[0] & names[1] or names[1] & names[2])
     assert all(len(t) == 18 for t in data.texts.values())  # 6 per customer, 3 customers
     again = read_text_dataset(family(path))
     assert again.split == data.split
@@ -47,7 +47,7 @@ def test_classes_never_examples_are_split_with_the_seed(tmp_path: Path):
 def test_groups_stay_within_one_split(tmp_path: Path):
     path = write_sentences(tmp_path, per_class=6)
     data = read_text_dataset(family(path, group_column="customer"))
-    assert data.grouped and len(data.texts) == 36
+    assert data.grouped and len(data.texts) == 60
     groups = {s: {c.split("/")[0] for c in data.split[s]} for s in ("train", "val", "test")}
     assert all(len(g) == 1 for g in groups.values())
     assert len(set.union(*groups.values())) == 3

@@ -1,5 +1,6 @@
 """The N-way K-shot sampler's guarantees."""
 
+import pytest
 import torch
 
 from meta_core.tasks import NWayKShot, pool_from_labelled
@@ -32,3 +33,35 @@ def test_pool_from_labelled_groups_by_class():
     pool = pool_from_labelled(x, y)
     assert pool.shape == (3, 4, 1)
     assert torch.equal(pool[1, :, 0], torch.tensor([1.0, 4.0, 7.0, 10.0]))
+
+
+def test_classes_of_different_sizes_never_draw_padding():
+    # 10 classes padded to 12 examples; class c holds c + 5 of them (values >= 0), padding -1.
+    counts = torch.arange(10) + 5
+    pool = torch.full((10, 12, 1), -1.0)
+    for c, n in enumerate(counts.tolist()):
+        pool[c, : min(n, 12), 0] = torch.arange(min(n, 12)) + 100 * c
+    counts = counts.clamp(max=12)
+    family = NWayKShot(
+        {s: pool for s in ("train", "val", "test")},
+        ways=4,
+        shots=2,
+        queries=3,
+        counts={s: counts for s in ("train", "val", "test")},
+    )
+    b = family.sample(300, torch.Generator().manual_seed(1))
+    drawn = torch.cat([b.support_x, b.query_x], 1)
+    assert (drawn >= 0).all()  # never the padding
+    assert len(torch.unique(drawn)) > 60  # every real example can be drawn
+
+
+def test_fewer_ways_than_outputs_use_the_first_labels():
+    values = torch.arange(8 * 6, dtype=torch.float32).view(8, 6, 1)
+    family = NWayKShot({s: values for s in ("train", "val", "test")}, ways=5, shots=1, queries=2)
+    b = family.sample(4, torch.Generator().manual_seed(0), ways=3)
+    assert b.support_x.shape == (4, 3, 1) and set(b.support_y.unique().tolist()) == {0, 1, 2}
+    for bad in (1, 6):
+        with pytest.raises(
+            ValueError, match=f"^{bad}-way tasks: the family's model has 5 outputs$"
+        ):
+            family.sample(1, torch.Generator(), ways=bad)
