@@ -133,15 +133,17 @@ def eval_command(args: argparse.Namespace) -> int:
     manifest, _, _ = read_manifest(args.artifact)
     eval_cfg = eval_config(manifest.training.config.eval, args.overrides)
     report = evaluate_artifact(args.artifact, eval_cfg, device=args.device, plots=not args.no_plots)
-    for method, by_shots in report["results"].items():
-        for shots, by_step in by_shots.items():
+    for method, by_key in report["results"].items():
+        for key, by_step in by_key.items():  # key: shots, or "<ways>-way <shots>-shot"
+            label = f"K={key}" if key.isdigit() else key
             cells = ", ".join(f"{s}: {result_cell(v)}" for s, v in by_step.items())
-            print(f"{method:>10} K={shots}: {cells}")
+            print(f"{method:>10} {label}: {cells}")
     return 0
 
 
 def result_cell(v: dict[str, Any]) -> str:
-    """One step's mean loss (and accuracy, for classification) with its 95% interval."""
+    """One step's (or a fitted baseline's "fit") mean loss (and accuracy, for
+    classification) with its 95% interval."""
     cell = f"{v['loss']:.3f}±{v['loss_ci95']:.3f}"
     if "accuracy" in v:
         cell += f" acc {100 * v['accuracy']:.2f}±{100 * v['accuracy_ci95']:.2f}%"
