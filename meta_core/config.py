@@ -19,7 +19,10 @@ from meta_core.networks import Conv4Spec, MLPSpec, Norm, first_error
 PRESET_DIR = Path(__file__).parent / "presets"
 Algorithm = Literal["maml", "anil", "metasgd"]
 Strategy = Literal["auto", "vmap", "loop"]
-Baseline = Literal["pretrained", "random"]
+# "pretrained" and "random" adapt a network with the inner loop; "centroid" and "logreg" are
+# fitted on a classification task's support rows (meta_core.evaluate); the default is the
+# MAML paper's two.
+Baseline = Literal["pretrained", "random", "centroid", "logreg"]
 BASELINES: tuple[Baseline, ...] = ("pretrained", "random")
 
 
@@ -82,6 +85,9 @@ class EvalConfig(Section):
     steps: list[int] = Field(default_factory=lambda: [0, 1, 5, 10])
     inner_lr: float = Field(0.0, ge=0)  # 0 = the artifact's own inner-loop lr
     shots: list[int] = Field(default_factory=list)  # empty = the trained shots
+    # N-way K-shot families only: test tasks of these many classes (at most the model's
+    # outputs, of which the first ``ways`` count); empty = the family's own ways.
+    ways: list[Annotated[int, Field(ge=2)]] = Field(default_factory=list)
     seed: int = 20170717
     chunk: int = Field(100, ge=1)  # at most this many tasks (and ~8,000 examples) at once
     baselines: list[Baseline] = Field(default_factory=lambda: list(BASELINES))

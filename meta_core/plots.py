@@ -40,17 +40,26 @@ def training_curves(directory: Path) -> Path | None:
 
 
 def steps_plot(directory: Path, report: dict[str, Any]) -> Path:
-    """Query loss against inner steps for MAML and the baselines, one panel per shot count."""
+    """Query loss against inner steps for MAML and the baselines, one panel per shot count (or
+    ways and shots); a fitted baseline, which takes no steps, is a dashed level with its band."""
     results = report["results"]
-    shots = list(next(iter(results.values())))
-    fig, axes = plt.subplots(1, len(shots), figsize=(4.5 * len(shots), 4), squeeze=False)
-    for ax, k in zip(axes[0], shots, strict=True):
-        for method, by_shots in results.items():
-            steps = [int(s) for s in by_shots[k]]
-            mean = [by_shots[k][str(s)]["loss"] for s in steps]
-            ci = [by_shots[k][str(s)]["loss_ci95"] for s in steps]
-            ax.errorbar(steps, mean, yerr=ci, marker="o", capsize=3, label=method)
-        ax.set(title=f"K = {k}", xlabel="inner steps", ylabel="query loss", yscale="log")
+    keys = list(next(iter(results.values())))
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 4), squeeze=False)
+    for ax, key in zip(axes[0], keys, strict=True):
+        for i, (method, by_key) in enumerate(results.items()):
+            rows, color = by_key[key], f"C{i}"  # a method's colour in every panel
+            if "fit" in rows:
+                fit = rows["fit"]
+                ax.axhline(fit["loss"], color=color, linestyle="--", label=f"{method} (fitted)")
+                low, high = fit["loss"] - fit["loss_ci95"], fit["loss"] + fit["loss_ci95"]
+                ax.axhspan(low, high, color=color, alpha=0.15)
+                continue
+            steps = [int(s) for s in rows]
+            mean = [rows[str(s)]["loss"] for s in steps]
+            ci = [rows[str(s)]["loss_ci95"] for s in steps]
+            ax.errorbar(steps, mean, yerr=ci, color=color, marker="o", capsize=3, label=method)
+        title = f"K = {key}" if key.isdigit() else key
+        ax.set(title=title, xlabel="inner steps", ylabel="query loss", yscale="log")
         ax.legend()
     fig.tight_layout()
     out = directory / "loss_vs_steps.png"
