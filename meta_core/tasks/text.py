@@ -26,23 +26,43 @@ log = logging.getLogger(__name__)
 
 
 def embeddings(encoder: TextEncoder, texts: list[str], cache_dir: Path) -> np.ndarray:
-    """``texts``' embeddings ``[n, dim]`` float32, from the cache when this encoder has
-    embedded exactly these sentences before."""
-    key = hashlib.sha256(f"{encoder.spec.sha256}:{encoder.spec.max_tokens}".encode())
-    for text in texts:
-        key.update(text.encode("utf-8", "surrogatepass") + b"\0")
-    path = cache_dir / "text-embeddings" / f"{key.hexdigest()}.npy"
-    if path.is_file():
-        cached: np.ndarray = np.load(path, allow_pickle=False).astype(np.float32, copy=False)
-        if cached.shape == (len(texts), encoder.spec.dim):
-            return cached
-    log.info("embedding %d sentences with %s", len(texts), encoder.spec.name)
-    vectors = encoder.encode(texts)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
-    np.save(tmp, vectors, allow_pickle=False)
-    tmp.replace(path)
-    return vectors
+    """``texts``' embeddings ``[n, dim]`` float32. Each distinct sentence is encoded once per
+    encoder: the cache (one file per encoder, keyed by each sentence's sha256) keeps every
+    sentence embedded so far, so another split, class filter or sample of the same corpus
+    encodes only what it has not seen."""
+    spec = encoder.spec
+    path = cache_dir / "text-embeddings" / f"{spec.name}-{spec.sha256[:16]}-{spec.max_tokens}.npz"
+    keys, vectors = _read_cache(path, spec.dim)
+    index = {key: i for i, key in enumerate(keys)}
+    hashes = [hashlib.sha256(t.encode("utf-8", "surrogatepass")).hexdigest() for t in texts]
+    missing = {h: t for h, t in zip(hashes, texts, strict=True) if h not in index}
+    if missing:
+        log.info("embedding %d sentences with %s", len(missing), spec.name)
+        new = encoder.encode(list(missing.values()))
+        keys, vectors = keys + list(missing), np.concatenate([vectors, new])
+        index |= {key: len(index) + i for i, key in enumerate(missing)}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
+        np.savez(tmp, keys=np.array(keys, dtype="S64"), vectors=vectors)
+        tmp.replace(path)
+    out: np.ndarray = vectors[[index[h] for h in hashes]]
+    return out
+
+
+def _read_cache(path: Path, dim: int) -> tuple[list[str], np.ndarray]:
+    """The cached sentence hashes and their embeddings (none if the file is unreadable)."""
+    empty: tuple[list[str], np.ndarray] = ([], np.zeros((0, dim), dtype=np.float32))
+    if not path.is_file():
+        return empty
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            keys, vectors = data["keys"], data["vectors"].astype(np.float32)
+    except (OSError, ValueError, KeyError):
+        log.warning("%s is unreadable: encoding again", path)
+        return empty
+    if vectors.shape != (len(keys), dim):
+        return empty
+    return [k.decode() for k in keys.tolist()], vectors
 
 
 def text_family(cfg: TextFamily) -> NWayKShot:
