@@ -72,6 +72,8 @@ class MetaLearner:
     @classmethod
     def create(cls, model: nn.Module, kind: TaskKind, algo: AlgorithmConfig) -> MetaLearner:
         params = {k: v.detach().clone().requires_grad_() for k, v in model.named_parameters()}
+        if algo.zero_head:  # constant zeros: not meta-parameters
+            params |= {k: torch.zeros_like(params[k]) for k in head_names(params)}
         names = adapted_names(params, algo.name)
         lrs: Params = {}
         for k in names if names is not None else params:
@@ -95,7 +97,8 @@ class MetaLearner:
         return adapted_names(self.params, self.algo.name)
 
     def meta_parameters(self) -> list[Tensor]:
-        return [*self.params.values(), *self.lrs.values()]
+        """What the outer loop learns: the initialization (but a zeroed head) and the rates."""
+        return [*(v for v in self.params.values() if v.requires_grad), *self.lrs.values()]
 
     def inner_lr(self) -> LearningRate:
         return self.lrs if self.lrs else self.algo.inner_lr

@@ -43,6 +43,10 @@ class AlgorithmConfig(Section):
     # MAML++ derivative-order annealing: first order for this many iterations, then second
     # order (0: second order throughout, unless ``first_order``).
     first_order_iterations: int = Field(0, ge=0)
+    # The zeroing trick (Kao et al., ICLR 2022): the head starts every task at zero instead of
+    # at a meta-learned value, so a task's first inner step makes it a class-mean classifier
+    # of the body's features, whatever order the task's labels come in.
+    zero_head: StrictBool = False
 
 
 class TrainConfig(Section):

@@ -52,6 +52,9 @@ class EncoderSpec(BaseModel):
     archive: str = Field(min_length=1)  # the zip inside the package holding the files
     weights: str = "model.safetensors"  # within the archive
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")  # of the weights' bytes
+    # The other files that decide an embedding (the model's config, the tokenizer, the
+    # pooling), each by its sha256: a changed tokenizer would change every embedding.
+    files_sha256: tuple[tuple[str, str], ...] = ()  # (file in the archive, its sha256)
     dim: int = Field(ge=1)
     max_tokens: int = Field(ge=2)  # the tokenizer's truncation length, special tokens included
     pooling: Literal["mean"] = "mean"
@@ -65,6 +68,14 @@ MINILM = EncoderSpec(
     package_version="0.1.2",
     archive="all_minilm_l6_v2/model.zip",
     sha256="53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+    files_sha256=(
+        ("config.json", "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41"),
+        ("tokenizer.json", "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"),
+        (
+            "1_Pooling/config.json",
+            "4be450dde3b0273bb9787637cfbd28fe04a7ba6ab9d36ac48e92b11e350ffc23",
+        ),
+    ),
     dim=384,
     max_tokens=256,
     license="Apache-2.0",
@@ -176,13 +187,17 @@ def open_encoder(archive: Path, spec: EncoderSpec) -> TextEncoder:
     """The encoder in ``archive`` (a zip laid out as sentence-transformers saves a model),
     frozen and in eval mode. The weights' sha256 is checked against the spec's before they
     are parsed, and they are read with safetensors: nothing is unpickled."""
+    # Tokenizing stays on the calling thread (no pool of its own): a request's work is held
+    # to the thread it runs on.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     files = _read_archive(archive, (spec.weights, CONFIG, TOKENIZER, POOLING))
-    found = hashlib.sha256(files[spec.weights]).hexdigest()
-    if found != spec.sha256:
-        raise EncoderError(
-            f"{archive}: {spec.weights} has sha256 {found}, the manifest names {spec.sha256}: "
-            f"the file was changed or is not the encoder the manifest names ({spec.name})"
-        )
+    for name, expected in ((spec.weights, spec.sha256), *spec.files_sha256):
+        found = hashlib.sha256(files[name]).hexdigest() if name in files else "(absent)"
+        if found != expected:
+            raise EncoderError(
+                f"{archive}: {name} has sha256 {found}, the manifest names {expected}: the "
+                f"file was changed or is not the encoder the manifest names ({spec.name})"
+            )
     try:
         config = json.loads(files[CONFIG])
         pooling = json.loads(files[POOLING])

@@ -64,12 +64,14 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return result
 
 
-def rewritten(archive: Path, to: Path, change: Callable[[bytes], bytes]) -> Path:
-    """A copy of the archive with its weights' bytes passed through ``change``."""
+def rewritten(
+    archive: Path, to: Path, change: Callable[[bytes], bytes], member: str = MINILM.weights
+) -> Path:
+    """A copy of the archive with one file's bytes (the weights') passed through ``change``."""
     with zipfile.ZipFile(archive) as src, zipfile.ZipFile(to, "w") as dst:
         for name in src.namelist():
             data = src.read(name)
-            dst.writestr(name, change(data) if name == MINILM.weights else data)
+            dst.writestr(name, change(data) if name == member else data)
     return to
 
 
@@ -119,6 +121,18 @@ def test_a_tampered_archive_is_refused(archive: Path, tmp_path: Path) -> None:
         f"{MINILM.sha256}: the file was changed or is not the encoder the manifest names "
         "(all-MiniLM-L6-v2)"
     )
+
+
+@pytest.mark.text_encoder
+def test_a_changed_tokenizer_is_refused(archive: Path, tmp_path: Path) -> None:
+    # A tokenizer that splits otherwise would change every embedding with the weights intact.
+    def lowercase_off(data: bytes) -> bytes:
+        assert b'"lowercase":true' in data
+        return data.replace(b'"lowercase":true', b'"lowercase":false')
+
+    tampered = rewritten(archive, tmp_path / "model.zip", lowercase_off, "tokenizer.json")
+    with pytest.raises(EncoderError, match=r"tokenizer.json has sha256 [0-9a-f]{64}, the manifest"):
+        open_encoder(tampered, MINILM)
 
 
 @pytest.mark.text_encoder

@@ -152,6 +152,26 @@ def test_anil_adapts_only_the_head_and_matches_reference():
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("name", ["maml", "anil"])
+def test_a_zeroed_head_is_no_meta_parameter_and_matches_reference(name):
+    learner, batch = make(AlgorithmConfig(name=name, inner_steps=2, inner_lr=0.1, zero_head=True))
+    head = {k: v for k, v in learner.params.items() if k.startswith("head.")}
+    assert all(not v.requires_grad and not v.any() for v in head.values())
+    assert {id(p) for p in learner.meta_parameters()} == {
+        id(v) for k, v in learner.params.items() if k.startswith("body.")
+    }
+    # The reference: MAML unrolled by hand from the same start, the head's zeros a constant.
+    # (Zeros it may differentiate the support loss by; the body's meta-gradient is unchanged.)
+    start = learner.params | {k: v.clone().requires_grad_() for k, v in head.items()}
+    adapt = list(head) if name == "anil" else None
+    ref = reference_meta_loss(start, batch, steps=2, lr=0.1, adapt=adapt)
+    ours = grads_of(learner.meta_loss(batch)[0], learner)
+    for a, b in zip(ours, grads_of(ref, learner), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    # Step 0 predicts nothing: zero outputs whatever the input.
+    assert not forward(learner.model, learner.params, batch.query_x[0]).any()
+
+
 @pytest.mark.parametrize(
     "algo",
     [
