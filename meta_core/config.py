@@ -207,6 +207,7 @@ FamilyConfig = Annotated[
 class MLPModel(Section):
     type: Literal["mlp"] = "mlp"
     hidden: list[int] = Field(default_factory=lambda: [40, 40])
+    skip: StrictBool = False  # the head also sees the input (meta_core.networks.MLPSpec)
 
 
 class Conv4Model(Section):
@@ -223,7 +224,12 @@ def architecture(
 ) -> MLPSpec | Conv4Spec:
     """The full architecture spec: the preset's model table plus the task family's shapes."""
     if isinstance(model, MLPModel):
-        return MLPSpec(in_features=input_shape[0], hidden=model.hidden, out_features=n_outputs)
+        return MLPSpec(
+            in_features=input_shape[0],
+            hidden=model.hidden,
+            out_features=n_outputs,
+            skip=model.skip,
+        )
     return Conv4Spec(
         in_channels=input_shape[0],
         image_size=input_shape[1],

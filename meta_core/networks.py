@@ -29,12 +29,15 @@ class _Spec(BaseModel):
 
 
 class MLPSpec(_Spec):
-    """in -> hidden... -> out, ReLU between layers."""
+    """in -> hidden... -> out, ReLU between layers. With ``skip``, the head sees the input
+    beside the last hidden layer (their concatenation): on a pretrained encoder's features,
+    the meta-learned layers add to those features instead of replacing them."""
 
     type: Literal["mlp"] = "mlp"
     in_features: int = Field(ge=1)
     hidden: list[int]
     out_features: int = Field(ge=1)
+    skip: bool = False
 
     @property
     def input_shape(self) -> list[int]:
@@ -43,8 +46,10 @@ class MLPSpec(_Spec):
     @property
     def flops(self) -> int:
         """Floating-point operations of one example's forward pass (a multiply-add is 2)."""
-        widths = [self.in_features, *self.hidden, self.out_features]
-        return sum(2 * a * b + b for a, b in zip(widths, widths[1:], strict=False))
+        widths = [self.in_features, *self.hidden]
+        body = sum(2 * a * b + b for a, b in zip(widths, widths[1:], strict=False))
+        last = widths[-1] + (self.in_features if self.skip and self.hidden else 0)
+        return body + 2 * last * self.out_features + self.out_features
 
 
 class Conv4Spec(_Spec):
@@ -102,7 +107,9 @@ class MLP(nn.Module):
     overhead is most of the time on a small batch (docs/benchmarks.md, "The predict path
     against its floor")."""
 
-    def __init__(self, in_features: int, hidden: list[int], out_features: int) -> None:
+    def __init__(
+        self, in_features: int, hidden: list[int], out_features: int, skip: bool = False
+    ) -> None:
         super().__init__()
         widths = [in_features, *hidden]
         # Keyed 0, 2, 4...: the parameter names every artifact carries (body.0.weight,
@@ -110,7 +117,8 @@ class MLP(nn.Module):
         self.body = nn.ModuleDict(
             {str(2 * i): nn.Linear(a, b) for i, (a, b) in enumerate(pairwise(widths))}
         )
-        self.head = nn.Linear(widths[-1], out_features)
+        self.skip = skip and bool(hidden)
+        self.head = nn.Linear(widths[-1] + (in_features if self.skip else 0), out_features)
 
     @property
     def hidden_layers(self) -> Iterable[nn.Linear]:
@@ -118,9 +126,12 @@ class MLP(nn.Module):
         return cast("Iterable[nn.Linear]", self.body.values())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x
         for layer in self.hidden_layers:
-            x = torch.relu(F.linear(x, layer.weight, layer.bias))
-        return F.linear(x, self.head.weight, self.head.bias)
+            h = torch.relu(F.linear(h, layer.weight, layer.bias))
+        if self.skip:
+            h = torch.cat([x, h], dim=-1)
+        return F.linear(h, self.head.weight, self.head.bias)
 
 
 class Conv4(nn.Module):
@@ -165,16 +176,20 @@ def predictor(module: nn.Module) -> Predictor:
             for layer in (*module.hidden_layers, module.head)
         ]
         *hidden, (w_out, b_out) = layers
+        skip = module.skip
 
         def mlp(x: np.ndarray) -> np.ndarray:
             # np.dot, not @: on a few rows its dispatch is the cheaper (about 1.1 against 1.4 us)
             # Overflow gives inf and NaN, as torch does, for the caller to check, unwarned.
             with np.errstate(over="ignore", invalid="ignore"):
+                h = x
                 for w, b in hidden:
-                    x = np.dot(x, w)  # a new array: the caller's is never written
-                    x += b
-                    np.maximum(x, 0, out=x)
-                out: np.ndarray = np.dot(x, w_out) + b_out
+                    h = np.dot(h, w)  # a new array: the caller's is never written
+                    h += b
+                    np.maximum(h, 0, out=h)
+                if skip:
+                    h = np.concatenate([x, h], axis=-1)
+                out: np.ndarray = np.dot(h, w_out) + b_out
             return out
 
         return mlp
@@ -197,7 +212,7 @@ def build_network(spec: MLPSpec | Conv4Spec | dict[str, Any]) -> nn.Module:
     """Build the module an architecture spec describes; refuse unknown or missing fields."""
     spec = parse_architecture(spec)
     if isinstance(spec, MLPSpec):
-        return MLP(spec.in_features, list(spec.hidden), spec.out_features)
+        return MLP(spec.in_features, list(spec.hidden), spec.out_features, spec.skip)
     return Conv4(spec.in_channels, spec.image_size, spec.hidden, spec.out_features, spec.norm)
 
 

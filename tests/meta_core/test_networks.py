@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from meta_core.inner_loop import InnerLoop, forward
-from meta_core.networks import build_network, predictor
+from meta_core.networks import build_network, parse_architecture, predictor
 
 CONV = {
     "type": "conv4",
@@ -19,7 +19,7 @@ CONV = {
 MLP = {"type": "mlp", "in_features": 3, "hidden": [16, 16], "out_features": 2}
 
 
-@pytest.mark.parametrize("spec", [CONV, MLP])
+@pytest.mark.parametrize("spec", [CONV, MLP, MLP | {"skip": True}])
 def test_predictions_are_row_independent(spec):
     net = build_network(spec)
     params = dict(net.named_parameters())
@@ -46,7 +46,16 @@ def test_build_network_refuses_bad_specs():
         build_network(CONV | {"norm": "batch"})
 
 
-@pytest.mark.parametrize("spec", [CONV, MLP, MLP | {"hidden": []}, MLP | {"hidden": [64, 8, 32]}])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        CONV,
+        MLP,
+        MLP | {"hidden": []},
+        MLP | {"hidden": [64, 8, 32]},
+        MLP | {"hidden": [64, 8], "skip": True},
+    ],
+)
 def test_the_serving_predictor_computes_the_modules_forward(spec):
     torch.manual_seed(0)
     net = build_network(spec).requires_grad_(False).eval()
@@ -83,6 +92,19 @@ def test_the_mlp_keeps_the_parameter_names_artifacts_carry_and_computes_a_relu_n
     h = torch.relu(h @ doubled["body.2.weight"].T + doubled["body.2.bias"])
     expected = h @ doubled["head.weight"].T + doubled["head.bias"]
     torch.testing.assert_close(forward(net, doubled, x), expected)
+
+
+def test_a_skip_mlps_head_sees_the_input_beside_the_last_hidden_layer():
+    spec = MLP | {"hidden": [16], "skip": True}
+    net = build_network(spec)
+    p = dict(net.named_parameters())
+    assert p["head.weight"].shape == (2, 16 + 3)
+    x = torch.randn(5, 3)
+    h = torch.relu(x @ p["body.0.weight"].T + p["body.0.bias"])
+    expected = torch.cat([x, h], 1) @ p["head.weight"].T + p["head.bias"]
+    torch.testing.assert_close(net(x), expected)
+    # FLOPs: the hidden layer, then the head over 16 + 3 features.
+    assert parse_architecture(spec).flops == (2 * 3 * 16 + 16) + (2 * 19 * 2 + 2)
 
 
 def test_a_large_request_is_predicted_in_chunks_with_the_same_answer(monkeypatch):
