@@ -225,3 +225,12 @@ def test_a_generated_client_drives_a_real_server(
                 422,
                 "support.y has shape [1]; expected [2] or [2, 1] to match x",
             )
+
+
+def test_the_documented_openapi_schema_is_the_services():
+    """docs/openapi.json is the schema the service serves (CONTRIBUTING.md says how to
+    regenerate it when a route or a schema changes)."""
+    import json
+
+    kept = json.loads((ROOT / "docs" / "openapi.json").read_text())
+    assert kept == create_app(Settings()).openapi()
