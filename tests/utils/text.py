@@ -75,3 +75,20 @@ def train_tiny_text(root: Path, *extra: str) -> Path:
         ],
     )
     return train(cfg, root / "models" / "intents", progress=False)
+
+
+def encoder_installed() -> bool:
+    """Whether the text encoder's package is installed (without it the service refuses the
+    shipped text meta-model, with a log line, and serves the others)."""
+    try:
+        distribution(MINILM.package)
+    except PackageNotFoundError:
+        return False
+    return True
+
+
+TEXT_MODEL = "text-minilm-10w"
+SHIPPED = sorted(
+    ["omniglot-20w1s", "omniglot-5w1s", "sinusoid", *([TEXT_MODEL] if encoder_installed() else [])]
+)
+"""The shipped meta-models a service on models/ serves here, sorted."""

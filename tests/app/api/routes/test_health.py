@@ -15,13 +15,14 @@ from tests.conftest import ROOT
 from tests.utils.overrides import override_services
 from tests.utils.server import running_server
 from tests.utils.tasks import create
+from tests.utils.text import SHIPPED
 
 
 def test_health_readiness_and_metrics(client, alice, database_url):
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").json() == {
         "status": "ready",
-        "models": ["omniglot-20w1s", "omniglot-5w1s", "sinusoid"],
+        "models": SHIPPED,
         "announcements": "live" if database_url.startswith("postgresql") else "none",
     }
     cache = ModelCache(8)

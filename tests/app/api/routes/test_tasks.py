@@ -27,6 +27,7 @@ from tests.utils.database import client_id_of
 from tests.utils.overrides import override_services
 from tests.utils.problem import PROBLEM, assert_problem
 from tests.utils.tasks import create, sinusoid_task, stored_task
+from tests.utils.text import SHIPPED
 
 
 def test_sinusoid_end_to_end(client, alice):
@@ -227,7 +228,7 @@ BAD = [
     (
         {"model": "resnet"},
         422,
-        "unknown model 'resnet'; available: ['omniglot-20w1s', 'omniglot-5w1s', 'sinusoid']",
+        f"unknown model 'resnet'; available: {SHIPPED}",
     ),
     (
         {"query": {"x": [0.0] * 501, "y": [0.0] * 501}},
