@@ -139,7 +139,7 @@ class Settings(BaseSettings):
     max_request_tokens: int = Field(
         8192,
         ge=1,
-        description="the tokens all sentences of one request encode, together (about 2 s of "
+        description="the tokens all sentences of one request encode, together (about 1 s of "
         "two cores for all-MiniLM-L6-v2); each also counts against the adaptation's cost "
         "(MAX_ADAPT_FLOPS)",
     )
