@@ -2,8 +2,9 @@
 # Docker smoke test: build the unchanged Dockerfile and compose stack, bring it up with --wait
 # as two api replicas on one PostgreSQL, create a client, POST a sinusoid task through one
 # replica and predict through the other (127.0.0.1), delete a task through one and see the
-# other answer 404 at once (LISTEN/NOTIFY), restart the api containers and predict again
-# (identical: the data lives in PostgreSQL), then `down -v`.
+# other answer 404 at once (LISTEN/NOTIFY), adapt a text task from sentences (the image
+# carries the encoder), restart the api containers and predict again (identical: the data
+# lives in PostgreSQL), then `down -v`.
 # If no Docker engine can be started, it says so loudly and exits 0 (reported as SKIPPED).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -58,6 +59,15 @@ if [ "$STATUS" != 404 ]; then
     echo "FAILED docker smoke test: a task deleted through one replica answered $STATUS on the other"
     exit 1
 fi
+# The image carries the text encoder: a text task adapts and predicts from sentences.
+TEXT=$(curl -fsS -X POST "$ONE/tasks" -H "$AUTH" -H 'content-type: application/json' \
+    -d '{"model": "text-minilm-10w", "support": {"x": ["Please refund the lamp I returned", "Where is my parcel, it has not arrived", "I forgot my password"], "y": ["refund", "delivery", "password"]}}' \
+    | python3 -c 'import json, sys; print(json.load(sys.stdin)["id"])')
+SAID=$(curl -fsS -X POST "$TWO/tasks/$TEXT/predict" -H "$AUTH" -H 'content-type: application/json' \
+    -d '{"x": ["How do I reset my password?"]}')
+echo "text predict: $SAID"
+echo "$SAID" | grep -q '"label":"password"' \
+    || { echo "FAILED docker smoke test: the text meta-model did not predict from a sentence"; exit 1; }
 curl -fsS "$TWO/readyz" | grep -q '"announcements":"live"' \
     || { echo "FAILED docker smoke test: the replicas do not hear each other"; exit 1; }
 compose restart api
