@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import json
 import math
 import os
@@ -31,7 +32,7 @@ import sqlalchemy as sa
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks.serve import app_cli, migrate, percentile  # noqa: E402
+from benchmarks.serve import app_cli, load_client, migrate, timed_predicts  # noqa: E402
 from tests.utils.server import free_port, wait_ready  # noqa: E402
 
 
@@ -46,19 +47,17 @@ def fresh_database(server: str, name: str) -> str:
 
 
 def clients(env: dict[str, str], n: int) -> list[str]:
-    """``n`` clients' keys, their limits lifted (one load generator speaks for them all)."""
+    """``n`` clients' keys, their rate, in-flight and storage limits lifted (one load
+    generator speaks for them all)."""
     keys = []
     for i in range(n):
-        created = app_cli(env, "clients", "create", f"client{i}")
-        client_id = created.split()[2]
+        client_id, key = load_client(env, f"client{i}")
         app_cli(
             env,
-            *("clients", "limits", client_id, "--rate-per-second", "1e9"),
-            *("--rate-burst", "1000000000", "--predict-in-flight", "1000"),
-            *("--adapt-in-flight", "1000", "--max-tasks", "10000000"),
+            *("clients", "limits", str(client_id), "--max-tasks", "10000000"),
             *("--max-stored-bytes", str(2**40)),
         )
-        keys.append(created.splitlines()[-1])
+        keys.append(key)
     return keys
 
 
@@ -95,34 +94,6 @@ async def create_all(base: str, keys: list[str], make, n: int, concurrency: int)
     return made
 
 
-async def predict_load(
-    base: str, tasks: list, draw, body: dict, total: int, concurrency: int
-) -> dict:
-    latencies: list[float] = []
-    queue = [draw() for _ in range(total)]
-    async with httpx.AsyncClient(base_url=base, timeout=120) as client:
-
-        async def worker() -> None:
-            while queue:
-                key, tid = tasks[queue.pop()]
-                start = time.perf_counter()
-                r = await client.post(
-                    f"/tasks/{tid}/predict", json=body, headers={"Authorization": f"Bearer {key}"}
-                )
-                latencies.append(time.perf_counter() - start)
-                r.raise_for_status()
-
-        start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - start
-    return {
-        "requests": total,
-        "requests_per_s": round(total / elapsed, 1),
-        "p50_ms": round(percentile(latencies, 50) * 1000, 2),
-        "p99_ms": round(percentile(latencies, 99) * 1000, 2),
-    }
-
-
 def zipf_draw(n: int, s: float, rng: random.Random):
     """Indices 0..n-1 with P(k) proportional to 1 / (k + 1)^s, in a shuffled order of tasks."""
     weights = [1 / (k + 1) ** s for k in range(n)]
@@ -134,8 +105,6 @@ def zipf_draw(n: int, s: float, rng: random.Random):
         cumulative.append(total)
 
     def draw() -> int:
-        import bisect
-
         return order[bisect.bisect(cumulative, rng.random() * total)]
 
     return draw
@@ -158,7 +127,9 @@ def server_rss(pid: int) -> int:
     return sum(int(v) for v in out.stdout.split()) * 1024
 
 
-def measure_family(base, url, keys, name, make, body, args, before) -> None:
+def measure_family(base, url, keys, name, make, body, args, before) -> int:
+    """Create the family's tasks, report their bytes, then predicts under each draw; the
+    table's bytes after."""
     n = args.sinusoid if name == "sinusoid" else args.omniglot
     start = time.perf_counter()
     tasks = asyncio.run(create_all(base, keys, make, n, args.concurrency))
@@ -185,7 +156,11 @@ def measure_family(base, url, keys, name, make, body, args, before) -> None:
         "zipf_1.1": zipf_draw(len(tasks), 1.1, rng),
     }
     for draw_name, draw in draws.items():
-        row = asyncio.run(predict_load(base, tasks, draw, body, args.predicts, args.concurrency))
+        queue = [
+            ({"Authorization": f"Bearer {key}"}, tid)
+            for key, tid in (tasks[draw()] for _ in range(args.predicts))
+        ]
+        row = asyncio.run(timed_predicts(base, queue, body, args.concurrency))
         print(
             json.dumps({"measurement": "predict", "model": name, "draw": draw_name} | row),
             flush=True,
@@ -215,7 +190,7 @@ def main() -> None:
     }
     migrate(env)
     keys = clients(env, args.clients)
-    port = free_port()
+    port = free_port()  # its own server, not tests.utils.server's: its pid gives its memory
     server = subprocess.Popen(
         [sys.executable, "-m", "app", "serve", "--port", str(port), "--workers", str(args.workers)],
         env=env,

@@ -56,19 +56,25 @@ def sinusoid_body(rng: random.Random, k: int = 10) -> dict:
 async def predict_load(
     base: str, headers: dict, tasks: list[str], concurrency: int, total: int, rng: random.Random
 ) -> dict:
-    latencies: list[float] = []
+    queue = [(headers, rng.choice(tasks)) for _ in range(total)]
+    body = {"x": [rng.uniform(-5, 5) for _ in range(10)]}
+    return await timed_predicts(base, queue, body, concurrency)
+
+
+async def timed_predicts(
+    base: str, queue: list[tuple[dict, str]], body: dict, concurrency: int
+) -> dict:
+    """Predict ``body`` for each (headers, task id) of ``queue``, ``concurrency`` at once:
+    requests/s, p50 and p99."""
+    total, latencies = len(queue), list[float]()
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(
-        base_url=base, headers=headers, limits=limits, timeout=60
-    ) as client:
-        queue = [rng.choice(tasks) for _ in range(total)]
-        body = {"x": [rng.uniform(-5, 5) for _ in range(10)]}
+    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=60) as client:
 
         async def worker() -> None:
             while queue:
-                tid = queue.pop()
+                headers, tid = queue.pop()
                 start = time.perf_counter()
-                r = await client.post(f"/tasks/{tid}/predict", json=body)
+                r = await client.post(f"/tasks/{tid}/predict", json=body, headers=headers)
                 latencies.append(time.perf_counter() - start)
                 r.raise_for_status()
 

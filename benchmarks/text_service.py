@@ -17,7 +17,6 @@ import json
 import os
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,7 +27,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks.serve import load_client, migrate, percentile  # noqa: E402
-from tests.utils.server import free_port, wait_ready  # noqa: E402
+from tests.utils.server import running_server  # noqa: E402
 
 
 def held_out(model_dir: Path, csv_path: Path, needed: int) -> tuple[str, dict[str, list[str]]]:
@@ -90,7 +89,7 @@ def measure(base: str, headers: dict, name: str, classes: dict, args: argparse.N
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--csv", type=Path, required=True, help="the corpus the model trained on")
-    parser.add_argument("--model", type=Path, default=ROOT / "models" / "wordnet-text")
+    parser.add_argument("--model", type=Path, default=ROOT / "models" / "text-minilm-10w")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--tasks", type=int, default=40)
     parser.add_argument("--ways", type=int, default=5)
@@ -106,19 +105,8 @@ def main() -> None:
     }
     migrate(env)
     _, key = load_client(env)
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "app", "serve", "--port", str(port), "--workers", str(args.workers)],
-        env=env,
-        cwd=ROOT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(base, server, timeout=180)
+    with running_server(env, "--workers", str(args.workers)) as base:
         measure(base, {"Authorization": f"Bearer {key}"}, name, classes, args)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 if __name__ == "__main__":

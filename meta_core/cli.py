@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="datasets to train on without code")
     dsub = data.add_subparsers(dest="action", required=True)
     example = dsub.add_parser(
-        "example", help="write a small image-folder dataset and a small CSV table, generated"
+        "example", help="write small image folders, a CSV table and a CSV of sentences, generated"
     )
     example.add_argument("--out", required=True, type=Path)
     example.set_defaults(func=data_example)
@@ -151,11 +151,11 @@ def result_cell(v: dict[str, Any]) -> str:
 
 
 def data_example(args: argparse.Namespace) -> int:
-    """``data example``: the generated image folders and table."""
+    """``data example``: the generated image folders, table and sentences."""
     from meta_core.data.example import write_example
 
-    images, table = write_example(args.out)
-    print(f"image folders: {images}\ntable: {table}")
+    images, table, sentences = write_example(args.out)
+    print(f"image folders: {images}\ntable: {table}\nsentences: {sentences}")
     return 0
 
 

@@ -21,6 +21,7 @@ from PIL import Image, UnidentifiedImageError
 
 from app.core.config import Settings
 from app.core.errors import InvalidInput
+from app.services.limits import spend_request
 from meta_core.preprocessing import ImagePreprocessing, image_to_array
 
 # MPO: a phone's JPEG with further frames (another view, a depth map) after the first, which
@@ -62,16 +63,16 @@ class ImageLimits:
 
     def spend(self, pixels: int, field: str) -> None:
         """Count ``field``'s images (``pixels``, to be decoded) against the request's."""
-        total = self.decoded + pixels
-        if total > self.max_request_pixels:
-            others = f", {total} with the request's other images" if self.decoded else ""
-            raise InvalidInput(
-                f"{field}'s images decode to {pixels} pixels{others}; the limit is "
-                f"{self.max_request_pixels} pixels per request"
-            )
-        if self.cost is not None:
-            self.cost(total)
-        self.decoded = total
+        self.decoded = spend_request(
+            self.decoded,
+            pixels,
+            self.max_request_pixels,
+            self.cost,
+            field=field,
+            rows="images",
+            verb="decode to",
+            unit="pixels",
+        )
 
 
 def open_image(text: str, where: str, spec: ImagePreprocessing, limits: ImageLimits) -> Image.Image:

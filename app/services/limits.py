@@ -1,5 +1,6 @@
 """Per-client limits: the settings' defaults, overridden per client from the CLI
-(``python -m app clients limits``), and the token buckets of the request rate.
+(``python -m app clients limits``), the token buckets of the request rate, and one request's
+running total of what its rows decode (:func:`spend_request`).
 
 Every limit holds per API process (each worker counts for itself): with WORKERS=N a client
 may reach N times a rate or in-flight limit, never a storage quota, which the database
@@ -10,11 +11,40 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.core.config import Settings
+from app.core.errors import InvalidInput
+
+
+def spend_request(
+    spent: int,
+    amount: int,
+    limit: int,
+    cost: Callable[[int], None] | None,
+    *,
+    field: str,
+    rows: str,
+    verb: str,
+    unit: str,
+) -> int:
+    """One request's running total of what its rows decode (an image's pixels, a sentence's
+    tokens) with ``amount`` more from ``field``: a 422 past the request's ``limit``, else
+    ``cost`` (the caller's budget, which may refuse) is told the new total, which is
+    returned."""
+    total = spent + amount
+    if total > limit:
+        others = f", {total} with the request's other {rows}" if spent else ""
+        raise InvalidInput(
+            f"{field}'s {rows} {verb} {amount} {unit}{others}; the limit is {limit} {unit} "
+            "per request"
+        )
+    if cost is not None:
+        cost(total)
+    return total
 
 
 class Limits(BaseModel):

@@ -16,6 +16,7 @@ import numpy as np
 
 from app.core.config import Settings
 from app.core.errors import InvalidInput
+from app.services.limits import spend_request
 from meta_core.encoders import TextEncoder
 
 
@@ -36,16 +37,16 @@ class TextLimits:
 
     def spend(self, tokens: int, field: str) -> None:
         """Count ``field``'s sentences (``tokens``, to be encoded) against the request's."""
-        total = self.tokens + tokens
-        if total > self.max_request_tokens:
-            others = f", {total} with the request's other sentences" if self.tokens else ""
-            raise InvalidInput(
-                f"{field}'s sentences are {tokens} tokens{others}; the limit is "
-                f"{self.max_request_tokens} tokens per request"
-            )
-        if self.cost is not None:
-            self.cost(total)
-        self.tokens = total
+        self.tokens = spend_request(
+            self.tokens,
+            tokens,
+            self.max_request_tokens,
+            self.cost,
+            field=field,
+            rows="sentences",
+            verb="are",
+            unit="tokens",
+        )
 
 
 def check_text(value: object, where: str, max_chars: int) -> str:

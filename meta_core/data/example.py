@@ -162,6 +162,10 @@ def write_sentences(out: Path, per_class: int = 30, seed: int = 0) -> Path:
     return path
 
 
-def write_example(out: Path, seed: int = 0) -> tuple[Path, Path]:
-    """The image folders and the table under ``out``; their paths."""
-    return write_images(out, seed=seed), write_table(out, seed=seed)
+def write_example(out: Path, seed: int = 0) -> tuple[Path, Path, Path]:
+    """The image folders, the table and the sentences under ``out``; their paths."""
+    return (
+        write_images(out, seed=seed),
+        write_table(out, seed=seed),
+        write_sentences(out, seed=seed),
+    )

@@ -18,19 +18,19 @@ from meta_core.config import TextFamily
 from meta_core.data.folders import SPLITS, DataError
 from meta_core.data.omniglot import default_cache_dir
 from meta_core.data.text import read_text_dataset
-from meta_core.encoders import ENCODERS, TextEncoder, load_encoder
+from meta_core.encoders import ENCODERS, EncoderSpec, load_encoder
 from meta_core.preprocessing import TextPreprocessing
 from meta_core.tasks.nway import NWayKShot
 
 log = logging.getLogger(__name__)
 
 
-def embeddings(encoder: TextEncoder, texts: list[str], cache_dir: Path) -> np.ndarray:
-    """``texts``' embeddings ``[n, dim]`` float32. Each distinct sentence is encoded once per
-    encoder: the cache (one file per encoder, keyed by each sentence's sha256) keeps every
-    sentence embedded so far, so another split, class filter or sample of the same corpus
-    encodes only what it has not seen."""
-    spec = encoder.spec
+def embeddings(spec: EncoderSpec, texts: list[str], cache_dir: Path) -> np.ndarray:
+    """``texts``' embeddings ``[n, dim]`` float32 by the encoder ``spec`` names. Each distinct
+    sentence is encoded once per encoder: the cache (one file per encoder, keyed by each
+    sentence's sha256) keeps every sentence embedded so far, so another split, class filter
+    or sample of the same corpus encodes only what it has not seen, and the encoder is loaded
+    only then."""
     path = cache_dir / "text-embeddings" / f"{spec.name}-{spec.sha256[:16]}-{spec.max_tokens}.npz"
     keys, vectors = _read_cache(path, spec.dim)
     index = {key: i for i, key in enumerate(keys)}
@@ -38,7 +38,7 @@ def embeddings(encoder: TextEncoder, texts: list[str], cache_dir: Path) -> np.nd
     missing = {h: t for h, t in zip(hashes, texts, strict=True) if h not in index}
     if missing:
         log.info("embedding %d sentences with %s", len(missing), spec.name)
-        new = encoder.encode(list(missing.values()))
+        new = load_encoder(spec).encode(list(missing.values()))
         keys, vectors = keys + list(missing), np.concatenate([vectors, new])
         index |= {key: len(index) + i for i, key in enumerate(missing)}
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -72,11 +72,10 @@ def text_family(cfg: TextFamily) -> NWayKShot:
         raise DataError(f"family.encoder {cfg.encoder!r} is not known; known: {sorted(ENCODERS)}")
     data = read_text_dataset(cfg)
     spec = TextPreprocessing(encoder=ENCODERS[cfg.encoder])
-    encoder = load_encoder(spec.encoder)
     names = [name for s in SPLITS for name in data.split[s]]
     flat = [text for name in names for text in data.texts[name]]
     cache = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
-    vectors = torch.from_numpy(embeddings(encoder, flat, cache))
+    vectors = torch.from_numpy(embeddings(spec.encoder, flat, cache))
     pools, counts, start = {}, {}, 0
     most = max(len(t) for t in data.texts.values())
     for s in SPLITS:

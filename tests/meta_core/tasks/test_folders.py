@@ -29,6 +29,7 @@ TINY = [
 def example(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("example")
     assert main(["data", "example", "--out", str(out)]) == 0
+    assert (out / "sentences.csv").is_file()  # the text preset's example (tasks/test_text.py)
     return out
 
 

@@ -53,17 +53,17 @@ def _sentences(path: Path, intent: str) -> list[str]:
 
 def test_each_sentence_is_embedded_once_per_encoder(tmp_path: Path, monkeypatch):
     encoder = load_encoder(MINILM)
-    first = embeddings(encoder, ["one sentence", "another one"], tmp_path)
+    first = embeddings(MINILM, ["one sentence", "another one"], tmp_path)
     assert len(list((tmp_path / "text-embeddings").iterdir())) == 1
     encoded, real = [], encoder.encode
     monkeypatch.setattr(encoder, "encode", lambda texts: encoded.append(texts) or real(texts))
-    again = embeddings(encoder, ["another one", "a third", "one sentence"], tmp_path)
+    again = embeddings(MINILM, ["another one", "a third", "one sentence"], tmp_path)
     assert encoded == [["a third"]]  # the others come from the cache
     np.testing.assert_array_equal(again[[0, 2]], first[[1, 0]])
     np.testing.assert_allclose(again[1], real(["a third"])[0], atol=1e-5)
     broken = next((tmp_path / "text-embeddings").iterdir())
     broken.write_bytes(b"not a cache")
-    assert np.allclose(embeddings(encoder, ["one sentence"], tmp_path), first[:1], atol=1e-5)
+    assert np.allclose(embeddings(MINILM, ["one sentence"], tmp_path), first[:1], atol=1e-5)
 
 
 def test_a_csv_trains_evaluates_and_records_its_encoder(tmp_path: Path, capsys):
