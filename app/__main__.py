@@ -22,6 +22,8 @@ from app.core.errors import Conflict, NotFound
 from app.core.security import hash_key, new_key
 from app.services.limits import Limits
 from app.services.registry import MetaModelRegistry
+from app.services.storage import store_again
+from app.services.weights import FORMATS
 
 # A subcommand: its parsed arguments and the service's settings in, the exit status out.
 Command = Callable[[argparse.Namespace, Settings], int]
@@ -73,6 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
     tsub.add_parser("purge-expired", help="delete every expired task now").set_defaults(
         func=tasks_purge_expired
     )
+    store = tsub.add_parser(
+        "store",
+        help="store every task again as the settings (or these options) say: compacts tasks "
+        "stored before, or readies the database for a downgrade",
+    )
+    store.add_argument("--storage", choices=FORMATS, help="default: TASK_STORAGE's choice")
+    store.add_argument("--compression", choices=["zlib", "none"], help="default: TASK_COMPRESSION")
+    store.add_argument("--model", help="only the tasks of this meta-model")
+    store.set_defaults(func=tasks_store)
     models = sub.add_parser("models", help="the meta-models in the model folders")
     msub = models.add_subparsers(dest="action", required=True)
     msub.add_parser(
@@ -196,6 +207,27 @@ def tasks_purge_expired(args: argparse.Namespace, settings: Settings, db: Databa
     with db.session() as session:
         purged = crud.purge_expired(session)
     print(f"deleted {purged} expired tasks")
+
+
+@on_database
+def tasks_store(args: argparse.Namespace, settings: Settings, db: Database) -> None:
+    """``tasks store``: one line per meta-model, then the bytes before and after."""
+    if args.compression is not None:
+        settings = settings.model_copy(update={"task_compression": args.compression})
+    registry = MetaModelRegistry(
+        [], [f for f in (settings.model_dir, settings.trained_model_dir) if f is not None]
+    )
+    registry.reload()
+    done = store_again(db, registry, settings, storage=args.storage, model=args.model)
+    counts = (done.rewritten, done.unchanged, done.kept, done.not_served)
+    for name in sorted(set().union(*counts)):
+        print(
+            f"{name}: {done.rewritten[name]} stored again, {done.unchanged[name]} unchanged, "
+            f"{done.kept[name]} kept as they were (their support set does not re-adapt to "
+            f"their weights bit for bit, or they are unreadable: logged), "
+            f"{done.not_served[name]} not served (left as they are)"
+        )
+    print(f"stored bytes: {done.bytes_before} before, {done.bytes_after} after")
 
 
 @on_database

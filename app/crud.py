@@ -10,8 +10,8 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, delete, func, or_, select, update
-from sqlalchemy.orm import Session, load_only
+from sqlalchemy import ColumnElement, case, delete, func, null, or_, select, update
+from sqlalchemy.orm import Session, load_only, with_expression
 
 from app.core.errors import Conflict, NotFound, Unauthorized
 from app.core.events import announce
@@ -33,6 +33,7 @@ class AdaptedState:
     adapt_ms: float
     labels: list[int | str] | None
     metrics: dict[str, float]
+    storage: str  # the weights' format (app/services/weights.py): "support" keeps none
     weights: bytes
     weights_sha256: str
     support: bytes | None = None
@@ -98,15 +99,23 @@ SHOWN = (
     TaskRow.metrics,
     TaskRow.revision,
     TaskRow.updated_at,
+    TaskRow.storage,
+    TaskRow.weights_bytes,
     TaskRow.support_bytes,
 )
-# What predicting needs: the shown columns, the pin and the weights (not the support set).
+# What predicting needs: the shown columns, the pin and the weights, and the support set
+# only where it stands in for them (READAPT).
 ADAPTED = (
     *SHOWN,
     TaskRow.client_id,
     TaskRow.meta_model_hash,
     TaskRow.weights,
     TaskRow.weights_sha256,
+    TaskRow.support_sha256,
+)
+READAPT = with_expression(
+    TaskRow.support_to_readapt,
+    case((TaskRow.storage == "support", TaskRow.support), else_=null()),
 )
 
 
@@ -132,8 +141,10 @@ def get_task(
     too) when asked for."""
     _known(task_id)
     query = select(TaskRow).where(TaskRow.id == task_id, TaskRow.client_id == client_id, live())
-    if not with_support:
-        query = query.options(load_only(*(ADAPTED if with_weights else SHOWN), raiseload=True))
+    if with_weights and not with_support:
+        query = query.options(load_only(*ADAPTED, raiseload=True), READAPT)
+    elif not with_support:
+        query = query.options(load_only(*SHOWN, raiseload=True))
     task = session.scalar(query)
     if task is None:
         raise NotFound(f"no task {task_id!r}")
@@ -222,6 +233,61 @@ def update_task(
     )
     if result.rowcount == 0:
         _refuse(session, client_id)
+
+
+def task_ids(session: Session, *, after: str, limit: int, model: str | None) -> list[str]:
+    """Up to ``limit`` task ids after ``after``, in order (of meta-model ``model``, if named):
+    every task, a page at a time."""
+    query = select(TaskRow.id).where(TaskRow.id > after).order_by(TaskRow.id).limit(limit)
+    if model is not None:
+        query = query.where(TaskRow.meta_model_name == model)
+    return list(session.scalars(query))
+
+
+def task_for_storage(session: Session, *, task_id: str) -> TaskRow | None:
+    """Any client's task, all of it, held until the transaction ends (None if gone)."""
+    return session.scalar(select(TaskRow).where(TaskRow.id == task_id).with_for_update())
+
+
+def store_again(
+    session: Session,
+    *,
+    task: TaskRow,
+    storage: str,
+    weights: tuple[bytes, str],
+    support: tuple[bytes | None, str | None],
+    changed_model: bool,
+) -> bool:
+    """Store the task (as :func:`task_for_storage` read it) in another form, if it is still
+    at the revision read, its client's stored bytes following; one revision on if the model
+    it serves changed (other processes then drop it from their caches). Whether it was."""
+    sizes = {"weights_bytes": len(weights[0]), "support_bytes": len(support[0] or b"")}
+    later = {"revision": task.revision + 1, "updated_at": datetime.now(UTC)}
+    result: Any = session.execute(
+        update(TaskRow)
+        .where(TaskRow.id == task.id, TaskRow.revision == task.revision)
+        .values(
+            storage=storage,
+            weights=weights[0],
+            weights_sha256=weights[1],
+            support=support[0],
+            support_sha256=support[1],
+            **sizes,
+            **(later if changed_model else {}),
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount == 0:
+        return False
+    if changed_model:
+        announce(session, "task", task.id)
+    grew = sum(sizes.values()) - task.weights_bytes - task.support_bytes
+    session.execute(
+        update(ClientRow)
+        .where(ClientRow.id == task.client_id)
+        .values(stored_bytes=ClientRow.stored_bytes + grew)
+    )
+    return True
 
 
 def _release(session: Session, client_id: int, tasks: int, size: int) -> None:

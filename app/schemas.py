@@ -128,6 +128,14 @@ class TaskOut(BaseModel):
         description="whether the task keeps its support set (tasks made before it was kept "
         "cannot take examples or be re-adapted)"
     )
+    storage: str = Field(
+        description="how its adapted model is stored: float32, float16 or bfloat16 weights, "
+        "or support (its support set alone, adapted again when the model is read)"
+    )
+    stored_bytes: int = Field(
+        description="what the task counts against your storage quota: its stored weights "
+        "and support set, in bytes"
+    )
 
     @classmethod
     def of(cls, row: TaskRow) -> TaskOut:
@@ -147,6 +155,8 @@ class TaskOut(BaseModel):
             revision=row.revision,
             updated_at=row.updated_at and utc(row.updated_at),
             readaptable=row.support_bytes > 0,
+            storage=row.storage,
+            stored_bytes=row.weights_bytes + row.support_bytes,
         )
 
     @property

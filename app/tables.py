@@ -20,7 +20,7 @@ from sqlalchemy import (
     MetaData,
     String,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, query_expression
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -71,6 +71,10 @@ class TaskRow(Base):
     adapt_ms: Mapped[float] = mapped_column(Float)
     labels: Mapped[list[int | str] | None] = mapped_column(JSON, nullable=True)
     metrics: Mapped[dict[str, float]] = mapped_column(JSON)
+    # How ``weights`` holds the adapted model (app/services/weights.py FORMATS): float32 (as
+    # every task stored before there was a choice), float16 or bfloat16 (the change from the
+    # meta-model), or support (nothing: the task is re-adapted from its support set).
+    storage: Mapped[str] = mapped_column(String(16), default="float32")
     weights: Mapped[bytes] = mapped_column(LargeBinary)
     weights_sha256: Mapped[str] = mapped_column(String(64))
     weights_bytes: Mapped[int] = mapped_column(BigInteger)  # len(weights), for the quota
@@ -80,6 +84,9 @@ class TaskRow(Base):
     support: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     support_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     support_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    # The support set where a predict needs it (tasks stored as ``support``), else None: read
+    # by crud.get_task(with_weights=True) in the same query, and not otherwise.
+    support_to_readapt: Mapped[bytes | None] = query_expression()
     # One more at each update (examples, re-adaptation): the task's ETag, for If-Match.
     revision: Mapped[int] = mapped_column(Integer, default=1)
     updated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

@@ -131,6 +131,9 @@ class TaskRecord(_Record):
     inner_steps: int
     inner_lr: float | None
     metrics: dict[str, float]
+    # How the service stored it: float32, float16/bfloat16 (the weights here are what it
+    # served, the meta-model plus the rounded change) or support (re-adapted to export).
+    storage: str = "float32"
 
 
 class Manifest(_Record):
@@ -303,6 +306,12 @@ class Artifact:
     @property
     def n_outputs(self) -> int:
         return self.manifest.n_outputs
+
+    @functools.cached_property
+    def changed_bytes(self) -> int:
+        """The bytes of the tensors adaptation changes (with ANIL, the head's), as float32."""
+        names = self.adapt_names or list(self.params)
+        return sum(self.params[k].numel() * 4 for k in names)
 
     @property
     def adapt_names(self) -> list[str] | None:

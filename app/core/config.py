@@ -11,6 +11,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SQLITE_DEFAULT = "sqlite:///./data/app.db"
 
+StorageMode = Literal["auto", "float32", "float16", "bfloat16", "support"]
+
 
 class Settings(BaseSettings):
     """Every field is an environment variable of the same name in upper case."""
@@ -68,13 +70,25 @@ class Settings(BaseSettings):
         description="a numeric predict of at most rows x the model's FLOPs per row this many "
         "runs on the event loop (microseconds); larger ones and any images, on the pool",
     )
+    predict_batching: bool = Field(
+        True,
+        description="encode the sentences of small text predicts (bodies of up to 2 KiB) "
+        "waiting for the predictions pool together, whichever tasks and clients they are for, "
+        "in one call of their shared encoder, up to MAX_REQUEST_TOKENS at once; false: each "
+        "predict on its own",
+    )
     announcements: bool = Field(
         True,
         description="on PostgreSQL, hear other processes' changes through LISTEN/NOTIFY and "
         "trust the caches meanwhile; false: rely on the TTLs (e.g. behind a pooler in "
         "transaction mode, where LISTEN does not work)",
     )
-    cache_size: int = Field(1024, ge=0, description="adapted models kept in memory, at most")
+    cache_size: int = Field(
+        100_000,
+        ge=0,
+        description="adapted models kept in memory per process, at most (CACHE_BYTES is the "
+        "bound that binds first for all but the smallest models)",
+    )
     cache_bytes: int = Field(
         256 * 2**20,
         ge=0,
@@ -83,6 +97,35 @@ class Settings(BaseSettings):
     )
     cache_ttl_seconds: float = Field(
         5.0, ge=0, description="how long a cached model is served before its task is re-checked"
+    )
+    task_storage: StorageMode = Field(
+        "auto",
+        description="how a task's adapted model is stored: float32 (the tensors adaptation "
+        "changed), float16 or bfloat16 (their change from the meta-model, at half the bytes), "
+        "support (only the support set, which every task keeps: re-adapted on a cache miss), or "
+        "auto (float32 where those tensors are small, under READAPT_MIN_BYTES; else support "
+        "where re-adapting costs at most READAPT_MAX_FLOPS; else float32)",
+    )
+    task_storage_by_model: dict[str, StorageMode] = Field(
+        default_factory=dict,
+        description='TASK_STORAGE for named meta-models, as JSON: {"omniglot-20w1s": "float16"}',
+    )
+    task_compression: Literal["zlib", "none"] = Field(
+        "zlib", description="compress a task's stored weights and support set (lossless)"
+    )
+    readapt_min_bytes: int = Field(
+        16 * 2**10,
+        ge=0,
+        description="under TASK_STORAGE=auto, a task whose changed tensors take fewer bytes "
+        "than this stores them (a sinusoid MLP's 7 KB, an ANIL head): a cache miss then costs "
+        "a decode, not an inner loop",
+    )
+    readapt_max_flops: float = Field(
+        1e9,
+        ge=0,
+        description="under TASK_STORAGE=auto, a task with larger weights is stored as its "
+        "support set alone when re-adapting it costs at most this (the model's FLOPs per "
+        "row x 3 x support rows x inner steps; 1e9 is about 30 ms of one core)",
     )
     auth_cache_seconds: float = Field(5.0, ge=0, description="how long a checked key is trusted")
     auth_reject_seconds: float = Field(

@@ -83,19 +83,42 @@ def check_finite(
         )
 
 
-def changed_weights(meta_model: Artifact, adapted: Adaptation) -> tuple[bytes, str]:
-    """The stored form of an adaptation: the tensors it changed (with ANIL, the head)."""
-    names = meta_model.adapt_names or list(adapted.params)
-    return weights.serialize({k: adapted.params[k] for k in names})
+def readapt(
+    meta_model: Artifact, x: Tensor, y: Tensor, *, steps: int, lr: float | None
+) -> dict[str, Tensor]:
+    """The parameters :func:`adapt` made from this support set (the same inner loop on the
+    same tensors, unscored): a task stored as its support set, read again."""
+    with torch.no_grad():
+        params = meta_model.inner_loop(steps=steps, lr=lr).adapt(meta_model.params, x, y)
+    return {k: v.detach() for k, v in params.items()}
+
+
+@dataclass(frozen=True)
+class Stored:
+    """An adaptation as its task stores it: the row's state, and the parameters a read of
+    the row gives back (the adapted ones, or, stored at half precision, their rounding:
+    every process then serves the same model)."""
+
+    state: crud.AdaptedState
+    params: dict[str, Tensor]
+    predict: Predictor
 
 
 def record(
-    meta_model: Artifact, request: AdaptationRequest, adapted: Adaptation, kept: tuple[bytes, str]
-) -> crud.AdaptedState:
-    """What an adaptation leaves of its task: the tensors it changed (with ANIL, the head) and
-    ``kept``, its support set, as bytes with their sha256."""
-    stored = changed_weights(meta_model, adapted)
-    return crud.AdaptedState(
+    meta_model: Artifact,
+    request: AdaptationRequest,
+    adapted: Adaptation,
+    kept: tuple[bytes, str],
+    form: weights.Format,
+    packed: bool,
+) -> Stored:
+    """What an adaptation leaves of its task: the tensors it changed (with ANIL, the head)
+    in ``form`` (compressed if ``packed``), and ``kept``, its support set, as bytes with
+    their sha256."""
+    names = meta_model.adapt_names or list(adapted.params)
+    changed = {k: adapted.params[k] for k in names}
+    data, sha256 = weights.serialize(meta_model, changed, form, packed)
+    state = crud.AdaptedState(
         meta_model_name=meta_model.name,
         meta_model_version=meta_model.version,
         meta_model_hash=meta_model.manifest.content_hash,
@@ -105,11 +128,16 @@ def record(
         adapt_ms=round(adapted.adapt_ms, 3),
         labels=request.labels,
         metrics=adapted.metrics,
-        weights=stored[0],
-        weights_sha256=stored[1],
+        storage=form,
+        weights=data,
+        weights_sha256=sha256,
         support=kept[0],
         support_sha256=kept[1],
     )
+    if form in weights.HALF:
+        params = weights.deserialize(meta_model, data, sha256, form)
+        return Stored(state, params, meta_model.predictor(params))
+    return Stored(state, adapted.params, adapted.predict)
 
 
 def count_adaptation(metrics: Metrics, meta_model: Artifact, adapted: Adaptation) -> None:

@@ -10,6 +10,7 @@ from app.core.config import Settings
 from app.core.db import Database
 from app.core.events import Listener
 from app.core.metrics import Metrics
+from app.services.batching import EncodeBatchers
 from app.services.cache import ModelCache
 from app.services.keys import KeyCache
 from app.services.limits import RateLimiter
@@ -31,11 +32,13 @@ class Services:
     rates: RateLimiter
     tasks: TaskService  # made of the fields above
     listener: Listener | None = None  # PostgreSQL's change announcements (events.py)
+    batchers: EncodeBatchers | None = None  # text predicts' encoding (PREDICT_BATCHING)
 
     @classmethod
     def start(cls, settings: Settings, db: Database, metrics: Metrics) -> Services:
         """A process's container: the meta-models loaded, the cache, the two pools, the key
-        cache, the rate limiter and the task service over them."""
+        cache, the rate limiter, the task service over them, and (PREDICT_BATCHING) the
+        batchers of text predicts' encoding."""
 
         def pool(what: str, concurrency: int, queue: int) -> WorkPool:
             return WorkPool(
@@ -56,6 +59,9 @@ class Services:
             keys=KeyCache(settings.auth_cache_seconds, settings.auth_reject_seconds),
             rates=RateLimiter(),
             tasks=TaskService(settings, db, registry, adapt_pool, cache, metrics),
+            batchers=(
+                EncodeBatchers(settings.max_request_tokens) if settings.predict_batching else None
+            ),
         )
 
     def replace(self, **changes: Any) -> Services:

@@ -24,7 +24,7 @@ from app.core.errors import Conflict, TooManyRequests
 from app.core.metrics import Metrics
 from app.schemas import Examples, TaskCreate, readable
 from app.services import weights
-from app.services.adaptation import Adaptation, adapt, count_adaptation, record
+from app.services.adaptation import Adaptation, Stored, adapt, count_adaptation, record
 from app.services.cache import GONE, ModelCache
 from app.services.inputs import (
     AdaptationRequest,
@@ -40,6 +40,7 @@ from app.services.pool import WorkPool
 from app.services.preconditions import changed_meanwhile, check_if_match, names_revisions
 from app.services.prediction import as_adapted
 from app.services.registry import MetaModelRegistry
+from app.services.storage import StoredModel, storage_for, stored_params
 from app.services.versions import check_fits, pinned_meta_model, target_meta_model
 from app.tables import TaskRow
 from meta_core.artifact import Artifact, Origin, TaskRecord, export_task
@@ -60,7 +61,7 @@ class Update:
     if_match: str | None = None
 
 
-Store = Callable[[Session, crud.AdaptedState], TaskRow]
+Store = Callable[[Session, crud.AdaptedState], TaskRow]  # writes an adaptation's row
 
 
 @dataclass(frozen=True)
@@ -202,8 +203,8 @@ class TaskService:
         labels = readable(task.labels)
 
         def prepared() -> AdaptationRequest:
-            x, y = weights.deserialize_support(support_data, support_sha256)
-            check_fits(meta_model, task, x, labels, weights.support_features(support_data))
+            x, y, kind = weights.deserialize_support(support_data, support_sha256)
+            check_fits(meta_model, task, x, labels, kind)
             new_labels = labels
             if change.examples is not None:
                 x, y, new_labels = grow(
@@ -233,26 +234,30 @@ class TaskService:
         revision (no model read or stored before it may come back: a slower update of an
         older revision included); the adaptation counted and logged."""
 
-        def work() -> tuple[AdaptationRequest, crud.AdaptedState, Adaptation]:
+        settings = self.settings
+        packed = settings.task_compression == "zlib"
+
+        def work() -> tuple[AdaptationRequest, Stored, Adaptation]:
             request = prepared()
             adapted = adapt(meta_model, request)
             kind = weights.features(meta_model)
-            kept = weights.serialize_support(request.x, request.y, kind)
-            return request, record(meta_model, request, adapted, kept), adapted
+            kept = weights.serialize_support(request.x, request.y, kind, packed)
+            form = storage_for(meta_model, settings, len(request.x), request.steps)
+            return request, record(meta_model, request, adapted, kept, form, packed), adapted
 
         client_id = caller.client_id
-        request, state, adapted = await self.adapt_pool.run(
+        request, stored, adapted = await self.adapt_pool.run(
             work, client_id, caller.limits.adapt_in_flight
         )
 
         def write() -> TaskRow:
             with self.db.session() as session:
-                return store(session, state)
+                return store(session, stored.state)
 
         row = await run_in_threadpool(write)
         self.cache.drop(row.id, row.revision)
         self.cache.put(
-            row.id, as_adapted(row, client_id, meta_model, adapted.params, adapted.predict)
+            row.id, as_adapted(row, client_id, meta_model, stored.params, stored.predict)
         )
         count_adaptation(self.metrics, meta_model, adapted)
         log.info(
@@ -276,7 +281,7 @@ class TaskService:
         (:func:`meta_core.artifact.export_task`), and its row."""
         task = crud.get_task(session, client_id=client_id, task_id=task_id, with_weights=True)
         meta_model = pinned_meta_model(task, self.registry)
-        params = weights.deserialize(meta_model, task.weights, task.weights_sha256)
+        params = stored_params(meta_model, StoredModel.of(task, task.support_to_readapt))
         origin = Origin(
             name=meta_model.name,
             version=meta_model.version,
@@ -291,6 +296,7 @@ class TaskService:
             inner_steps=task.inner_steps,
             inner_lr=task.inner_lr,
             metrics=task.metrics,
+            storage=task.storage,
         )
         return export_task(meta_model, params, summary), task
 

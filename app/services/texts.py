@@ -69,7 +69,17 @@ def texts_to_array(
 ) -> np.ndarray:
     """A list of sentences -> their float32 ``[n, dim]`` embeddings; every sentence is checked,
     and the tokens of all of them counted, before any is encoded."""
+    return encoder.encode_tokens(text_tokens(values, field, encoder, limits))
+
+
+def text_tokens(
+    values: list[object], field: str, encoder: TextEncoder, limits: TextLimits
+) -> list[list[int]]:
+    """A list of sentences -> their token ids (what ``encode_tokens`` takes), every sentence
+    checked and the tokens of all of them counted against ``limits``: the part of
+    :func:`texts_to_array` that can refuse a request, done before a predict joins a batch of
+    other requests' sentences (:mod:`app.services.batching`)."""
     texts = [check_text(v, f"{field}[{i}]", limits.max_chars) for i, v in enumerate(values)]
     tokens = encoder.tokenize(texts)
     limits.spend(sum(len(t) for t in tokens), field)
-    return encoder.encode_tokens(tokens)
+    return tokens

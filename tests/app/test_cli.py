@@ -166,3 +166,64 @@ def test_clients_limits_refuses_non_finite_values(capsys, option, value):
     assert capsys.readouterr().err.splitlines()[-1] == (
         f"python -m app clients limits: error: argument {option}: not a finite number: {value!r}"
     )
+
+
+def test_tasks_store_compacts_tasks_stored_before_and_readies_a_downgrade(
+    database_url, db, settings
+):
+    """Tasks stored as float32 (as before there was a choice) go to their support set where
+    it re-adapts to their weights bit for bit, predicting the same; one whose weights it
+    does not reproduce stays as it was; ``--storage float32 --compression none`` brings
+    every task back to the form the previous schema reads."""
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from app.tables import TaskRow
+    from tests.utils.database import make_key
+    from tests.utils.tasks import sinusoid_task
+
+    env = os.environ | {"DATABASE_URL": database_url, "MODEL_DIR": str(ROOT / "models")}
+    key = {"Authorization": f"Bearer {make_key(db, 'hana')}"}
+    old = settings.model_copy(update={"task_storage": "float32", "task_compression": "none"})
+    ids, before = [], []
+    with TestClient(create_app(old)) as client:
+        for seed in range(3):
+            x, y = sinusoid_task(seed=seed)
+            body = {"model": "sinusoid", "support": {"x": x, "y": y}}
+            ids.append(client.post("/tasks", headers=key, json=body).json()["id"])
+            r = client.post(f"/tasks/{ids[-1]}/predict", headers=key, json={"x": [0.5, 2.0]})
+            before.append(r.json()["predictions"])
+    with db.session() as session:  # weights no re-adaptation gives (same shape, same sha)
+        task = session.get(TaskRow, ids[2])
+        from app.services import weights as codec
+        from meta_core.artifact import load_artifact
+
+        art = load_artifact(ROOT / "models" / "sinusoid")
+        nudged = {k: v + 1e-3 for k, v in art.params.items()}
+        task.weights, task.weights_sha256 = codec.serialize(art, nudged)
+        task.weights_bytes = len(task.weights)
+    out = run_cli(env, "tasks", "store", "--storage", "support").stdout.splitlines()
+    assert out[0] == (
+        "sinusoid: 2 stored again, 0 unchanged, 1 kept as they were (their support set does "
+        "not re-adapt to their weights bit for bit, or they are unreadable: logged), 0 not "
+        "served (left as they are)"
+    )
+    with db.session() as session:
+        rows = {t.id: t for t in session.query(TaskRow)}
+        assert [rows[i].storage for i in ids] == ["support", "support", "float32"]
+        assert [rows[i].revision for i in ids] == [1, 1, 1]  # the same models
+        owner = rows[ids[0]].client_id
+        counted = crud.stored(session, client_id=owner)[1]
+        assert counted == sum(t.weights_bytes + t.support_bytes for t in rows.values())
+    with TestClient(create_app(settings)) as client:  # a fresh process: every model read back
+        for tid, wanted in zip(ids[:2], before, strict=False):
+            r = client.post(f"/tasks/{tid}/predict", headers=key, json={"x": [0.5, 2.0]})
+            assert r.json()["predictions"] == wanted
+    back = ["tasks", "store", "--storage", "float32", "--compression", "none"]
+    assert (
+        run_cli(env, *back)
+        .stdout.splitlines()[0]
+        .startswith("sinusoid: 2 stored again, 1 unchanged")
+    )
+    with db.session() as session:
+        assert {t.storage for t in session.query(TaskRow)} == {"float32"}

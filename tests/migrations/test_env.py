@@ -74,6 +74,7 @@ TASKS: list[dict[str, Any]] = [
         "metrics": {"support_loss_before": 2.0, "support_loss_after": 0.5},
         "weights": bytes(range(256)) * 3,
         "weights_sha256": "d" * 64,
+        "storage": "float32",
         "expires_at": None,
         "support": b"support-set-of-the-first-task",
         "support_sha256": "e" * 64,
@@ -96,6 +97,7 @@ TASKS: list[dict[str, Any]] = [
         "metrics": {"support_loss_before": 1.0},
         "weights": b"\x00\xff" * 500,
         "weights_sha256": "f" * 64,
+        "storage": "float32",
         "expires_at": T0 + timedelta(minutes=10),
         "support": None,
         "support_sha256": None,
@@ -118,6 +120,7 @@ TASKS: list[dict[str, Any]] = [
         "metrics": {},
         "weights": b"w" * 77,
         "weights_sha256": "0" * 64,
+        "storage": "float32",
         "expires_at": T0 + timedelta(days=30),
         "support": b"s" * 19,
         "support_sha256": "9" * 64,
@@ -207,6 +210,45 @@ def test_an_upgrade_to_head_keeps_the_data_of_every_revision(empty_url: str, rev
     for task_id, task in now["tasks"].items():
         assert task["weights_bytes"] == len(task["weights"]), task_id
         assert task["support_bytes"] == len(task["support"] or b""), task_id
+        assert task["storage"] == "float32", task_id  # every task stored before a choice
+
+
+@pytest.mark.parametrize(
+    ("change", "count"),
+    [
+        ({"storage": "support"}, 1),
+        ({"support": b"\x00\x00\x00\x00zlib" + b"packed"}, 1),
+        ({}, 0),
+    ],
+    ids=["support", "compressed", "float32"],
+)
+def test_a_downgrade_refuses_tasks_the_older_code_would_misread(
+    empty_url: str, change: dict[str, Any], count: int
+):
+    cfg = alembic_config(empty_url)
+    command.upgrade(cfg, "head")
+    engine = create_engine(empty_url)
+    with engine.begin() as conn:
+        insert(conn)
+        tasks = Table("tasks", MetaData(), autoload_with=conn)
+        if change:
+            conn.execute(tasks.update().where(tasks.c.id == TASKS[0]["id"]).values(**change))
+    previous = REVISIONS[-2]
+    if count:
+        with pytest.raises(RuntimeError) as refused:
+            command.downgrade(cfg, previous)
+        assert str(refused.value) == (
+            "1 tasks are stored compressed or otherwise than as float32 weights, which "
+            f"revision {previous} cannot read: run `python -m app tasks store --storage "
+            "float32 --compression none`, then downgrade"
+        )
+    else:
+        command.downgrade(cfg, previous)
+    with engine.connect() as conn:
+        at = MigrationContext.configure(conn).get_current_revision()
+        assert at == (REVISIONS[-1] if count else previous)
+        assert len(read(conn, "tasks")) == len(TASKS)
+    engine.dispose()
 
 
 def test_an_upgrade_refuses_a_row_that_violates_a_foreign_key(tmp_path: Path):

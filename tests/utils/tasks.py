@@ -39,7 +39,8 @@ def stored_task(db: Database, client_id: int, meta_model: str = "sinusoid", **fi
     have left it: the meta-model's own weights unless ``weights`` are given; ``expires_at``,
     ``support`` (bytes and sha256) or any other ``crud.AdaptedState`` field may be given too."""
     art = load_artifact(MODELS / meta_model)
-    data, digest = weights.serialize(fields.pop("weights", art.params))
+    form = fields.pop("storage", "float32")
+    data, digest = weights.serialize(art, fields.pop("weights", art.params), form)
     expires_at = fields.pop("expires_at", None)
     support, support_sha256 = fields.pop("support", (None, None))
     state = {
@@ -52,6 +53,7 @@ def stored_task(db: Database, client_id: int, meta_model: str = "sinusoid", **fi
         "adapt_ms": 1.0,
         "labels": None,
         "metrics": {"support_loss_before": 1.0},
+        "storage": form,
         "weights": data,
         "weights_sha256": digest,
         "support": support,

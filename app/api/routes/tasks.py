@@ -144,6 +144,7 @@ async def predict(
         caller=caller,
         settings=services.settings,
         pool=services.predict_pool,
+        batchers=services.batchers,
     )
 
 

@@ -66,9 +66,15 @@ def test_stored_tasks_and_bytes_are_capped_per_client(client, db, alice, bob):
     assert client.delete(f"/tasks/{items[0]['id']}", headers=alice).status_code == 204
     assert client.post("/tasks", headers=alice, json=body).status_code == 201  # room again
     limit(db, bob, max_stored_bytes=10_000)
-    create(client, bob)  # about 7 kB of weights
+    first = create(client, bob)  # its weights (7 KB, float32) and its support set
+    assert first["storage"] == "float32" and 7_000 < first["stored_bytes"] < 8_000
     r = client.post("/tasks", headers=bob, json=body)
-    assert r.status_code == 429 and "the limit is 10000 bytes" in r.json()["detail"]
+    assert_problem(
+        r,
+        429,
+        f"your tasks take {first['stored_bytes']} bytes, and this one {first['stored_bytes']} "
+        "more; the limit is 10000 bytes: delete some tasks (DELETE /tasks/{id})",
+    )
     assert client.get("/tasks", headers=bob).json()["total"] == 1
 
 
