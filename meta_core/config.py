@@ -96,6 +96,9 @@ class EvalConfig(Section):
     chunk: int = Field(100, ge=1)  # at most this many tasks (and ~8,000 examples) at once
     baselines: list[Baseline] = Field(default_factory=lambda: list(BASELINES))
     baseline_iterations: int = Field(5000, ge=0)
+    # "held_out": the test classes' held-out files (an audio folder's family.held_out), a
+    # report of its own (report-held_out.json) beside the test split's.
+    split: Literal["test", "held_out"] = "test"
 
 
 class SinusoidFamily(Section):
@@ -144,6 +147,58 @@ class ImageFolderFamily(Section):
     resample: Literal["lanczos", "bilinear", "nearest"] = "lanczos"
     invert: StrictBool = False  # dark strokes on light paper -> high strokes, as Omniglot
     normalize: StrictBool = False  # per-channel mean and std of the train split's pixels
+    split: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    split_seed: int = 0
+
+
+class AudioAugment(Section):
+    """Meta-training only (never evaluation or serving): each sampled training clip's
+    standardized log-mel spectrogram shifted in time by up to ``shift`` of its frames
+    (circularly: a clip's padding is silence), with Gaussian ``noise`` of that standard
+    deviation added, and SpecAugment's masks: ``time_masks`` runs of up to ``time_mask``
+    frames and ``freq_masks`` runs of up to ``freq_mask`` mel bands set to the mean (0)."""
+
+    shift: float = Field(0.0, ge=0, le=0.5)
+    noise: float = Field(0.0, ge=0)
+    time_masks: int = Field(0, ge=0)
+    time_mask: int = Field(10, ge=1)
+    freq_masks: int = Field(0, ge=0)
+    freq_mask: int = Field(8, ge=1)
+
+    @property
+    def active(self) -> bool:
+        return bool(self.shift or self.noise or self.time_masks or self.freq_masks)
+
+
+class AudioFolderFamily(Section):
+    """N-way K-shot over a user's recordings: ``root/<class>/*.wav|flac``, or
+    ``root/<group>/<class>/...`` with each group (a speaker) kept within one split. Classes
+    (or groups), never clips, are split into train / val / test by ``split`` fractions and
+    ``split_seed``. Each clip: mono, resampled to ``sample_rate``, brought to ``duration``
+    seconds as ``fit`` says, then a log-mel spectrogram (``window_ms``, ``hop_ms``,
+    ``n_mels`` bands from ``f_min`` to ``f_max``, ``ln(max(mel, floor))``), standardized
+    with the train split's mean and std (``normalize``). Clips whose file names match a
+    ``held_out`` glob (a voice, a microphone) are kept out of training: evaluation can test
+    the unseen classes in those conditions (``eval.split = "held_out"``)."""
+
+    name: Literal["audio_folder"] = "audio_folder"
+    root: str = Field(min_length=1)
+    ways: int = Field(5, ge=2)
+    shots: int = Field(1, ge=1)
+    queries: int = Field(5, ge=1)
+    sample_rate: int = Field(16000, ge=1000, le=192000)
+    duration: float = Field(1.0, gt=0, le=60)
+    fit: Literal["start", "center", "loudest"] = "loudest"
+    min_duration: float = Field(0.1, ge=0)
+    window_ms: float = Field(25.0, gt=0)
+    hop_ms: float = Field(10.0, gt=0)
+    n_mels: int = Field(40, ge=16)
+    f_min: float = Field(20.0, ge=0)
+    f_max: float = Field(0.0, ge=0)  # 0: the Nyquist frequency
+    floor: float = Field(1e-6, gt=0)
+    normalize: StrictBool = True
+    held_out: list[str] = Field(default_factory=list)
+    augment: AudioAugment = Field(default_factory=AudioAugment)
     split: tuple[float, float, float] = (0.7, 0.15, 0.15)
     split_seed: int = 0
 
@@ -198,6 +253,7 @@ FamilyConfig = Annotated[
     | OmniglotFamily
     | RandomImagesFamily
     | ImageFolderFamily
+    | AudioFolderFamily
     | TableFamily
     | TextFamily,
     Field(discriminator="name"),
@@ -233,6 +289,7 @@ def architecture(
     return Conv4Spec(
         in_channels=input_shape[0],
         image_size=input_shape[1],
+        image_width=input_shape[2] if input_shape[2] != input_shape[1] else None,
         hidden=model.hidden,
         out_features=n_outputs,
         norm=model.norm,

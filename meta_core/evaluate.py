@@ -283,7 +283,8 @@ Method = tuple[Params, LearningRate, list[str] | None]  # start, inner lr, adapt
 def evaluate_artifact(
     directory: Path | str, cfg: EvalConfig, *, device: str = "cpu", plots: bool = True
 ) -> dict[str, Any]:
-    """Evaluate an artifact on its family's test split; write report.json, plots, manifest."""
+    """Evaluate an artifact on its family's test split (or ``cfg.split``); write report.json,
+    plots and the manifest's evaluation (another split: report-<split>.json only)."""
     directory = Path(directory)
     dev = torch.device(device)
     art = load_artifact(directory, dev)
@@ -305,6 +306,9 @@ def evaluate_artifact(
                 curve = fitted_curve(method, batch, ways or family.n_outputs, chunk=cfg.chunk)
                 results[method][key] = {"fit": _entry(*curve, classification=True)}
     report = _report(art, cfg, base_lr, results)
+    if cfg.split != "test":  # another report beside the test split's, which the manifest keeps
+        (directory / f"report-{cfg.split}.json").write_text(json.dumps(report, indent=2) + "\n")
+        return report
     (directory / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     update_evaluation(directory, {"protocol": report["protocol"], "results": results["maml"]})
     if plots:
@@ -316,6 +320,11 @@ def _check_request(family: TaskFamily, cfg: EvalConfig) -> None:
     """Refuse, before any work, what the family cannot be evaluated on: fitted classifiers for
     regression, and ``ways`` for a family that does not sample N-way tasks (or more ways than
     the model has outputs)."""
+    if cfg.split != "test" and not (isinstance(family, NWayKShot) and cfg.split in family.pools):
+        raise ValueError(
+            f"eval.split {cfg.split!r}: the {family.name} family has no such split (an audio "
+            "folder's family.held_out makes one)"
+        )
     fitted = [b for b in cfg.baselines if b in FITTED]
     if fitted and family.kind != "classification":
         raise ValueError(
@@ -370,9 +379,9 @@ def _test_tasks(
     ones for every method (one seed)."""
     gen = torch.Generator().manual_seed(cfg.seed)
     if ways is None:
-        return family.sample(cfg.tasks, gen, split="test", shots=shots).to(dev)
+        return family.sample(cfg.tasks, gen, split=cfg.split, shots=shots).to(dev)
     nway = cast(NWayKShot, family)  # _check_request refused ways for any other family
-    return nway.sample(cfg.tasks, gen, split="test", shots=shots, ways=ways).to(dev)
+    return nway.sample(cfg.tasks, gen, split=cfg.split, shots=shots, ways=ways).to(dev)
 
 
 def _scores(
@@ -433,7 +442,7 @@ def _report(
             "ways": cfg.ways,
             "inner_lr": base_lr,
             "learned_lr": art.manifest.inner_loop.learned_lr,
-            "split": "test",
+            "split": cfg.split,
             "queries": "as the family's test split",
         },
         "baselines": baselines,

@@ -57,24 +57,31 @@ class Conv4Spec(_Spec):
 
     type: Literal["conv4"] = "conv4"
     in_channels: int = Field(ge=1)
-    image_size: int = Field(ge=16)
+    image_size: int = Field(ge=16)  # the height, and the width unless image_width says
     hidden: int = Field(ge=1)
     out_features: int = Field(ge=1)
     norm: Norm = "layer"
+    # A wider than tall input (a spectrogram: mel bands x frames); None: square.
+    image_width: int | None = Field(None, ge=16)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width) of one input."""
+        return self.image_size, self.image_width or self.image_size
 
     @property
     def input_shape(self) -> list[int]:
-        return [self.in_channels, self.image_size, self.image_size]
+        return [self.in_channels, *self.size]
 
     @property
     def flops(self) -> int:
         """Floating-point operations of one example's forward pass (a multiply-add is 2):
         the 3x3 convolutions, then the head; norms, ReLUs and pooling add a few per value."""
-        total, channels, size = 0, self.in_channels, self.image_size
+        total, channels, (height, width) = 0, self.in_channels, self.size
         for _ in range(4):
-            total += (2 * 9 * channels + 8) * self.hidden * size * size
-            channels, size = self.hidden, size // 2
-        return total + 2 * self.hidden * size * size * self.out_features
+            total += (2 * 9 * channels + 8) * self.hidden * height * width
+            channels, height, width = self.hidden, height // 2, width // 2
+        return total + 2 * self.hidden * height * width * self.out_features
 
 
 ArchSpec = Annotated[MLPSpec | Conv4Spec, Field(discriminator="type")]
@@ -138,20 +145,26 @@ class Conv4(nn.Module):
     """4 x [conv 3x3 (padding 1), GroupNorm(1, C), ReLU, max-pool 2], then a linear head."""
 
     def __init__(
-        self, in_channels: int, image_size: int, hidden: int, out_features: int, norm: Norm
+        self,
+        in_channels: int,
+        image_size: int | tuple[int, int],
+        hidden: int,
+        out_features: int,
+        norm: Norm,
     ) -> None:
         super().__init__()
         blocks: list[nn.Module] = []
-        channels, size = in_channels, image_size
+        height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+        channels = in_channels
         for _ in range(4):
             blocks += [nn.Conv2d(channels, hidden, 3, padding=1)]
             if norm == "layer":
                 blocks += [nn.GroupNorm(1, hidden)]
             blocks += [nn.ReLU(), nn.MaxPool2d(2)]
-            channels, size = hidden, size // 2
+            channels, height, width = hidden, height // 2, width // 2
         blocks.append(nn.Flatten())
         self.body = nn.Sequential(*blocks)
-        self.head = nn.Linear(hidden * size * size, out_features)
+        self.head = nn.Linear(hidden * height * width, out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = self.head(self.body(x))
@@ -213,7 +226,7 @@ def build_network(spec: MLPSpec | Conv4Spec | dict[str, Any]) -> nn.Module:
     spec = parse_architecture(spec)
     if isinstance(spec, MLPSpec):
         return MLP(spec.in_features, list(spec.hidden), spec.out_features, spec.skip)
-    return Conv4(spec.in_channels, spec.image_size, spec.hidden, spec.out_features, spec.norm)
+    return Conv4(spec.in_channels, spec.size, spec.hidden, spec.out_features, spec.norm)
 
 
 def head_names(params: dict[str, torch.Tensor]) -> list[str]:

@@ -2,7 +2,8 @@
 artifact's manifest (``preprocessing``), so serving sees exactly what training saw. Images:
 orientation, bit depth, transparency, color mode, size, polarity, scale, normalization.
 Tables: the feature columns' order and standardization, and a regression target's. Text: the
-pretrained encoder (named and hashed) whose sentence embeddings are the network's input."""
+pretrained encoder (named and hashed) whose sentence embeddings are the network's input.
+Audio: mono, resampling, duration and the log-mel spectrogram (:mod:`meta_core.audio`)."""
 
 from __future__ import annotations
 
@@ -179,6 +180,73 @@ class TextPreprocessing(BaseModel):
     encoder: EncoderSpec
 
 
+class AudioPreprocessing(BaseModel):
+    """How a recording becomes a network input (:mod:`meta_core.audio` computes it): decoded,
+    mixed to mono, resampled to ``sample_rate`` (windowed-sinc), brought to ``duration``
+    seconds (trimmed or padded with silence, as ``fit`` says), then a log-mel spectrogram:
+    a Hann-windowed STFT of ``n_fft`` samples every ``hop`` samples (centred, reflect-padded),
+    its power on ``n_mels`` triangular HTK mel bands from ``f_min`` to ``f_max``, and
+    ``ln(max(mel, floor))``; with ``mean`` and ``std`` (the train split's), standardized.
+    The input is the spectrogram as a one-channel image, ``[1, n_mels, frames]``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["audio"] = "audio"
+    sample_rate: int = Field(16000, ge=1000, le=192000)
+    duration: float = Field(1.0, gt=0, le=60)
+    # A longer clip keeps its first samples ("start"), its middle ("center") or its loudest
+    # window ("loudest", where a spoken word is); a shorter one is padded with silence after
+    # ("start") or evenly on both sides ("center", "loudest").
+    fit: Literal["start", "center", "loudest"] = "loudest"
+    # A clip shorter than this (as recorded, before fitting) is refused, in training and by
+    # the service: an empty or cut-off recording, not a word.
+    min_duration: float = Field(0.1, ge=0)
+    resampler: Literal["sinc-hann"] = "sinc-hann"
+    resampler_zeros: int = Field(6, ge=1, le=64)  # the sinc's zero crossings each side
+    resampler_rolloff: float = Field(0.99, gt=0, le=1)  # its cutoff, of the lower Nyquist
+    n_fft: int = Field(400, ge=16)  # also the window's length: 25 ms at 16 kHz
+    hop: int = Field(160, ge=1)  # 10 ms at 16 kHz
+    n_mels: int = Field(40, ge=16)
+    f_min: float = Field(20.0, ge=0)
+    f_max: float | None = Field(None, gt=0)  # None: the Nyquist frequency
+    floor: float = Field(1e-6, gt=0)
+    mean: float | None = None
+    std: float | None = Field(None, gt=0)
+    layout: Literal["NCHW"] = "NCHW"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AudioPreprocessing:
+        if self.top > self.sample_rate / 2:
+            raise ValueError(f"f_max {self.f_max} is above the Nyquist frequency")
+        if self.f_min >= self.top:
+            raise ValueError("f_min must be below f_max")
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("mean and std go together")
+        if self.samples <= self.n_fft // 2:
+            raise ValueError(f"duration {self.duration} s is shorter than half a window")
+        return self
+
+    @property
+    def top(self) -> float:
+        """The highest mel band's upper edge, in Hz."""
+        return self.f_max if self.f_max is not None else self.sample_rate / 2
+
+    @property
+    def samples(self) -> int:
+        """Samples of one clip once brought to ``duration``."""
+        return round(self.duration * self.sample_rate)
+
+    @property
+    def frames(self) -> int:
+        """Spectrogram frames of one clip (centred STFT)."""
+        return 1 + self.samples // self.hop
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (1, self.n_mels, self.frames)
+
+
 Preprocessing = Annotated[
-    ImagePreprocessing | TablePreprocessing | TextPreprocessing, Field(discriminator="type")
+    ImagePreprocessing | TablePreprocessing | TextPreprocessing | AudioPreprocessing,
+    Field(discriminator="type"),
 ]

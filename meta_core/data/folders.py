@@ -1,18 +1,23 @@
-"""A user's image folders as an N-way K-shot dataset: ``ROOT/<class>/*.png|jpg``, or
-``ROOT/<group>/<class>/...`` where each group (an alphabet, a product line) stays within one
-split, as Omniglot's alphabets do.
+"""A user's folders of images or recordings as an N-way K-shot dataset:
+``ROOT/<class>/*.png|jpg`` (or ``*.wav|flac``), or ``ROOT/<group>/<class>/...`` where each
+group (an alphabet, a product line, a speaker) stays within one split, as Omniglot's
+alphabets do.
 
 Classes (or groups), never examples, are split into train / val / test by a seeded shuffle;
-the split is returned (and recorded in the run and the artifact's manifest). Every image is
+the split is returned (and recorded in the run and the artifact's manifest). Every file is
 decoded and preprocessed once, with the preset's preprocessing (the artifact's, which the
 service applies to uploads). Everything is checked before training starts, and a problem is
-one line naming the file, class or split.
+one line naming the file, class or split. Recordings matching ``held_out`` patterns (a voice,
+a microphone) are kept out of every split and gathered, for the test split's classes, into a
+``held_out`` pool: the same unseen classes, in conditions training never heard.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,15 +25,48 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from meta_core.preprocessing import ImagePreprocessing, image_to_uint8
+from meta_core.preprocessing import AudioPreprocessing, ImagePreprocessing, image_to_uint8
 
 log = logging.getLogger(__name__)
-EXTENSIONS = {".png", ".jpg", ".jpeg"}
 SPLITS = ("train", "val", "test")
+HELD_OUT = "held_out"
+IMAGES = frozenset({".png", ".jpg", ".jpeg"})
+AUDIO = frozenset({".wav", ".flac"})
 
 
 class DataError(ValueError):
     """The user's data cannot train the preset: one line saying what and where."""
+
+
+@dataclass(frozen=True)
+class Reader:
+    """One kind of example file: its extensions, what they are called in messages, and how a
+    class's files become ``[n, *shape]`` arrays (decoded and preprocessed, or a DataError)."""
+
+    extensions: frozenset[str]
+    noun: str  # "images", "clips"
+    listed: str  # the extensions as messages name them
+    decode: Callable[[list[Path]], np.ndarray]
+
+
+def reader(spec: ImagePreprocessing | AudioPreprocessing) -> Reader:
+    """The files ``spec`` reads: images (uint8, not yet scaled) or recordings (log-mel
+    features, not yet standardized)."""
+    if isinstance(spec, AudioPreprocessing):
+        from meta_core.data.audio import decode_clips
+
+        return Reader(
+            AUDIO,
+            "clips",
+            ".wav or .flac",
+            lambda paths: decode_clips(paths, spec),
+        )
+    return Reader(
+        IMAGES,
+        "images",
+        ".png or .jpg",
+        lambda paths: np.stack([_decode(p, spec) for p in paths]),
+    )
 
 
 @dataclass(frozen=True)
@@ -40,30 +78,35 @@ class FolderDataset:
     grouped: bool
 
 
-def _images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in EXTENSIONS)
+def _files(folder: Path, extensions: frozenset[str]) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in extensions)
 
 
-def find_classes(root: Path) -> tuple[dict[str, list[Path]], bool]:
-    """Class name -> its image files, and whether the classes are grouped: in
-    ``root/<group>/<class>/`` (the class name is then ``group/class``)."""
+def find_classes(
+    root: Path, extensions: frozenset[str] = IMAGES, listed: str = ".png or .jpg images"
+) -> tuple[dict[str, list[Path]], bool]:
+    """Class name -> its files (those with ``extensions``), and whether the classes are
+    grouped: in ``root/<group>/<class>/`` (the class name is then ``group/class``)."""
     if not root.is_dir():
         raise DataError(f"family.root {root} is not a directory")
     subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not subdirs:
-        raise DataError(f"{root} has no class folders (expected {root}/<class>/*.png)")
-    grouped = all(not _images(d) and any(c.is_dir() for c in d.iterdir()) for d in subdirs)
+        example = min(extensions)
+        raise DataError(f"{root} has no class folders (expected {root}/<class>/*{example})")
+    grouped = all(
+        not _files(d, extensions) and any(c.is_dir() for c in d.iterdir()) for d in subdirs
+    )
     classes: dict[str, list[Path]] = {}
     for d in subdirs:
         if grouped:
             for c in sorted(p for p in d.iterdir() if p.is_dir() and not p.name.startswith(".")):
-                classes[f"{d.name}/{c.name}"] = _images(c)
+                classes[f"{d.name}/{c.name}"] = _files(c, extensions)
         else:
-            classes[d.name] = _images(d)
+            classes[d.name] = _files(d, extensions)
     empty = [name for name, files in classes.items() if not files]
     if empty:
         raise DataError(
-            f"class folder {root / empty[0]} holds no .png or .jpg images"
+            f"class folder {root / empty[0]} holds no {listed}"
             + (f" (and {len(empty) - 1} more)" if len(empty) > 1 else "")
         )
     return classes, grouped
@@ -87,24 +130,47 @@ def split_names(
     }
 
 
+def held_out_files(
+    classes: dict[str, list[Path]], patterns: Sequence[str]
+) -> tuple[dict[str, list[Path]], dict[str, list[Path]]]:
+    """Each class's files split by ``patterns`` (globs on the file name): (kept, held out)."""
+    if not patterns:
+        return classes, {}
+
+    def out(path: Path) -> bool:
+        return any(fnmatch.fnmatchcase(path.name, p) for p in patterns)
+
+    kept = {name: [f for f in files if not out(f)] for name, files in classes.items()}
+    held = {name: [f for f in files if out(f)] for name, files in classes.items()}
+    return kept, held
+
+
 def load_folders(
     root: Path,
-    spec: ImagePreprocessing,
+    spec: ImagePreprocessing | AudioPreprocessing,
     *,
     ways: int,
     needed: int,
     fractions: tuple[float, float, float],
     seed: int,
+    held_out: Sequence[str] = (),
 ) -> FolderDataset:
     """Read, check and preprocess ``root``: every split must have at least ``ways`` classes,
-    every class at least ``needed`` (shots + queries) images, every image must decode."""
-    classes, grouped = find_classes(root)
+    every class at least ``needed`` (shots + queries) files, every file must decode. Files
+    whose names match a ``held_out`` pattern form the ``held_out`` pool (the test classes'
+    held-out files), which needs ``needed`` of them in each test class too."""
+    kind = reader(spec)
+    found, grouped = find_classes(root, kind.extensions, f"{kind.listed} {kind.noun}")
+    classes, held = held_out_files(found, held_out)
+    if held_out and not any(held.values()):
+        raise DataError(f"family.held_out {list(held_out)} matches no file in {root}")
     few = {name: len(files) for name, files in classes.items() if len(files) < needed}
     if few:
         name, count = next(iter(few.items()))
+        besides = " besides the held-out ones" if held_out else ""
         raise DataError(
-            f"class {name!r} has {count} images; shots + queries need {needed} per class"
-            + (f" ({len(few) - 1} more classes have too few)" if len(few) > 1 else "")
+            f"class {name!r} has {count} {kind.noun}{besides}; shots + queries need {needed} "
+            "per class" + (f" ({len(few) - 1} more classes have too few)" if len(few) > 1 else "")
         )
     if grouped:
         groups = sorted({name.split("/")[0] for name in classes})
@@ -121,22 +187,34 @@ def load_folders(
                 "or lower family.ways"
             )
     per_class = min(len(files) for files in classes.values())
-    pools = {}
-    for s in SPLITS:
-        arrays = []
-        for name in split[s]:
-            files = classes[name][:per_class]
-            arrays.append(np.stack([_decode(f, spec) for f in files]))
-        pools[s] = torch.from_numpy(np.stack(arrays))
+    pools = {s: _pool(classes, split[s], per_class, kind) for s in SPLITS}
+    if held_out:
+        test = {name: held[name] for name in split["test"]}
+        fewest = min(test.items(), key=lambda item: len(item[1]))
+        if len(fewest[1]) < needed:
+            raise DataError(
+                f"test class {fewest[0]!r} has {len(fewest[1])} held-out {kind.noun} "
+                f"(family.held_out {list(held_out)}); shots + queries need {needed} per class"
+            )
+        pools[HELD_OUT] = _pool(test, split["test"], min(map(len, test.values())), kind)
     log.info(
-        "%s: %d classes (%s), %d images each; split %s",
+        "%s: %d classes (%s), %d %s each%s; split %s",
         root,
         len(classes),
         "grouped" if grouped else "flat",
         per_class,
+        kind.noun,
+        f" (and {pools[HELD_OUT].shape[1]} held out)" if held_out else "",
         {s: len(split[s]) for s in SPLITS},
     )
     return FolderDataset(pools, split, grouped)
+
+
+def _pool(
+    classes: dict[str, list[Path]], names: list[str], per_class: int, kind: Reader
+) -> torch.Tensor:
+    """``[classes, per_class, *shape]``: each named class's first ``per_class`` files."""
+    return torch.from_numpy(np.stack([kind.decode(classes[n][:per_class]) for n in names]))
 
 
 def _decode(path: Path, spec: ImagePreprocessing) -> np.ndarray:

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from meta_core.config import (
+    AudioFolderFamily,
     ImageFolderFamily,
     OmniglotFamily,
     RandomImagesFamily,
@@ -62,6 +63,12 @@ def _image_folder(cfg: ImageFolderFamily) -> TaskFamily:
     return image_folder_family(cfg)
 
 
+def _audio_folder(cfg: AudioFolderFamily) -> TaskFamily:
+    from meta_core.tasks.audio import audio_folder_family
+
+    return audio_folder_family(cfg)
+
+
 def _table(cfg: TableFamily) -> TaskFamily:
     from meta_core.tasks.tables import table_family
 
@@ -79,6 +86,7 @@ FAMILIES: dict[type[Any], Callable[[Any], TaskFamily]] = {
     OmniglotFamily: _omniglot,
     RandomImagesFamily: _random_images,
     ImageFolderFamily: _image_folder,
+    AudioFolderFamily: _audio_folder,
     TableFamily: _table,
     TextFamily: _text,
 }
@@ -89,6 +97,7 @@ def build_family(
     | OmniglotFamily
     | RandomImagesFamily
     | ImageFolderFamily
+    | AudioFolderFamily
     | TableFamily
     | TextFamily,
 ) -> TaskFamily:

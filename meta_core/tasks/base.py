@@ -13,9 +13,15 @@ import torch
 from torch import Tensor
 
 from meta_core.inner_loop import TaskKind
-from meta_core.preprocessing import ImagePreprocessing, TablePreprocessing, TextPreprocessing
+from meta_core.preprocessing import (
+    AudioPreprocessing,
+    ImagePreprocessing,
+    TablePreprocessing,
+    TextPreprocessing,
+)
 
-Split = Literal["train", "val", "test"]
+# "held_out": the test classes in held-out conditions (an audio folder's held-out voices).
+Split = Literal["train", "val", "test", "held_out"]
 
 __all__ = ["Split", "TaskBatch", "TaskFamily", "TaskKind"]
 
@@ -66,7 +72,9 @@ class TaskFamily(Protocol):
     def n_outputs(self) -> int: ...
 
     @property
-    def preprocessing(self) -> ImagePreprocessing | TablePreprocessing | TextPreprocessing | None:
+    def preprocessing(
+        self,
+    ) -> ImagePreprocessing | TablePreprocessing | TextPreprocessing | AudioPreprocessing | None:
         """How the service turns an uploaded image, a table's row or a sentence into an input
         row (None: numbers as they are)."""
         ...

@@ -8,6 +8,7 @@ Sampling is vectorized: a whole meta-batch is a few ``argsort`` and one gather.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +16,7 @@ import torch
 from torch import Tensor
 
 from meta_core.inner_loop import TaskKind
-from meta_core.preprocessing import ImagePreprocessing, TextPreprocessing
+from meta_core.preprocessing import AudioPreprocessing, ImagePreprocessing, TextPreprocessing
 from meta_core.tasks.base import Split, TaskBatch
 
 
@@ -35,7 +36,9 @@ def pool_from_labelled(x: Tensor, y: Tensor) -> Tensor:
 class NWayKShot:
     """``pools[split]`` is ``[classes, per_class, *input_shape]`` (any dtype; float on output).
     With ``counts[split]`` (``[classes]``), class ``c`` has only its first ``counts[c]``
-    examples (the rest is padding, never drawn): classes of different sizes in one tensor."""
+    examples (the rest is padding, never drawn): classes of different sizes in one tensor.
+    ``augment``, if given, transforms the training split's sampled examples (``[tasks, ways,
+    shots + queries, *input_shape]``, with the sampling generator), never another split's."""
 
     pools: dict[str, Tensor]
     ways: int = 5
@@ -43,10 +46,11 @@ class NWayKShot:
     queries: int = 15
     name: str = "nway"
     scale: float = 1.0
-    preprocessing: ImagePreprocessing | TextPreprocessing | None = None
+    preprocessing: ImagePreprocessing | TextPreprocessing | AudioPreprocessing | None = None
     kind: TaskKind = "classification"
     details: dict[str, Any] = field(default_factory=dict)  # more for describe() (the split)
     counts: dict[str, Tensor] | None = None
+    augment: Callable[[Tensor, torch.Generator], Tensor] | None = None
     input_shape: tuple[int, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -77,6 +81,8 @@ class NWayKShot:
         n_ways = self.ways if ways is None else ways
         if not 2 <= n_ways <= self.ways:
             raise ValueError(f"{n_ways}-way tasks: the family's model has {self.ways} outputs")
+        if split not in self.pools:
+            raise ValueError(f"the {self.name} family has no {split} split")
         pool = self.pools[split]
         n_classes, per_class = pool.shape[:2]
         counts = self.counts[split] if self.counts is not None else None
@@ -95,6 +101,8 @@ class NWayKShot:
         if isinstance(spec, ImagePreprocessing) and spec.mean is not None and spec.std is not None:
             mean = torch.tensor(spec.mean, device=images.device).view(-1, 1, 1)
             images = (images - mean) / torch.tensor(spec.std, device=images.device).view(-1, 1, 1)
+        if self.augment is not None and split == "train":
+            images = self.augment(images, generator)
         labels = torch.arange(n_ways, device=pool.device).view(1, -1, 1)
         labels = labels.expand(n_tasks, n_ways, k + self.queries)
         shape = self.input_shape
