@@ -1,5 +1,5 @@
-"""``meta-core train``, ``meta-core eval``, ``meta-core data example`` and
-``meta-core data wordnet``."""
+"""``meta-core train``, ``meta-core eval``, ``meta-core data example``,
+``meta-core data wordnet`` and ``meta-core data speech``."""
 
 from __future__ import annotations
 
@@ -86,6 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="WordNet's data.* files (default: %(default)s, Debian's wordnet-base)",
     )
     wordnet.set_defaults(func=data_wordnet)
+    speech = dsub.add_parser(
+        "speech", help="synthesise spoken keywords with espeak-ng: OUT/<word>/*.wav"
+    )
+    speech.add_argument("--out", required=True, type=Path, help="emptied, then written")
+    speech.add_argument("--clips", type=int, default=30, help="clips a word (default 30)")
+    speech.add_argument("--words", type=int, default=0, help="only the first N words")
+    speech.add_argument("--seed", type=int, default=0)
+    speech.set_defaults(func=data_speech)
     return parser
 
 
@@ -170,6 +178,25 @@ def data_wordnet(args: argparse.Namespace) -> int:
         print(f"meta-core data wordnet: {exc}", file=sys.stderr)
         return 2
     print(f"corpus: {path}\n{summarize(path).line()}")
+    return 0
+
+
+def data_speech(args: argparse.Namespace) -> int:
+    """``data speech``: the keyword dataset synthesised and summarized, or 2 without
+    espeak-ng (one line, no traceback)."""
+    from meta_core.data.folders import DataError
+    from meta_core.data.spoken import write_speech
+
+    try:
+        summary = write_speech(args.out, clips=args.clips, words=args.words or None, seed=args.seed)
+    except DataError as exc:
+        print(f"meta-core data speech: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"keywords: {args.out}\n{summary.words} words, {summary.clips_per_word} clips each "
+        f"({summary.held_out_per_word} by the held-out voice variants "
+        f"{', '.join(summary.held_out_variants)})"
+    )
     return 0
 
 

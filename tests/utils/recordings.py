@@ -1,14 +1,25 @@
 """Recordings a test can make: tones as WAV or FLAC bytes, and folders of them (a class per
 pitch, clips at several sample rates and lengths, some stereo, some FLAC), so the audio path
-is tested without any data outside the repository."""
+is tested without any data outside the repository; and the skip (or, under
+``REQUIRE_ESPEAK=1``, the failure) of tests that need Debian's espeak-ng."""
 
 from __future__ import annotations
 
 import io
+import shutil
 from pathlib import Path
 
 import numpy as np
 import soundfile
+
+from tests.utils.text import require
+
+ESPEAK_MISSING = "needs espeak-ng (speech synthesis): apt-get install espeak-ng"
+
+
+def require_espeak() -> None:
+    """Skip (or, under REQUIRE_ESPEAK=1, fail) without espeak-ng on the PATH."""
+    require(shutil.which("espeak-ng") is not None, "REQUIRE_ESPEAK", ESPEAK_MISSING)
 
 
 def tone(

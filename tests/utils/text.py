@@ -21,7 +21,7 @@ WORDNET_DIR = Path(os.environ.get("WORDNET_DIR", "/usr/share/wordnet"))
 WORDNET_MISSING = f"needs WordNet in {WORDNET_DIR}: apt-get install wordnet-base"
 
 
-def _require(present: bool, variable: str, reason: str) -> None:
+def require(present: bool, variable: str, reason: str) -> None:
     if present:
         return
     if os.environ.get(variable) == "1":
@@ -36,12 +36,12 @@ def require_encoder() -> None:
         present = True
     except PackageNotFoundError:
         present = False
-    _require(present, "REQUIRE_TEXT_ENCODER", ENCODER_MISSING)
+    require(present, "REQUIRE_TEXT_ENCODER", ENCODER_MISSING)
 
 
 def require_wordnet() -> Path:
     """WordNet's database folder; skips (or, under REQUIRE_WORDNET=1, fails) without it."""
-    _require((WORDNET_DIR / "data.noun").is_file(), "REQUIRE_WORDNET", WORDNET_MISSING)
+    require((WORDNET_DIR / "data.noun").is_file(), "REQUIRE_WORDNET", WORDNET_MISSING)
     return WORDNET_DIR
 
 
