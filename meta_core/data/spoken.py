@@ -10,8 +10,8 @@ seeded signal-to-noise ratio of 5 to 30 dB; 16-bit mono WAV at espeak-ng's own 2
 (training resamples). A third of each word's clips are spoken by the four
 :data:`HELD_OUT_VARIANTS`, which the preset keeps out of training (:data:`HELD_OUT`, globs
 on the file names): evaluation on them is on voices never heard. ``DIR/voices.json``
-records the voices, the seed and the counts, and is written last: a folder without it is
-an interrupted run (writing again starts afresh).
+records the voices, the seed and the counts. The folder is written as ``DIR.partial`` and
+renamed when complete; an existing ``DIR`` is replaced only if it holds such a dataset.
 """
 
 from __future__ import annotations
@@ -32,9 +32,11 @@ import soundfile
 from meta_core.data.folders import DataError
 
 WORDS = Path(__file__).with_name("words.txt")
+# "en", not "en-gb": espeak-ng 1.51 ignores the variant of "en-gb+<variant>" (every one
+# sounds as plain "en-gb"), and honours it on "en", the same British voice.
 ACCENTS = (
     "en-us",
-    "en-gb",
+    "en",
     "en-gb-scotland",
     "en-gb-x-rp",
     "en-gb-x-gbclan",
@@ -138,6 +140,9 @@ def write_speech(
         raise DataError("espeak-ng is not installed: apt-get install espeak-ng")
     if clips < 2:
         raise DataError(f"--clips {clips}: each word needs at least 2 clips")
+    if out.exists() and any(out.iterdir()) and not (out / "voices.json").is_file():
+        raise DataError(f"{out} exists and is not a speech dataset: choose another --out")
+    final, out = out, out.with_name(out.name + ".partial")
     if out.exists():
         shutil.rmtree(out)
     chosen = plan(read_words(words), clips, seed)
@@ -153,4 +158,7 @@ def write_speech(
         list(pool.map(one, jobs))  # list(): the first failure is raised here
     summary = Summary(len(chosen), clips, max(1, clips // 3), seed)
     (out / "voices.json").write_text(json.dumps(asdict(summary), indent=2) + "\n")
+    if final.exists():
+        shutil.rmtree(final)
+    out.rename(final)
     return summary

@@ -55,7 +55,12 @@ def test_words_spoken_by_many_voices_with_noise(tmp_path: Path, capsys):
             assert np.abs(x[:50]).max() > 0  # noise even before the word
             waves.append(x)
         assert len({w.tobytes() for w in waves}) == 6
-    # The same seed writes the same bytes; another seed other clips.
+    assert not (tmp_path / "speech.partial").exists()
+    # The same seed writes the same bytes (over the earlier run, or afresh); another seed
+    # other clips.
+    before = digest(out)
+    write_speech(out, clips=6, words=4)
+    assert digest(out) == before
     again = tmp_path / "again"
     write_speech(again, clips=6, words=4)
     assert digest(again) == digest(out)
@@ -69,6 +74,27 @@ def test_without_espeak_one_line_says_how_to_install_it(tmp_path: Path, monkeypa
     assert main(["data", "speech", "--out", str(tmp_path / "s")]) == 2
     err = capsys.readouterr().err
     assert err == "meta-core data speech: espeak-ng is not installed: apt-get install espeak-ng\n"
+    monkeypatch.setattr(spoken.shutil, "which", lambda name: "/usr/bin/espeak-ng")
     with pytest.raises(DataError, match="at least 2 clips"):
-        monkeypatch.setattr(spoken.shutil, "which", lambda name: "/usr/bin/espeak-ng")
         write_speech(tmp_path / "s", clips=1)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.txt").write_text("not a speech dataset")
+    with pytest.raises(DataError, match="exists and is not a speech dataset"):
+        write_speech(tmp_path / "mine")
+    assert (tmp_path / "mine" / "thesis.txt").is_file()
+
+
+@pytest.mark.espeak
+def test_every_accent_honours_its_variant(tmp_path: Path):
+    """espeak-ng ignores the variant on some language voices ("en-gb"): each accent the
+    dataset uses must sound different with two variants."""
+    import shutil
+
+    espeak = shutil.which("espeak-ng")
+    assert espeak is not None
+    for accent in spoken.ACCENTS:
+        a, b = (
+            spoken.synthesise(spoken.Clip("hello", accent, v, 160, 50, 0.0, 60.0, 0), espeak)
+            for v in ("m1", "f2")
+        )
+        assert a.shape != b.shape or not np.array_equal(a, b), accent
