@@ -23,12 +23,14 @@ ROWS = WithJsonSchema(
                 {
                     "type": "array",
                     "description": "a row of numbers, or an image model's [channels, height, "
-                    "width] as nested arrays of numbers",
+                    "width] (an audio model's [1, mel bands, frames]) as nested arrays of "
+                    "numbers",
                     "items": {"anyOf": [{"type": "number"}, {"type": "array", "items": {}}]},
                 },
                 {
                     "type": "string",
-                    "description": "an image model's base64 PNG or JPEG, or a text model's "
+                    "description": "an image model's base64 PNG or JPEG, an audio model's base64 "
+                    "WAV or FLAC recording (either plain or as a data URL), or a text model's "
                     "sentence",
                 },
                 {

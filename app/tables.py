@@ -78,9 +78,10 @@ class TaskRow(Base):
     weights: Mapped[bytes] = mapped_column(LargeBinary)
     weights_sha256: Mapped[str] = mapped_column(String(64))
     weights_bytes: Mapped[int] = mapped_column(BigInteger)  # len(weights), for the quota
-    # The support set as validated (images as their preprocessed arrays): safetensors bytes
-    # ``x`` and ``y`` (targets, or indices into ``labels``), for re-adaptation; None for tasks
-    # made before it was kept. Counted in the quota with the weights.
+    # The support set as validated (images and recordings as their preprocessed arrays):
+    # safetensors bytes ``x`` and ``y`` (targets, or indices into ``labels``), for
+    # re-adaptation; None for tasks made before it was kept. Counted in the quota with the
+    # weights.
     support: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     support_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     support_bytes: Mapped[int] = mapped_column(BigInteger, default=0)

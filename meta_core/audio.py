@@ -21,7 +21,15 @@ from torch import Tensor
 
 from meta_core.preprocessing import AudioPreprocessing
 
-FORMATS = ("WAV", "FLAC")  # libsndfile's names for the containers read here
+# libsndfile's names for the containers read here (WAVEX: WAV with the extensible header,
+# as ffmpeg writes multichannel and 24-bit files).
+FORMATS = ("WAV", "WAVEX", "FLAC")
+# libsndfile's frame count for a stream that does not say its length (SF_COUNT_MAX).
+UNKNOWN_LENGTH = 2**63 - 1
+# The most entries a resampling filter bank may have (:func:`filter_size`): every common rate
+# needs far fewer (11,025 Hz to 16 kHz: 291,200; 44.1 kHz: 76,000), a rate in no simple ratio
+# to the target (44,101 Hz: 706 million) far more.
+MAX_FILTER = 2**19
 
 
 class AudioError(ValueError):
@@ -37,10 +45,14 @@ def read_audio(source: Path | bytes) -> tuple[np.ndarray, int]:
         info = soundfile.info(handle)
         if info.format not in FORMATS:
             raise AudioError(f"is a {info.format} file; WAV or FLAC is needed")
+        if info.frames >= UNKNOWN_LENGTH:
+            raise AudioError("does not say how long it is (a stream written without its length)")
         if isinstance(handle, io.BytesIO):
             handle.seek(0)
         samples, rate = soundfile.read(handle, dtype="float32", always_2d=True)
-    except (soundfile.LibsndfileError, RuntimeError, TypeError) as exc:
+    except AudioError:
+        raise
+    except (RuntimeError, TypeError, ValueError, MemoryError) as exc:  # LibsndfileError too
         raise AudioError(f"is not a readable WAV or FLAC file ({exc})") from None
     if len(samples) == 0:
         raise AudioError("holds no samples")
@@ -51,6 +63,28 @@ def mono(samples: np.ndarray) -> Tensor:
     """``[frames, channels]`` -> ``[frames]`` float32, the channels' mean."""
     out = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32))
     return out.mean(dim=1) if out.ndim == 2 else out
+
+
+def filter_size(rate: int, spec: AudioPreprocessing) -> int:
+    """The entries of the filter bank :func:`sinc_kernel` makes to resample ``rate`` to the
+    spec's rate (0: none needed)."""
+    if rate == spec.sample_rate:
+        return 0
+    gcd = math.gcd(rate, spec.sample_rate)
+    orig, new = rate // gcd, spec.sample_rate // gcd
+    width = math.ceil(spec.resampler_zeros * orig / (min(orig, new) * spec.resampler_rolloff))
+    return new * (2 * width + orig)
+
+
+def check_rate(rate: int, spec: AudioPreprocessing) -> None:
+    """AudioError for a rate whose resampling filter would exceed :data:`MAX_FILTER`."""
+    if filter_size(rate, spec) > MAX_FILTER:
+        gcd = math.gcd(rate, spec.sample_rate)
+        raise AudioError(
+            f"is recorded at {rate} Hz, which is in no simple ratio to {spec.sample_rate} Hz "
+            f"({rate // gcd}:{spec.sample_rate // gcd}): resample it to {spec.sample_rate} Hz "
+            "or a common rate (8000, 11025, 22050, 44100, 48000 Hz)"
+        )
 
 
 @lru_cache(maxsize=32)
@@ -74,6 +108,7 @@ def resample(wave: Tensor, rate: int, spec: AudioPreprocessing) -> Tensor:
     """``[..., frames]`` at ``rate`` -> ``[..., ceil(frames * new / rate)]`` at the spec's."""
     if rate == spec.sample_rate:
         return wave
+    check_rate(rate, spec)
     gcd = math.gcd(rate, spec.sample_rate)
     orig, new = rate // gcd, spec.sample_rate // gcd
     kernel, width = sinc_kernel(orig, new, spec.resampler_zeros, spec.resampler_rolloff)
@@ -172,7 +207,10 @@ def clips_to_array(clips: list[tuple[np.ndarray, int]], spec: AudioPreprocessing
 
 __all__ = [
     "FORMATS",
+    "MAX_FILTER",
     "AudioError",
+    "check_rate",
+    "filter_size",
     "clips_to_array",
     "clips_to_features",
     "fit",

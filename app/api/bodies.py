@@ -5,8 +5,8 @@ A numeric meta-model's largest valid body follows from its rows: the route's row
 bytes of a row (NUMBER_BYTES a number, LIST_BYTES a list: as JSON encoders write them, with
 separators and indentation), plus ENVELOPE for the other fields. A larger body is refused
 (413) before it is read when its Content-Length says so, else before it is parsed. An image
-model's rows may be base64 images, which only MAX_BODY_BYTES bounds. Bodies up to SMALL bytes
-are always taken.
+or audio model's rows may be base64 files, which only MAX_BODY_BYTES bounds. Bodies up to
+SMALL bytes are always taken.
 
 A body over SMALL bytes is parsed on a thread, in pieces (:mod:`app.core.json_pieces`): a
 parser holds the interpreter lock for the whole of one call, so one call on a whole 8 MiB body
@@ -59,8 +59,8 @@ class BodyLimit:
 
 
 def row_bytes(meta_model: Artifact) -> int | None:
-    """The most bytes one valid input row takes as JSON; None for an image model (a row may
-    be a base64 image)."""
+    """The most bytes one valid input row takes as JSON; None for an image, audio or text
+    model (a row may be a base64 image or recording, or a sentence)."""
     spec = meta_model.manifest.preprocessing
     if spec is not None and not isinstance(spec, TablePreprocessing):
         return None

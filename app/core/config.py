@@ -55,7 +55,9 @@ class Settings(BaseSettings):
         "ADAPT_CONCURRENCY (when that is over 1), so that one client never holds every slot",
     )
     predict_concurrency: int = Field(
-        2, ge=1, description="large or image predictions running at once (on threads)"
+        2,
+        ge=1,
+        description="large, image, audio or text predictions running at once (on threads)",
     )
     predict_queue: int = Field(16, ge=0, description="large predictions waiting; beyond: 503")
     predict_per_client: int = Field(
@@ -68,7 +70,8 @@ class Settings(BaseSettings):
         1e7,
         ge=0,
         description="a numeric predict of at most rows x the model's FLOPs per row this many "
-        "runs on the event loop (microseconds); larger ones and any images, on the pool",
+        "runs on the event loop (microseconds); larger ones and any images, recordings or "
+        "sentences, on the pool",
     )
     predict_batching: bool = Field(
         True,
@@ -146,7 +149,8 @@ class Settings(BaseSettings):
     max_body_values: int = Field(
         1_000_000,
         ge=2**15,
-        description="the values (numbers, labels, images, rows) one request body may hold; "
+        description="the values (numbers, labels, images, recordings, rows) one request body "
+        "may hold; "
         "turning numbers into an array holds the interpreter lock about 30 ns each, so this "
         "bounds how long one request can stall its worker",
     )
@@ -172,6 +176,36 @@ class Settings(BaseSettings):
         ge=1,
         description="the pixels all images of one request decode, together; each also counts "
         "against the adaptation's cost (MAX_ADAPT_FLOPS)",
+    )
+    max_audio_bytes: int = Field(
+        4 * 2**20, ge=1024, description="one encoded recording (WAV or FLAC)"
+    )
+    min_audio_rate: int = Field(
+        8000,
+        ge=1000,
+        le=768_000,
+        description="a recording's lowest sample rate, in Hz (one at another rate than the "
+        "model's is resampled to it, as in training)",
+    )
+    max_audio_rate: int = Field(
+        96_000, ge=1000, le=768_000, description="a recording's highest sample rate, in Hz"
+    )
+    max_audio_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="one recording's length, in seconds (the model keeps its own duration of "
+        "it, as in training)",
+    )
+    max_audio_channels: int = Field(
+        8, ge=1, le=1024, description="one recording's channels (mixed to mono, as in training)"
+    )
+    max_request_samples: int = Field(
+        2**23,
+        ge=1,
+        description="the samples (frames x channels) all recordings of one request decode, "
+        "together, each rate other than the model's counting its resampling filter's entries "
+        "too; each also counts against the adaptation's cost (MAX_ADAPT_FLOPS)",
     )
     max_text_chars: int = Field(
         2000,
@@ -202,7 +236,8 @@ class Settings(BaseSettings):
         1e11,
         gt=0,
         description="one adaptation's cost: the model's FLOPs per row x (3 x support rows x "
-        "inner steps + 2 x (support + query rows)), and its images' decoding; beyond: 422",
+        "inner steps + 2 x (support + query rows)), and its images' or recordings' decoding; "
+        "beyond: 422",
     )
     max_adapt_bytes: int = Field(
         512 * 2**20,
@@ -229,6 +264,15 @@ class Settings(BaseSettings):
                     f"{pool}_PER_CLIENT ({share}) must be below {pool}_CONCURRENCY "
                     f"({concurrency}): one client could hold every running slot"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _audio_rates_in_order(self) -> Settings:
+        if self.min_audio_rate > self.max_audio_rate:
+            raise ValueError(
+                f"MIN_AUDIO_RATE ({self.min_audio_rate}) must be at most MAX_AUDIO_RATE "
+                f"({self.max_audio_rate})"
+            )
         return self
 
     @model_validator(mode="after")

@@ -9,8 +9,6 @@ request's images together, which also count against the caller's cost budget."""
 
 from __future__ import annotations
 
-import base64
-import binascii
 import io
 import warnings
 from collections.abc import Callable
@@ -22,6 +20,7 @@ from PIL import Image, UnidentifiedImageError
 from app.core.config import Settings
 from app.core.errors import InvalidInput
 from app.services.limits import spend_request
+from app.services.uploads import file_bytes
 from meta_core.preprocessing import ImagePreprocessing, image_to_array
 
 # MPO: a phone's JPEG with further frames (another view, a depth map) after the first, which
@@ -77,16 +76,7 @@ class ImageLimits:
 
 def open_image(text: str, where: str, spec: ImagePreprocessing, limits: ImageLimits) -> Image.Image:
     """One base64 image, its header read and checked against ``limits``, not yet decoded."""
-    if text.startswith("data:"):
-        header, sep, text = text.partition(",")
-        if not sep or ";base64" not in header:
-            raise InvalidInput(f"{where} is a data URL without base64 data")
-    if len(text) > limits.max_bytes * 4 // 3 + 4:
-        raise InvalidInput(f"{where} is larger than {limits.max_bytes} bytes")
-    try:
-        data = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidInput(f"{where} is not valid base64") from None
+    data = file_bytes(text, where, limits.max_bytes)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -1,5 +1,5 @@
 """A client's examples as tensors, or a clear 422: shapes, finiteness, row limits, labels, and
-images and sentences preprocessed as in training."""
+images, recordings and sentences preprocessed as in training."""
 
 from __future__ import annotations
 
@@ -15,12 +15,13 @@ from torch import Tensor
 from app.core.config import Settings
 from app.core.errors import InvalidInput
 from app.schemas import TaskCreate
+from app.services.audio import AudioLimits, recordings_to_array
 from app.services.images import ImageLimits as ImageLimits  # callers' import, kept
 from app.services.images import images_to_array
 from app.services.limits import Limits
 from app.services.texts import TextLimits, texts_to_array
 from meta_core.artifact import Artifact
-from meta_core.preprocessing import TablePreprocessing, TextPreprocessing
+from meta_core.preprocessing import AudioPreprocessing, TablePreprocessing, TextPreprocessing
 
 Label = int | str
 
@@ -46,20 +47,22 @@ def as_float32(values: list[Any], field: str, what: str) -> np.ndarray:
 
 @dataclass
 class InputLimits:
-    """One request's bounds on what its rows decode: images' pixels, sentences' tokens (make
-    one per request: what was decoded so far is counted there)."""
+    """One request's bounds on what its rows decode: images' pixels, sentences' tokens,
+    recordings' samples (make one per request: what was decoded so far is counted there)."""
 
     images: ImageLimits
     texts: TextLimits
+    audio: AudioLimits
 
     @classmethod
     def of(cls, settings: Settings, cost: Cost | None = None) -> InputLimits:
         """The service's bounds, and with ``cost`` the caller's cost budget on top."""
         if cost is None:
-            return cls(ImageLimits.of(settings), TextLimits.of(settings))
+            return cls(ImageLimits.of(settings), TextLimits.of(settings), AudioLimits.of(settings))
         return cls(
             ImageLimits.of(settings, lambda pixels: cost(pixels=pixels)),
             TextLimits.of(settings, lambda tokens: cost(tokens=tokens)),
+            AudioLimits.of(settings, lambda samples: cost(samples=samples)),
         )
 
 
@@ -68,8 +71,9 @@ def to_inputs(
 ) -> np.ndarray:
     """``x`` as a float32 ``[n, *input_shape]`` array, or a clear 422. For an image model,
     rows may be base64 PNG/JPEG strings (or data URLs), decoded within ``bounds`` (the
-    request's: what they decode is counted there) and preprocessed as in training; for a text
-    model, sentences, embedded by its encoder within ``bounds``."""
+    request's: what they decode is counted there) and preprocessed as in training; for an
+    audio model, base64 WAV/FLAC recordings, likewise; for a text model, sentences, embedded
+    by its encoder within ``bounds``."""
     if len(x) > limit:
         raise InvalidInput(f"{field} has {len(x)} rows; the limit is {limit}")
     spec = meta_model.manifest.preprocessing
@@ -83,6 +87,8 @@ def to_inputs(
         if isinstance(spec, TextPreprocessing):
             assert meta_model.encoder is not None  # loaded with the artifact
             a = texts_to_array(x, field, meta_model.encoder, bounds.texts)
+        elif isinstance(spec, AudioPreprocessing):
+            a = recordings_to_array(x, field, spec, bounds.audio)
         else:
             a = images_to_array(x, field, spec, bounds.images)
     else:
@@ -202,6 +208,10 @@ def check_cost(meta_model: Artifact, body: TaskCreate, limits: Limits, settings:
 # Decoding and resizing one image pixel takes about as long as this many of the inner loop's
 # FLOPs on one core (docs/benchmarks.md, "Image decoding": the measurements).
 DECODE_FLOPS_PER_PIXEL = 200
+# Decoding a recording's sample and making its spectrogram (mono, resampling, log-mel) takes,
+# at the dearest rate accepted, about as long as this many of the inner loop's FLOPs
+# (docs/benchmarks.md, "Audio decoding"); so does making one entry of a resampling filter.
+DECODE_FLOPS_PER_SAMPLE = 2500
 
 
 def check_adapt_cost(
@@ -213,15 +223,16 @@ def check_adapt_cost(
     *,
     pixels: int = 0,
     tokens: int = 0,
+    samples: int = 0,
 ) -> None:
     """422 for an adaptation over the caller's budgets, before any of it is done. Its cost:
     the model's FLOPs per row x (3 x support rows x inner steps (forward and backward) + 2 x
     (support + query rows) (scored before and after)), ``pixels`` of images to decode at
-    DECODE_FLOPS_PER_PIXEL each, and ``tokens`` of sentences to encode at the encoder's
-    FLOPs per token. Its memory: what the meta-model's inner loop is measured to keep per row
-    (:attr:`Artifact.adapt_memory`)."""
+    DECODE_FLOPS_PER_PIXEL each, ``samples`` of recordings at DECODE_FLOPS_PER_SAMPLE each,
+    and ``tokens`` of sentences to encode at the encoder's FLOPs per token. Its memory: what
+    the meta-model's inner loop is measured to keep per row (:attr:`Artifact.adapt_memory`)."""
     flops = meta_model.flops_per_example * (3 * rows * steps + 2 * (rows + query))
-    flops += DECODE_FLOPS_PER_PIXEL * pixels
+    flops += DECODE_FLOPS_PER_PIXEL * pixels + DECODE_FLOPS_PER_SAMPLE * samples
     per_token = meta_model.encoder.flops_per_token if meta_model.encoder is not None else 0
     flops += per_token * tokens
     if flops > limits.max_adapt_flops:
@@ -229,6 +240,11 @@ def check_adapt_cost(
         if pixels:
             images = f", and {pixels} image pixels to decode at {DECODE_FLOPS_PER_PIXEL} FLOPs each"
             fewer = "rows, inner_steps or smaller images"
+        if samples:
+            images = (
+                f", and {samples} audio samples to decode at {DECODE_FLOPS_PER_SAMPLE} FLOPs each"
+            )
+            fewer = "rows, inner_steps or shorter recordings"
         if tokens:
             images = f", and {tokens} tokens to encode at {per_token / 1e6:.3g} MFLOPs each"
             fewer = "rows, inner_steps or shorter sentences"
@@ -249,20 +265,22 @@ def check_adapt_cost(
 
 
 class Cost(Protocol):
-    def __call__(self, *, pixels: int = 0, tokens: int = 0) -> None: ...
+    def __call__(self, *, pixels: int = 0, tokens: int = 0, samples: int = 0) -> None: ...
 
 
 def decoding_cost(
     meta_model: Artifact, rows: int, query: int, steps: int, limits: Limits | None
 ) -> Cost | None:
-    """:func:`check_adapt_cost` of an adaptation with the pixels its images decode or the
-    tokens its sentences encode, for :class:`InputLimits` to call before decoding them (None:
-    no budget to count them in)."""
+    """:func:`check_adapt_cost` of an adaptation with the pixels its images decode, the
+    samples its recordings decode or the tokens its sentences encode, for
+    :class:`InputLimits` to call before decoding them (None: no budget to count them in)."""
     if limits is None:
         return None
 
-    def cost(*, pixels: int = 0, tokens: int = 0) -> None:
-        check_adapt_cost(meta_model, rows, query, steps, limits, pixels=pixels, tokens=tokens)
+    def cost(*, pixels: int = 0, tokens: int = 0, samples: int = 0) -> None:
+        check_adapt_cost(
+            meta_model, rows, query, steps, limits, pixels=pixels, tokens=tokens, samples=samples
+        )
 
     return cost
 
@@ -293,7 +311,8 @@ def prepare(
     meta_model: Artifact, body: TaskCreate, settings: Settings, *, limits: Limits
 ) -> AdaptationRequest:
     """Validate ``POST /tasks``'s body against the meta-model and the service's limits, and
-    (with the caller's ``limits``) its images' decoding against the adaptation's cost."""
+    (with the caller's ``limits``) its images' or recordings' decoding against the
+    adaptation's cost."""
     steps = inner_steps(meta_model, body.inner_steps, settings)
     query_rows = len(body.query.x) if body.query is not None else 0
     cost = decoding_cost(meta_model, len(body.support.x), query_rows, steps, limits)
@@ -342,7 +361,8 @@ def grow(
     """A stored support set with ``examples`` (``x`` and ``y``) added, validated as
     ``POST /tasks`` validates its support set: new classes may join up to the model's ways
     (the classes stay sorted, so stored label indices are renumbered). With the caller's
-    ``limits``, the images' decoding (or the sentences' encoding) counts against the cost of
+    ``limits``, the images' or recordings' decoding (or the sentences' encoding) counts
+    against the cost of
     ``steps`` inner steps."""
     x, y = support
     room = settings.max_support - len(x)

@@ -1,7 +1,8 @@
-"""Bounded thread pools for CPU-heavy request work (adaptations; large or image predictions),
-off the event loop. Each runs ``concurrency`` jobs at once with ``queue`` more waiting, and
-at most a client's share of them for one client: beyond the client's share it answers 429,
-beyond the pool's capacity 503, both with Retry-After, instead of queueing without limit."""
+"""Bounded thread pools for CPU-heavy request work (adaptations; large, image, recording or text
+predictions), off the event loop. Each runs ``concurrency`` jobs at once with ``queue`` more
+waiting, and at most a client's share of them for one client: beyond the client's share it
+answers 429, beyond the pool's capacity 503, both with Retry-After, instead of queueing
+without limit."""
 
 from __future__ import annotations
 

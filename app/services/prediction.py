@@ -131,8 +131,9 @@ async def predict(
 ) -> PredictOut:
     """:func:`predict_now`, on the event loop when the request is light (numbers in a small
     body, rows x the model's FLOPs per row within PREDICT_INLINE_FLOPS: microseconds, where
-    a thread hop would cost more than the work), else on the predictions pool (images, many
-    rows, a large model), so that no request holds the event loop. With ``batchers``
+    a thread hop would cost more than the work), else on the predictions pool (images,
+    recordings, sentences, many rows, a large model), so that no request holds the event
+    loop. With ``batchers``
     (PREDICT_BATCHING), a small text predict's sentences are encoded on the pool together with
     other requests' for the same encoder (:mod:`app.services.batching`)."""
     light = (

@@ -228,11 +228,11 @@ class TaskService:
         store: Store,
         what: str,
     ) -> TaskRow:
-        """The one pipeline of creating and updating a task: ``prepared`` (validation and
-        images) and the inner loop on the adaptation pool, within the caller's share; what
-        it leaves written by ``store`` in one transaction; the model cached at the row's
-        revision (no model read or stored before it may come back: a slower update of an
-        older revision included); the adaptation counted and logged."""
+        """The one pipeline of creating and updating a task: ``prepared`` (validation, images,
+        recordings, sentences) and the inner loop on the adaptation pool, within the caller's
+        share; what it leaves written by ``store`` in one transaction; the model cached at the
+        row's revision (no model read or stored before it may come back: a slower update of
+        an older revision included); the adaptation counted and logged."""
 
         settings = self.settings
         packed = settings.task_compression == "zlib"

@@ -64,7 +64,7 @@ def check_fits(
 ) -> None:
     """422 when the task's support set cannot adapt ``meta_model`` (another version of its
     meta-model with another input shape, kind, fewer classes, or rows ``stored`` by another
-    encoder: :func:`app.services.weights.features`)."""
+    encoder or audio preprocessing: :func:`app.services.weights.features`)."""
     where = f"version {meta_model.version} of {meta_model.name!r}"
     wanted = features(meta_model)
     if stored != wanted:

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from app.core.errors import Conflict, StoredWeightsCorrupt
 from meta_core.artifact import Artifact
+from meta_core.preprocessing import AudioPreprocessing
 
 Format = Literal["float32", "float16", "bfloat16", "support"]
 FORMATS: tuple[Format, ...] = ("float32", "float16", "bfloat16", "support")
@@ -101,13 +102,17 @@ def deserialize(
 def features(meta_model: Artifact) -> str | None:
     """What a meta-model's input rows are, when they are not the client's own numbers or
     pixels: a text meta-model's are its encoder's embeddings (named with the weights' hash),
-    which another encoder's rows cannot stand in for."""
+    which another encoder's rows cannot stand in for; an audio meta-model's, spectrograms
+    made and standardized as its preprocessing says (named with its hash: another version's
+    train split has another mean and std, whose spectrograms these cannot stand in for)."""
     encoder = meta_model.encoder
-    return (
-        None
-        if encoder is None
-        else f"{encoder.spec.name} embeddings (sha256:{encoder.spec.sha256})"
-    )
+    if encoder is not None:
+        return f"{encoder.spec.name} embeddings (sha256:{encoder.spec.sha256})"
+    spec = meta_model.manifest.preprocessing
+    if isinstance(spec, AudioPreprocessing):
+        digest = hashlib.sha256(spec.model_dump_json().encode()).hexdigest()
+        return f"log-mel spectrograms (preprocessing sha256:{digest[:16]})"
+    return None
 
 
 def serialize_support(
@@ -115,7 +120,8 @@ def serialize_support(
 ) -> tuple[bytes, str]:
     """A validated support set (inputs, and targets or label indices) as safetensors bytes
     (compressed if ``packed``: Omniglot's images to a quarter), and their sha256; ``kind``
-    (:func:`features`) recorded in its metadata when the rows are embeddings."""
+    (:func:`features`) recorded in its metadata when the rows are embeddings or
+    spectrograms."""
     data = save(
         {"x": x.contiguous(), "y": y.contiguous()},
         metadata={"features": kind} if kind is not None else None,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from meta_core.audio import AudioError, clips_to_features, read_audio
+from meta_core.audio import AudioError, check_rate, clips_to_features, read_audio
 from meta_core.data.folders import DataError
 from meta_core.preprocessing import AudioPreprocessing
 
@@ -21,6 +21,7 @@ def decode_clips(paths: list[Path], spec: AudioPreprocessing) -> np.ndarray:
     for path in paths:
         try:
             samples, rate = read_audio(path)
+            check_rate(rate, spec)
         except AudioError as exc:
             raise DataError(f"{path} {exc}") from None
         if len(samples) < spec.min_duration * rate:

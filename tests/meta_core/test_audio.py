@@ -4,6 +4,8 @@ transformers library's NumPy ones; duration fitting; and the files it refuses.""
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 import soundfile
@@ -14,11 +16,13 @@ from transformers.audio_utils import mel_filter_bank, spectrogram, window_functi
 from meta_core.audio import (
     AudioError,
     clips_to_array,
+    filter_size,
     fit,
     log_mel,
     mel_filters,
     read_audio,
     resample,
+    sinc_kernel,
     waveform,
 )
 from meta_core.preprocessing import AudioPreprocessing
@@ -135,3 +139,26 @@ def test_the_spec_refuses_what_cannot_work():
         AudioPreprocessing(mean=0.0)
     assert AudioPreprocessing(duration=0.5, hop=320).input_shape == (1, 40, 26)
     assert soundfile.__libsndfile_version__  # decoding needs nothing outside the wheel
+
+
+def test_streams_without_a_length_and_rates_in_no_simple_ratio_are_refused():
+    rng = np.random.default_rng(3)
+    flac = bytearray(encode(tone(300, 0.5, 16000, rng=rng), 16000, "FLAC"))
+    flac[21] &= 0xF0  # STREAMINFO's total samples: 0, unknown (as a streaming encoder leaves it)
+    flac[22:26] = bytes(4)
+    with pytest.raises(AudioError, match="does not say how long it is"):
+        read_audio(bytes(flac))
+    assert filter_size(44100, SPEC) == 76000 and filter_size(16000, SPEC) == 0
+    kernel, _ = sinc_kernel(441, 160, SPEC.resampler_zeros, SPEC.resampler_rolloff)
+    assert kernel.numel() == filter_size(44100, SPEC)
+    with pytest.raises(AudioError, match=r"44101 Hz, which is in no simple ratio to 16000 Hz"):
+        resample(torch.zeros(44101), 44101, SPEC)
+
+
+def test_wav_with_the_extensible_header_is_wav():
+    rng = np.random.default_rng(4)
+    x = tone(300, 0.5, 48000, rng=rng, channels=3)
+    data = encode(x, 48000, "WAVEX")
+    assert soundfile.info(io.BytesIO(data)).format == "WAVEX"
+    samples, rate = read_audio(data)
+    assert rate == 48000 and samples.shape == (len(x), 3)
