@@ -22,6 +22,7 @@ import os
 import random
 import shutil
 import subprocess
+from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -131,10 +132,17 @@ def synthesise(clip: Clip, espeak: str) -> np.ndarray:
 
 
 def write_speech(
-    out: Path, *, clips: int = 30, words: int | None = None, seed: int = 0, workers: int = 0
+    out: Path,
+    *,
+    clips: int = 30,
+    words: int | None = None,
+    seed: int = 0,
+    workers: int = 0,
+    only: Collection[str] = (),
 ) -> Summary:
-    """Synthesise the dataset into ``out`` (emptied first); its summary, also written to
-    ``out/voices.json``."""
+    """Synthesise the dataset into ``out``; its summary, also written to ``out/voices.json``.
+    ``only``: just these words' folders, each exactly as in the whole dataset (a test can
+    make a meta-model's held-out words in seconds)."""
     espeak = shutil.which("espeak-ng")
     if espeak is None:
         raise DataError("espeak-ng is not installed: apt-get install espeak-ng")
@@ -146,6 +154,8 @@ def write_speech(
     if out.exists():
         shutil.rmtree(out)
     chosen = plan(read_words(words), clips, seed)
+    if only:
+        chosen = {w: cs for w, cs in chosen.items() if w in only}
     jobs = [(c, out / c.word / c.name(n)) for cs in chosen.values() for n, c in enumerate(cs)]
     for word in chosen:
         (out / word).mkdir(parents=True)

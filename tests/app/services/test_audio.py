@@ -437,3 +437,46 @@ def test_a_task_moves_only_to_a_version_with_the_same_preprocessing(settings, db
 
 def test_an_audio_models_bodies_are_held_to_max_body_bytes_alone(tones):
     assert bodies.row_bytes(tones) is None  # a row may be a recording, of any length
+
+
+def test_a_users_recordings_train_evaluate_and_serve(settings, db, alice, tmp_path):
+    """The whole path without code: folders of WAV and FLAC files -> ``meta-core train
+    --preset audio-folder`` (a few iterations) -> ``meta-core eval`` -> the service adapts to
+    uploaded files and predicts others, exactly as meta_core preprocesses them."""
+    from meta_core.cli import main
+    from tests.utils.recordings import tone_folder
+
+    root = tone_folder(tmp_path / "recordings", classes=20, per_class=8)
+    out = tmp_path / "models" / "my-tones"
+    tiny = [
+        f"family.root={root}",
+        "family.ways=3",
+        "family.queries=2",
+        "family.duration=0.5",
+        "family.n_mels=16",
+        "model.hidden=8",
+        "train.iterations=4",
+        "train.meta_batch=4",
+        "train.val_every=2",
+        "train.val_tasks=4",
+        "name=my-tones",
+        "version=1.0.0",
+    ]
+    args = ["train", "--preset", "audio-folder", "--out", str(out), "--no-progress"]
+    assert main(args + [a for s in tiny for a in ("--set", s)]) == 0
+    assert main(["eval", str(out), "--set", "tasks=4", "--set", "steps=[0, 1]", "--no-plots"]) == 0
+    art = load_artifact(out)
+    spec = art.manifest.preprocessing
+    with serving(settings, tmp_path / "models") as c:
+        shown = c.get("/models/my-tones", headers=alice).json()
+        assert shown["input_shape"] == [1, 16, 51] and shown["preprocessing"]["type"] == "audio"
+        classes = art.manifest.training.family["split"]["test"][:3]
+        support = [b64((root / w / "00.wav").read_bytes()) for w in classes]
+        task = create(c, alice, {"model": "my-tones", "support": {"x": support, "y": classes}})
+        files = [root / w / "03.flac" for w in classes]  # FLAC, stereo, at 16 kHz
+        out_json = predict(c, alice, task["id"], [b64(f.read_bytes()) for f in files])
+        assert len(out_json) == 3
+        # The same clips preprocessed by meta_core, sent as arrays: the same answer.
+        assert spec is not None and spec.type == "audio"
+        rows = clips_to_array([read_audio(f.read_bytes()) for f in files], spec)
+        assert_same(predict(c, alice, task["id"], rows.tolist()), out_json)
