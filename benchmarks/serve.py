@@ -41,6 +41,36 @@ def percentile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
 
 
+def print_adaptation_figures(
+    post: list[float],
+    adapt: list[float],
+    predict: list[float],
+    accuracy: float,
+    common: dict,
+    predict_name: str,
+) -> None:
+    """Two JSON lines: POST /tasks latency (p50/p99 and the server's adapt_ms p50), and one
+    row's predict latency with the accuracy those predictions had (text_service.py,
+    speech_service.py)."""
+    for row in (
+        {
+            "measurement": "post_tasks",
+            "tasks": len(post),
+            "p50_ms": round(percentile(post, 50) * 1000, 2),
+            "p99_ms": round(percentile(post, 99) * 1000, 2),
+            "adapt_p50_ms": round(statistics.median(adapt), 3),
+        },
+        {
+            "measurement": predict_name,
+            "requests": len(predict),
+            "p50_ms": round(percentile(predict, 50) * 1000, 2),
+            "p99_ms": round(percentile(predict, 99) * 1000, 2),
+            "accuracy": round(accuracy, 4),
+        },
+    ):
+        print(json.dumps(row | common), flush=True)
+
+
 def sinusoid_body(rng: random.Random, k: int = 10) -> dict:
     import math
 

@@ -16,7 +16,6 @@ import csv
 import json
 import os
 import random
-import statistics
 import sys
 import tempfile
 import time
@@ -26,7 +25,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks.serve import load_client, migrate, percentile  # noqa: E402
+from benchmarks.serve import load_client, migrate, print_adaptation_figures  # noqa: E402
 from tests.utils.server import running_server  # noqa: E402
 
 
@@ -67,23 +66,7 @@ def measure(base: str, headers: dict, name: str, classes: dict, args: argparse.N
                     correct += p.json()["predictions"][0]["label"] == c
                     total += 1
     common = {"model": name, "ways": args.ways, "shots": args.shots, "workers": args.workers}
-    for row in (
-        {
-            "measurement": "post_tasks",
-            "tasks": len(post),
-            "p50_ms": round(percentile(post, 50) * 1000, 2),
-            "p99_ms": round(percentile(post, 99) * 1000, 2),
-            "adapt_p50_ms": round(statistics.median(adapt), 3),
-        },
-        {
-            "measurement": "predict_one_sentence",
-            "requests": len(predict),
-            "p50_ms": round(percentile(predict, 50) * 1000, 2),
-            "p99_ms": round(percentile(predict, 99) * 1000, 2),
-            "accuracy": round(correct / total, 4),
-        },
-    ):
-        print(json.dumps(row | common), flush=True)
+    print_adaptation_figures(post, adapt, predict, correct / total, common, "predict_one_sentence")
 
 
 def main() -> None:
