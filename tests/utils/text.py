@@ -89,6 +89,12 @@ def encoder_installed() -> bool:
 
 TEXT_MODEL = "text-minilm-10w"
 SHIPPED = sorted(
-    ["omniglot-20w1s", "omniglot-5w1s", "sinusoid", *([TEXT_MODEL] if encoder_installed() else [])]
+    [
+        "omniglot-20w1s",
+        "omniglot-5w1s",
+        "sinusoid",
+        "speech-keywords",
+        *([TEXT_MODEL] if encoder_installed() else []),
+    ]
 )
 """The shipped meta-models a service on models/ serves here, sorted."""
