@@ -68,7 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--no-plots", action="store_true")
     ev.set_defaults(func=eval_command)
-    data = sub.add_parser("data", help="datasets to train on without code")
+    add_data_commands(sub.add_parser("data", help="datasets to train on without code"))
+    return parser
+
+
+def add_data_commands(data: argparse.ArgumentParser) -> None:
+    """``data example``, ``data wordnet`` and ``data speech``."""
     dsub = data.add_subparsers(dest="action", required=True)
     example = dsub.add_parser(
         "example", help="write small image folders, a CSV table and a CSV of sentences, generated"
@@ -94,7 +99,6 @@ def build_parser() -> argparse.ArgumentParser:
     speech.add_argument("--words", type=int, default=0, help="only the first N words")
     speech.add_argument("--seed", type=int, default=0)
     speech.set_defaults(func=data_speech)
-    return parser
 
 
 def train_command(args: argparse.Namespace) -> int:

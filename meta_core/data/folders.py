@@ -189,14 +189,7 @@ def load_folders(
     per_class = min(len(files) for files in classes.values())
     pools = {s: _pool(classes, split[s], per_class, kind) for s in SPLITS}
     if held_out:
-        test = {name: held[name] for name in split["test"]}
-        fewest = min(test.items(), key=lambda item: len(item[1]))
-        if len(fewest[1]) < needed:
-            raise DataError(
-                f"test class {fewest[0]!r} has {len(fewest[1])} held-out {kind.noun} "
-                f"(family.held_out {list(held_out)}); shots + queries need {needed} per class"
-            )
-        pools[HELD_OUT] = _pool(test, split["test"], min(map(len, test.values())), kind)
+        pools[HELD_OUT] = _held_out_pool(held, split["test"], needed, held_out, kind)
     log.info(
         "%s: %d classes (%s), %d %s each%s; split %s",
         root,
@@ -208,6 +201,24 @@ def load_folders(
         {s: len(split[s]) for s in SPLITS},
     )
     return FolderDataset(pools, split, grouped)
+
+
+def _held_out_pool(
+    held: dict[str, list[Path]],
+    test: list[str],
+    needed: int,
+    patterns: Sequence[str],
+    kind: Reader,
+) -> torch.Tensor:
+    """The test classes' held-out files, each needing ``needed`` of them."""
+    files = {name: held[name] for name in test}
+    fewest = min(files.items(), key=lambda item: len(item[1]))
+    if len(fewest[1]) < needed:
+        raise DataError(
+            f"test class {fewest[0]!r} has {len(fewest[1])} held-out {kind.noun} "
+            f"(family.held_out {list(patterns)}); shots + queries need {needed} per class"
+        )
+    return _pool(files, test, min(map(len, files.values())), kind)
 
 
 def _pool(
