@@ -65,6 +65,35 @@ class Examples(BaseModel):
     y: Targets = Field(description="targets (regression) or labels, integers or strings")
 
 
+STEPS = WithJsonSchema(
+    {
+        "type": "array",
+        "items": {"anyOf": [{"type": "number"}, {"type": "array", "items": {"type": "number"}}]},
+    }
+)
+NUMBER_LIST = WithJsonSchema(NUMBERS)
+
+
+class Trajectory(BaseModel):
+    """One rollout of a policy in the client's environment, step by step."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    observations: Annotated[list[Any], STEPS] = Field(
+        description="the observation at each step, each of the model's input shape"
+    )
+    actions: Annotated[list[Any], STEPS] = Field(
+        description="the action taken at each step, as the policy sampled it (before the "
+        "environment clipped it)"
+    )
+    rewards: Annotated[list[Any], NUMBER_LIST] = Field(description="the reward of each step")
+    dones: list[bool] | None = Field(
+        None,
+        description="whether each step ended the episode (only the last may; default: none "
+        "did, the trajectory stopped at its length)",
+    )
+
+
 class TaskCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -72,7 +101,15 @@ class TaskCreate(BaseModel):
     model_version: str | None = Field(
         None, max_length=50, description="default: the model's newest version served"
     )
-    support: Examples
+    support: Examples | None = Field(
+        None, description="the labelled examples to adapt on (every model but a policy)"
+    )
+    trajectories: list[Trajectory] | None = Field(
+        None,
+        description="a policy model's support set: rollouts of the meta-policy in the task's "
+        "environment, for one policy-gradient step; none: the task starts as the meta-policy, "
+        "to collect its first rollouts with",
+    )
     query: Examples | None = Field(None, description="labelled examples to measure adaptation")
     inner_steps: int | None = Field(None, description="default: the model's")
     inner_lr: float | None = Field(None, description="default: the model's (or learned) lr")
@@ -171,10 +208,22 @@ def etag(revision: int) -> str:
     return f'"{revision}"'
 
 
-class ExamplesIn(Examples):
-    """Labelled examples to add to a task's support set (``POST /tasks/{id}/examples``)."""
+class ExamplesIn(BaseModel):
+    """Labelled examples to add to a task's support set (``POST /tasks/{id}/examples``), or a
+    policy task's rollouts of its current revision, for one more policy-gradient step."""
 
     model_config = ConfigDict(extra="forbid")
+
+    x: Rows | None = Field(None, description="rows of inputs, each of the model's input shape")
+    y: Targets | None = Field(None, description="targets (regression) or labels")
+    trajectories: list[Trajectory] | None = Field(
+        None, description="a policy task's rollouts, collected with its current revision"
+    )
+    revision: int | None = Field(
+        None,
+        description="the task revision whose policy collected the trajectories (its ETag); "
+        "rollouts of an older one are refused (409)",
+    )
 
     inner_steps: int | None = Field(None, description="default: the task's")
     inner_lr: float | None = Field(None, description="default: the task's")
@@ -206,6 +255,15 @@ class PredictIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     x: Rows = Field(description="rows of inputs, each of the model's input shape")
+    sample: bool = Field(
+        False, description="a policy: sample each action (default: the mean action)"
+    )
+    seed: int | None = Field(
+        None,
+        ge=0,
+        le=2**63 - 1,
+        description="a policy's sampling seed: the same seed and rows give the same actions",
+    )
 
 
 class ClassPrediction(BaseModel):
@@ -213,12 +271,18 @@ class ClassPrediction(BaseModel):
     probabilities: list[float] = Field(description="one per entry of `labels`")
 
 
+class Action(BaseModel):
+    action: list[float] = Field(description="the action: the policy's mean, or a sample")
+    log_prob: float = Field(description="its log-probability under the policy")
+
+
 class PredictOut(BaseModel):
     task_id: str
     labels: list[int | str] | None = None
-    predictions: list[float] | list[list[float]] | list[ClassPrediction] = Field(
+    predictions: list[float] | list[list[float]] | list[ClassPrediction] | list[Action] = Field(
         description="regression: a value (or a list of outputs) per row; "
-        "classification: the predicted label and probabilities per row"
+        "classification: the predicted label and probabilities per row; a policy: the action "
+        "and its log-probability per observation"
     )
 
 

@@ -42,13 +42,15 @@ from meta_core.memory import AdaptMemory
 from meta_core.memory import measure as measure_memory
 from meta_core.networks import (
     ArchSpec,
+    GaussianMLPSpec,
     Predictor,
     build_network,
     first_error,
     head_names,
     predictor,
 )
-from meta_core.preprocessing import Preprocessing, TextPreprocessing
+from meta_core.preprocessing import Preprocessing, RolloutPreprocessing, TextPreprocessing
+from meta_core.rl.config import PolicyRunConfig
 
 SCHEMA_VERSION = 1
 WEIGHTS = "weights.safetensors"
@@ -93,7 +95,7 @@ class WarmStart(_Record):
 class TrainingRecord(_Record):
     """How the meta-parameters were made: the whole config and the run's outcome."""
 
-    config: Config
+    config: Config | PolicyRunConfig  # a supervised run's, or a policy's (meta_core.rl)
     family: dict[str, Any] = Field(default_factory=dict)
     iterations_done: int = 0
     best_iteration: int = -1
@@ -471,6 +473,16 @@ def read_manifest(directory: Path | str) -> tuple[Manifest, dict[str, Any], byte
             f"{directory}: input_shape/n_outputs {manifest.input_shape}/"
             f"{manifest.n_outputs} disagree with the architecture "
             f"{arch.input_shape}/{arch.out_features}"
+        )
+    policy = manifest.task_kind == "policy"
+    parts = (
+        isinstance(arch, GaussianMLPSpec),
+        isinstance(manifest.preprocessing, RolloutPreprocessing),
+    )
+    if (policy and not all(parts)) or (not policy and any(parts)):
+        raise ArtifactError(
+            f"{directory}: a policy meta-model (task_kind 'policy') has a gaussian_mlp "
+            "architecture and rollouts preprocessing, and only it has them"
         )
     return manifest, raw, weights
 

@@ -11,8 +11,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from meta_core.config import eval_config, load_config
+from pydantic import ValidationError
+
+from meta_core.config import apply_overrides, eval_config, load_config
 from meta_core.data.wordnet import WORDNET_DIR, summarize, write_wordnet
+from meta_core.networks import first_error
+from meta_core.rl.config import EvalConfig as PolicyEvalConfig
+from meta_core.rl.config import PolicyRunConfig, is_policy_preset
 
 # A subcommand: its parsed arguments in, the exit status out.
 Command = Callable[[argparse.Namespace], int]
@@ -110,6 +115,8 @@ def train_command(args: argparse.Namespace) -> int:
 
     if args.preset is None and not args.resume:
         raise UsageError("train needs --preset (only --resume reads the run's own config)")
+    if args.preset is not None and is_policy_preset(args.preset):
+        return train_policy_command(args)
     if args.preset is None:
         cfg = recorded_config(args.out, args.overrides)
     else:
@@ -136,6 +143,21 @@ def train_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def train_policy_command(args: argparse.Namespace) -> int:
+    """``train`` of a policy preset (``kind = "policy"``, :mod:`meta_core.rl`)."""
+    from meta_core.rl.config import load_policy_config
+    from meta_core.rl.train import train_policy
+
+    if args.resume:
+        raise UsageError("a policy run does not resume: train it again (it takes minutes)")
+    try:
+        train_policy(load_policy_config(args.preset, args.overrides), args.out)
+    except KeyboardInterrupt:
+        return 130
+    print(f"artifact written to {args.out}")
+    return 0
+
+
 def eval_command(args: argparse.Namespace) -> int:
     """``eval``: the report written beside the artifact, and a line per method and shot
     count printed."""
@@ -143,6 +165,8 @@ def eval_command(args: argparse.Namespace) -> int:
     from meta_core.evaluate import evaluate_artifact
 
     manifest, _, _ = read_manifest(args.artifact)
+    if isinstance(manifest.training.config, PolicyRunConfig):
+        return eval_policy_command(args, manifest.training.config)
     eval_cfg = eval_config(manifest.training.config.eval, args.overrides)
     report = evaluate_artifact(args.artifact, eval_cfg, device=args.device, plots=not args.no_plots)
     for method, by_key in report["results"].items():
@@ -150,6 +174,27 @@ def eval_command(args: argparse.Namespace) -> int:
             label = f"K={key}" if key.isdigit() else key
             cells = ", ".join(f"{s}: {result_cell(v)}" for s, v in by_step.items())
             print(f"{method:>10} {label}: {cells}")
+    return 0
+
+
+def eval_policy_command(args: argparse.Namespace, run: PolicyRunConfig) -> int:
+    """``eval`` of a policy meta-model: a line per method, its return after each step."""
+    from meta_core.rl.evaluate import evaluate_policy
+
+    data = apply_overrides(
+        {"eval": run.eval.model_dump()},
+        [o if o.startswith("eval.") else f"eval.{o}" for o in args.overrides],
+    )
+    try:
+        eval_cfg = PolicyEvalConfig.model_validate(data["eval"])
+    except ValidationError as exc:
+        raise UsageError(f"bad eval setting: eval.{first_error(exc)}") from None
+    report = evaluate_policy(args.artifact, eval_cfg, plots=not args.no_plots)
+    for method, by_step in report["results"].items():
+        cells = ", ".join(
+            f"{s}: {v['return']:.2f}±{v['return_ci95']:.2f}" for s, v in by_step.items()
+        )
+        print(f"{method:>10} return after steps {cells}")
     return 0
 
 

@@ -35,7 +35,7 @@ from torch.nn import functional as F
 
 from meta_core.algorithms import choose_strategy
 from meta_core.artifact import Artifact, load_artifact, update_evaluation
-from meta_core.config import EvalConfig
+from meta_core.config import Config, EvalConfig
 from meta_core.inner_loop import LOSSES, InnerLoop, LearningRate, Params, TaskKind, cross_entropy
 from meta_core.networks import ArchSpec, build_network
 from meta_core.scoring import adapt_and_score, metric
@@ -288,7 +288,10 @@ def evaluate_artifact(
     directory = Path(directory)
     dev = torch.device(device)
     art = load_artifact(directory, dev)
-    family = build_family(art.manifest.training.config.family).to(dev)
+    run = art.manifest.training.config
+    if not isinstance(run, Config):
+        raise ValueError(f"{directory} is a policy: meta_core.rl.evaluate evaluates it")
+    family = build_family(run.family).to(dev)
     _check_request(family, cfg)
     # The baselines' inner lr: the one asked for, else the artifact's scalar one (no learned rates).
     base_lr = float(cfg.inner_lr) if cfg.inner_lr > 0 else art.manifest.inner_loop.lr
@@ -356,7 +359,9 @@ def _methods(
         methods["random"] = (fresh_params(architecture, cfg.seed), base_lr, None)
     if "pretrained" in cfg.baselines:
         log.info("training the pretrained baseline for %d iterations", cfg.baseline_iterations)
-        trained = art.manifest.training.config.train
+        run = art.manifest.training.config
+        assert isinstance(run, Config)  # evaluate_artifact's check
+        trained = run.train
         pretrained = pretrain_jointly(
             art.model,
             architecture,

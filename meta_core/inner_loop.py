@@ -16,6 +16,7 @@ per-step rates (LSLR: ``b`` all ones).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -27,7 +28,7 @@ from torch.func import functional_call, grad
 Params = dict[str, Tensor]
 LossFn = Callable[[Tensor, Tensor], Tensor]
 LearningRate = float | Mapping[str, Tensor]
-TaskKind = Literal["regression", "classification"]
+TaskKind = Literal["regression", "classification", "policy"]
 
 
 def forward(model: nn.Module, params: Mapping[str, Tensor], x: Tensor) -> Tensor:
@@ -46,7 +47,30 @@ def cross_entropy(logits: Tensor, y: Tensor) -> Tensor:
     return nn.functional.cross_entropy(logits, y)
 
 
-LOSSES: dict[str, LossFn] = {"regression": mse_loss, "classification": cross_entropy}
+def gaussian_log_prob(out: Tensor, actions: Tensor) -> Tensor:
+    """Log-density of ``actions`` under the diagonal Gaussians a policy network outputs (its
+    mean and log std side by side, :class:`meta_core.networks.GaussianMLP`), summed over the
+    action's dimensions."""
+    mean, log_std = out.chunk(2, dim=-1)
+    z = (actions - mean) * torch.exp(-log_std)
+    return (-0.5 * z**2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+
+def policy_gradient_loss(out: Tensor, y: Tensor) -> Tensor:
+    """REINFORCE's surrogate loss (Williams 1992; the MAML paper's inner step for RL): the
+    negative weighted sum of the actions' log-probabilities. Each row of ``y`` is an action
+    and its weight, the step's advantage already normalised and divided by the number of
+    steps and trajectories it averages over (:func:`meta_core.rl.rollouts.support_set`), so
+    the gradient is the policy gradient itself and steps of ended trajectories weigh 0."""
+    actions, weights = y[..., :-1], y[..., -1]
+    return (weights * -gaussian_log_prob(out, actions)).sum()
+
+
+LOSSES: dict[str, LossFn] = {
+    "regression": mse_loss,
+    "classification": cross_entropy,
+    "policy": policy_gradient_loss,
+}
 
 
 def step_lr(lr: LearningRate, name: str, step: int) -> float | Tensor:

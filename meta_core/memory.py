@@ -109,6 +109,8 @@ def _kept(
     x = torch.zeros(rows, *row_shape)
     if loop.kind == "classification":
         y = torch.zeros(rows, dtype=torch.long)
+    elif loop.kind == "policy":  # an action and its weight
+        y = torch.zeros(rows, n_outputs + 1)
     else:
         y = torch.zeros(rows, n_outputs)
     with torch.no_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):

@@ -84,13 +84,37 @@ class Conv4Spec(_Spec):
         return total + 2 * self.hidden * height * width * self.out_features
 
 
-ArchSpec = Annotated[MLPSpec | Conv4Spec, Field(discriminator="type")]
-_ARCH: TypeAdapter[MLPSpec | Conv4Spec] = TypeAdapter(ArchSpec)
+class GaussianMLPSpec(_Spec):
+    """A Gaussian policy (Finn et al. 2017, section 5.3): observations -> hidden... (tanh) ->
+    the action's mean, with a state-independent log standard deviation per action dimension
+    (a parameter, ``log_std``, adapted with the rest). ``out_features`` is the action's size;
+    the network's output is the mean and the log std side by side (``2 x out_features``)."""
+
+    type: Literal["gaussian_mlp"] = "gaussian_mlp"
+    in_features: int = Field(ge=1)
+    hidden: list[int]
+    out_features: int = Field(ge=1)
+    init_log_std: float = 0.0
+
+    @property
+    def input_shape(self) -> list[int]:
+        return [self.in_features]
+
+    @property
+    def flops(self) -> int:
+        """Floating-point operations of one observation's forward pass (tanh counted as 1)."""
+        widths = [self.in_features, *self.hidden, self.out_features]
+        return sum(2 * a * b + 2 * b for a, b in zip(widths, widths[1:], strict=False))
 
 
-def parse_architecture(data: Any) -> MLPSpec | Conv4Spec:
+AnySpec = MLPSpec | Conv4Spec | GaussianMLPSpec
+ArchSpec = Annotated[AnySpec, Field(discriminator="type")]
+_ARCH: TypeAdapter[AnySpec] = TypeAdapter(ArchSpec)
+
+
+def parse_architecture(data: Any) -> AnySpec:
     """A spec from its JSON form, or a ``ValueError`` naming the first problem."""
-    if isinstance(data, MLPSpec | Conv4Spec):
+    if isinstance(data, MLPSpec | Conv4Spec | GaussianMLPSpec):
         return data
     try:
         return _ARCH.validate_python(data)
@@ -171,6 +195,32 @@ class Conv4(nn.Module):
         return out
 
 
+class GaussianMLP(nn.Module):
+    """A Gaussian policy's network: tanh hidden layers, a linear head for the action's mean,
+    and ``log_std`` (one per action dimension). ``forward`` gives ``[..., 2 x actions]``: the
+    mean, then the log std broadcast to each row, so the inner loop's loss
+    (:func:`meta_core.inner_loop.policy_gradient_loss`) and the service both read the whole
+    distribution from one output."""
+
+    def __init__(
+        self, in_features: int, hidden: list[int], out_features: int, init_log_std: float = 0.0
+    ) -> None:
+        super().__init__()
+        widths = [in_features, *hidden]
+        self.body = nn.ModuleDict(
+            {str(2 * i): nn.Linear(a, b) for i, (a, b) in enumerate(pairwise(widths))}
+        )
+        self.head = nn.Linear(widths[-1], out_features)
+        self.log_std = nn.Parameter(torch.full((out_features,), float(init_log_std)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x
+        for layer in cast("Iterable[nn.Linear]", self.body.values()):
+            h = torch.tanh(F.linear(h, layer.weight, layer.bias))
+        mean = F.linear(h, self.head.weight, self.head.bias)
+        return torch.cat([mean, self.log_std.expand_as(mean)], dim=-1)
+
+
 Predictor = Callable[[np.ndarray], np.ndarray]
 
 
@@ -221,11 +271,15 @@ def predictor(module: nn.Module) -> Predictor:
     return run
 
 
-def build_network(spec: MLPSpec | Conv4Spec | dict[str, Any]) -> nn.Module:
+def build_network(spec: AnySpec | dict[str, Any]) -> nn.Module:
     """Build the module an architecture spec describes; refuse unknown or missing fields."""
     spec = parse_architecture(spec)
     if isinstance(spec, MLPSpec):
         return MLP(spec.in_features, list(spec.hidden), spec.out_features, spec.skip)
+    if isinstance(spec, GaussianMLPSpec):
+        return GaussianMLP(
+            spec.in_features, list(spec.hidden), spec.out_features, spec.init_log_std
+        )
     return Conv4(spec.in_channels, spec.size, spec.hidden, spec.out_features, spec.norm)
 
 

@@ -246,7 +246,30 @@ class AudioPreprocessing(BaseModel):
         return (1, self.n_mels, self.frames)
 
 
+class RolloutPreprocessing(BaseModel):
+    """How a policy's rollouts become its inner step's support rows
+    (:func:`meta_core.rl.rollouts.support_set`): returns discounted by ``gamma``, a
+    linear-feature baseline fitted by ridge regression (``baseline_reg``), advantages
+    normalised over the batch. ``horizon`` is the longest trajectory training saw, and
+    ``action_low``/``action_high`` the box the environment clips actions to (the policy's
+    samples are not clipped: their log-probabilities are of the actions as sampled)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["rollouts"] = "rollouts"
+    gamma: float = Field(0.99, gt=0, le=1)
+    baseline: Literal["linear-features"] = "linear-features"
+    baseline_reg: float = Field(1e-5, gt=0)
+    horizon: int = Field(100, ge=1)
+    action_low: float = -0.1
+    action_high: float = 0.1
+
+
 Preprocessing = Annotated[
-    ImagePreprocessing | TablePreprocessing | TextPreprocessing | AudioPreprocessing,
+    ImagePreprocessing
+    | TablePreprocessing
+    | TextPreprocessing
+    | AudioPreprocessing
+    | RolloutPreprocessing,
     Field(discriminator="type"),
 ]

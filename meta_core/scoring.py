@@ -12,15 +12,25 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from meta_core.inner_loop import InnerLoop, Params, TaskKind, forward, mse_loss
+from meta_core.inner_loop import (
+    InnerLoop,
+    Params,
+    TaskKind,
+    forward,
+    mse_loss,
+    policy_gradient_loss,
+)
 
 Examples = tuple[Tensor, Tensor]
 
 
 def metric(kind: TaskKind, out: Tensor, y: Tensor) -> Tensor:
-    """Accuracy for classification, mean squared error for regression."""
+    """Accuracy for classification, mean squared error for regression; for a policy, its
+    loss (the surrogate: a policy's return is measured in its environment, not here)."""
     if kind == "classification":
         return (out.argmax(-1) == y).float().mean()
+    if kind == "policy":
+        return policy_gradient_loss(out, y)
     return mse_loss(out, y)
 
 

@@ -35,7 +35,7 @@ from app.core.config import Settings
 from app.core.errors import AppError, InvalidInput, PayloadTooLarge
 from app.services.state import Services
 from meta_core.artifact import Artifact
-from meta_core.preprocessing import TablePreprocessing
+from meta_core.preprocessing import RolloutPreprocessing, TablePreprocessing
 
 SMALL = 64 * 2**10  # parsed on the event loop: a few milliseconds at most
 # A row's bytes as JSON encoders write it, json.dumps(indent=4) included: each number with its
@@ -62,7 +62,7 @@ def row_bytes(meta_model: Artifact) -> int | None:
     """The most bytes one valid input row takes as JSON; None for an image, audio or text
     model (a row may be a base64 image or recording, or a sentence)."""
     spec = meta_model.manifest.preprocessing
-    if spec is not None and not isinstance(spec, TablePreprocessing):
+    if spec is not None and not isinstance(spec, TablePreprocessing | RolloutPreprocessing):
         return None
     shape = meta_model.row_shape
     lists = sum(math.prod(shape[:k]) for k in range(len(shape)))  # the nested lists of a row
@@ -97,13 +97,32 @@ def predict_limit(meta_model: Artifact, settings: Settings) -> BodyLimit:
     )
 
 
+def rollouts_limit(meta_model: Artifact, settings: Settings, what: str) -> BodyLimit:
+    """A policy's trajectories: at most MAX_TRAJECTORIES of MAX_TRAJECTORY_STEPS steps, each
+    an observation, an action, a reward and a done flag."""
+    count, steps = settings.max_trajectories, settings.max_trajectory_steps
+    step = (meta_model.row_shape[0] + meta_model.n_outputs + 2) * NUMBER_BYTES + 2 * LIST_BYTES
+    size = min(settings.max_body_bytes, count * (steps * step + 4 * LIST_BYTES) + ENVELOPE)
+    why = (
+        f"the most {what} of model {meta_model.name!r} can take ({count} trajectories of "
+        f"{steps} steps)"
+        if size < settings.max_body_bytes
+        else ""
+    )
+    items = max(steps, count, widest(meta_model))
+    return BodyLimit(size, why, {"trajectories": count}, items, settings.max_body_values)
+
+
 def examples_limit(meta_model: Artifact | None, settings: Settings) -> BodyLimit:
     """``POST /tasks/{id}/examples`` for a task of ``meta_model`` (None: one not served, which
     the update refuses itself)."""
     rows = settings.max_support
     if meta_model is None:
-        paths = {"x": rows, "y": rows}
-        return BodyLimit(settings.max_body_bytes, "", paths, rows, settings.max_body_values)
+        paths = {"x": rows, "y": rows, "trajectories": settings.max_trajectories}
+        items = max(rows, settings.max_trajectory_steps)
+        return BodyLimit(settings.max_body_bytes, "", paths, items, settings.max_body_values)
+    if meta_model.task_kind == "policy":
+        return rollouts_limit(meta_model, settings, "a step for a task")
     row = row_bytes(meta_model)
     return _limit(
         meta_model,
@@ -116,6 +135,8 @@ def examples_limit(meta_model: Artifact | None, settings: Settings) -> BodyLimit
 
 
 def task_limit(meta_model: Artifact, settings: Settings) -> BodyLimit:
+    if meta_model.task_kind == "policy":
+        return rollouts_limit(meta_model, settings, "a task")
     support, query = settings.max_support, settings.max_query
     row = row_bytes(meta_model)
     return _limit(
@@ -130,7 +151,13 @@ def task_limit(meta_model: Artifact, settings: Settings) -> BodyLimit:
 
 def task_rows(settings: Settings) -> dict[str, int]:
     support, query = settings.max_support, settings.max_query
-    return {"support.x": support, "support.y": support, "query.x": query, "query.y": query}
+    return {
+        "support.x": support,
+        "support.y": support,
+        "query.x": query,
+        "query.y": query,
+        "trajectories": settings.max_trajectories,
+    }
 
 
 def any_task_limit(meta_models: list[Artifact], settings: Settings) -> BodyLimit:

@@ -138,6 +138,12 @@ class Settings(BaseSettings):
     max_query: int = Field(10_000, ge=1)
     max_predict_rows: int = Field(10_000, ge=1)
     max_label_chars: int = Field(100, ge=1, description="one class label (a string)")
+    max_trajectories: int = Field(
+        100, ge=1, description="a policy task's trajectories in one request"
+    )
+    max_trajectory_steps: int = Field(
+        1000, ge=1, description="one trajectory's steps (a policy task's rollouts)"
+    )
     max_inner_steps: int = Field(100, ge=1)
     max_inner_lr: float = Field(10.0, gt=0)
     max_body_bytes: int = Field(

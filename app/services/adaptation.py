@@ -36,6 +36,7 @@ def adapt(meta_model: Artifact, support: AdaptationRequest) -> Adaptation:
     predictions. Runs on a pool thread."""
     n_classes = len(support.labels) if support.labels is not None else None
     loop = meta_model.inner_loop(steps=support.steps, lr=support.lr)
+    start_params = meta_model.params if support.start is None else support.start
     targets = {"support": (support.x, support.y)}
     if support.query is not None:
         targets["query"] = support.query
@@ -43,14 +44,14 @@ def adapt(meta_model: Artifact, support: AdaptationRequest) -> Adaptation:
     with torch.no_grad():
         params, scores = adapt_and_score(
             loop,
-            meta_model.params,
+            start_params,
             (support.x, support.y),
             list(targets.values()),
             at=[0, support.steps],
             n_classes=n_classes,
         )
     adapt_ms = (time.perf_counter() - start) * 1000
-    metrics: dict[str, float] = {}
+    metrics: dict[str, float] = dict(support.metrics)
     for name, (losses, accuracies) in zip(targets, scores, strict=True):
         for i, when in enumerate(("before", "after")):
             metrics[f"{name}_loss_{when}"] = losses[i].item()
@@ -108,13 +109,13 @@ def record(
     meta_model: Artifact,
     request: AdaptationRequest,
     adapted: Adaptation,
-    kept: tuple[bytes, str],
+    kept: tuple[bytes, str] | None,
     form: weights.Format,
     packed: bool,
 ) -> Stored:
     """What an adaptation leaves of its task: the tensors it changed (with ANIL, the head)
     in ``form`` (compressed if ``packed``), and ``kept``, its support set, as bytes with
-    their sha256."""
+    their sha256 (None: a policy's, which keeps its weights alone)."""
     names = meta_model.adapt_names or list(adapted.params)
     changed = {k: adapted.params[k] for k in names}
     data, sha256 = weights.serialize(meta_model, changed, form, packed)
@@ -122,8 +123,8 @@ def record(
         meta_model_name=meta_model.name,
         meta_model_version=meta_model.version,
         meta_model_hash=meta_model.manifest.content_hash,
-        support_size=int(request.x.shape[0]),
-        inner_steps=request.steps,
+        support_size=request.before[1] + int(request.x.shape[0]),
+        inner_steps=request.before[0] + request.steps,
         inner_lr=request.lr,
         adapt_ms=round(adapted.adapt_ms, 3),
         labels=request.labels,
@@ -131,8 +132,8 @@ def record(
         storage=form,
         weights=data,
         weights_sha256=sha256,
-        support=kept[0],
-        support_sha256=kept[1],
+        support=None if kept is None else kept[0],
+        support_sha256=None if kept is None else kept[1],
     )
     if form in weights.HALF:
         params = weights.deserialize(meta_model, data, sha256, form)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import reprlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -14,35 +14,23 @@ from torch import Tensor
 
 from app.core.config import Settings
 from app.core.errors import InvalidInput
-from app.schemas import TaskCreate
+from app.schemas import Examples, TaskCreate, Trajectory
 from app.services.audio import AudioLimits, recordings_to_array
 from app.services.images import ImageLimits as ImageLimits  # callers' import, kept
 from app.services.images import images_to_array
 from app.services.limits import Limits
+from app.services.numbers import as_float32
+from app.services.rollouts import check_counts, mean_return, support_rows, to_rollouts
 from app.services.texts import TextLimits, texts_to_array
 from meta_core.artifact import Artifact
-from meta_core.preprocessing import AudioPreprocessing, TablePreprocessing, TextPreprocessing
+from meta_core.preprocessing import (
+    AudioPreprocessing,
+    ImagePreprocessing,
+    TablePreprocessing,
+    TextPreprocessing,
+)
 
 Label = int | str
-
-
-FLOAT32_MAX = float(np.finfo(np.float32).max)
-
-
-def as_float32(values: list[Any], field: str, what: str) -> np.ndarray:
-    """Nested lists of numbers as a float32 array, or a 422 naming ``field``: not ``what`` (a
-    ragged array, strings, objects), or a NaN, an infinity or a number float32 cannot hold.
-    NumPy, not torch: on a few rows torch's per-call overhead is most of a predict."""
-    try:
-        a = np.asarray(values)
-    except (TypeError, ValueError, OverflowError):
-        raise InvalidInput(f"{field} must be {what}") from None
-    if a.dtype.kind not in "biuf":  # strings, None, objects and integers beyond int64
-        raise InvalidInput(f"{field} must be {what}")
-    # One reduction: NaN fails the comparison, as do infinities and numbers beyond float32.
-    if a.dtype.kind == "f" and a.size and not np.abs(a).max() <= FLOAT32_MAX:
-        raise InvalidInput(f"{field} contains NaN or Inf, or a number beyond float32's range")
-    return a.astype(np.float32)
 
 
 @dataclass
@@ -89,8 +77,12 @@ def to_inputs(
             a = texts_to_array(x, field, meta_model.encoder, bounds.texts)
         elif isinstance(spec, AudioPreprocessing):
             a = recordings_to_array(x, field, spec, bounds.audio)
-        else:
+        elif isinstance(spec, ImagePreprocessing):
             a = images_to_array(x, field, spec, bounds.images)
+        else:
+            raise InvalidInput(
+                f"{field} holds strings, but model {meta_model.name!r} takes numbers"
+            )
     else:
         a = as_float32(x, field, "a rectangular array of numbers")
     if a.ndim == 0 or a.shape[0] == 0:
@@ -199,10 +191,48 @@ def to_label_indices(
 
 
 def check_cost(meta_model: Artifact, body: TaskCreate, limits: Limits, settings: Settings) -> None:
-    """:func:`check_adapt_cost` for ``POST /tasks``'s body."""
+    """:func:`check_adapt_cost` for ``POST /tasks``'s body (a policy's: its rollouts' steps)."""
+    if meta_model.task_kind == "policy":
+        rows = check_policy_body(meta_model, body, settings)
+        steps = policy_steps(meta_model, body.inner_steps, rows, settings)
+        check_adapt_cost(meta_model, rows, 0, steps, limits)
+        return
+    support = check_support_body(meta_model, body)
     steps = inner_steps(meta_model, body.inner_steps, settings)
     query = len(body.query.x) if body.query else 0
-    check_adapt_cost(meta_model, len(body.support.x), query, steps, limits)
+    check_adapt_cost(meta_model, len(support.x), query, steps, limits)
+
+
+def check_support_body(meta_model: Artifact, body: TaskCreate) -> Examples:
+    """The support set of ``POST /tasks`` for a model that is not a policy."""
+    if body.trajectories is not None:
+        raise InvalidInput(
+            f"model {meta_model.name!r} is not a policy: send support (x and y), not trajectories"
+        )
+    if body.support is None:
+        raise InvalidInput(f"support is required: model {meta_model.name!r} adapts to examples")
+    return body.support
+
+
+def check_policy_body(meta_model: Artifact, body: TaskCreate, settings: Settings) -> int:
+    """A policy's ``POST /tasks``: trajectories or nothing; their steps in all."""
+    if body.support is not None or body.query is not None:
+        raise InvalidInput(
+            f"model {meta_model.name!r} is a policy: send trajectories (rollouts of its "
+            "meta-policy), or nothing to start from the meta-policy; not support or query"
+        )
+    if body.trajectories is None:
+        return 0
+    return check_counts(body.trajectories, "trajectories", settings)
+
+
+def policy_steps(meta_model: Artifact, requested: int | None, rows: int, settings: Settings) -> int:
+    """A policy task's inner steps: none without rollouts, else as asked (the model's one)."""
+    if rows == 0:
+        if requested:
+            raise InvalidInput("inner_steps needs trajectories to step on")
+        return 0
+    return inner_steps(meta_model, requested, settings)
 
 
 # Decoding and resizing one image pixel takes about as long as this many of the inner loop's
@@ -297,7 +327,8 @@ def inner_steps(meta_model: Artifact, requested: int | None, settings: Settings)
 
 @dataclass(frozen=True)
 class AdaptationRequest:
-    """A validated adaptation request, ready for the inner loop."""
+    """A validated adaptation request, ready for the inner loop: from the
+    meta-initialization, or (a policy's next step) from ``start``."""
 
     x: Tensor
     y: Tensor
@@ -305,6 +336,10 @@ class AdaptationRequest:
     labels: list[Label] | None
     steps: int
     lr: float | None
+    start: dict[str, Tensor] | None = None
+    metrics: dict[str, float] = field(default_factory=dict)  # reported beside the losses
+    # The steps and rows ``start`` was adapted with already (a policy's earlier steps).
+    before: tuple[int, int] = (0, 0)
 
 
 def prepare(
@@ -313,20 +348,27 @@ def prepare(
     """Validate ``POST /tasks``'s body against the meta-model and the service's limits, and
     (with the caller's ``limits``) its images' or recordings' decoding against the
     adaptation's cost."""
+    if meta_model.task_kind == "policy":
+        rows = check_policy_body(meta_model, body, settings)
+        steps = policy_steps(meta_model, body.inner_steps, rows, settings)
+        return policy_request(
+            meta_model, body.trajectories, steps, inner_lr(body.inner_lr, settings)
+        )
+    support = check_support_body(meta_model, body)
     steps = inner_steps(meta_model, body.inner_steps, settings)
     query_rows = len(body.query.x) if body.query is not None else 0
-    cost = decoding_cost(meta_model, len(body.support.x), query_rows, steps, limits)
+    cost = decoding_cost(meta_model, len(support.x), query_rows, steps, limits)
     bounds = InputLimits.of(settings, cost)
     sx = torch.from_numpy(
-        to_inputs(meta_model, body.support.x, "support.x", settings.max_support, bounds)
+        to_inputs(meta_model, support.x, "support.x", settings.max_support, bounds)
     )
     labels = None
     if meta_model.task_kind == "classification":
         chars = settings.max_label_chars
-        labels = label_order(body.support.y, "support.y", meta_model.n_outputs, chars)
-        sy = to_label_indices(body.support.y, labels, sx.shape[0], "support.y", chars)
+        labels = label_order(support.y, "support.y", meta_model.n_outputs, chars)
+        sy = to_label_indices(support.y, labels, sx.shape[0], "support.y", chars)
     else:
-        sy = to_targets(meta_model, body.support.y, sx.shape[0], "support.y")
+        sy = to_targets(meta_model, support.y, sx.shape[0], "support.y")
     query = None
     if body.query is not None:
         qx = torch.from_numpy(
@@ -340,6 +382,26 @@ def prepare(
             qy = to_targets(meta_model, body.query.y, qx.shape[0], "query.y")
         query = (qx, qy)
     return AdaptationRequest(sx, sy, query, labels, steps, inner_lr(body.inner_lr, settings))
+
+
+def policy_request(
+    meta_model: Artifact,
+    trajectories: list[Trajectory] | None,
+    steps: int,
+    lr: float | None,
+    start: dict[str, Tensor] | None = None,
+) -> AdaptationRequest:
+    """A policy's inner step on its rollouts (none: no step, the policy as it is), from
+    ``start`` (None: the meta-policy); the rollouts' mean return reported as
+    ``rollout_return``."""
+    if not trajectories:
+        x = torch.zeros(0, *meta_model.row_shape)
+        y = torch.zeros(0, meta_model.n_outputs + 1)
+        return AdaptationRequest(x, y, None, None, 0, lr, start)
+    rollouts = to_rollouts(meta_model, trajectories, "trajectories")
+    x, y = support_rows(meta_model, rollouts)
+    metrics = {"rollout_return": mean_return(rollouts), "trajectories": float(len(trajectories))}
+    return AdaptationRequest(x, y, None, None, steps, lr, start, metrics)
 
 
 def inner_lr(lr: float | None, settings: Settings) -> float | None:

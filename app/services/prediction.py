@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +16,7 @@ from torch import Tensor
 from app import crud
 from app.core.config import Settings
 from app.core.errors import InvalidInput, NotFound
-from app.schemas import ClassPrediction, PredictOut, readable
+from app.schemas import Action, ClassPrediction, PredictOut, readable
 from app.services.batching import EncodeBatchers
 from app.services.cache import GONE, AdaptedModel
 from app.services.inputs import InputLimits, to_inputs
@@ -128,6 +129,7 @@ async def predict(
     settings: Settings,
     pool: WorkPool,
     batchers: EncodeBatchers | None = None,
+    sampling: Sampling | None = None,
 ) -> PredictOut:
     """:func:`predict_now`, on the event loop when the request is light (numbers in a small
     body, rows x the model's FLOPs per row within PREDICT_INLINE_FLOPS: microseconds, where
@@ -135,21 +137,26 @@ async def predict(
     recordings, sentences, many rows, a large model), so that no request holds the event
     loop. With ``batchers``
     (PREDICT_BATCHING), a small text predict's sentences are encoded on the pool together with
-    other requests' for the same encoder (:mod:`app.services.batching`)."""
+    other requests' for the same encoder (:mod:`app.services.batching`). ``sampling`` is a
+    policy's (:class:`Sampling`)."""
+    if sampling is not None and adapted.meta_model.task_kind != "policy":
+        raise InvalidInput(
+            f"sample and seed are a policy's; model {adapted.meta_model.name!r} is not one"
+        )
     light = (
         body_bytes <= INLINE_BODY_BYTES
         and not (x and isinstance(x[0], str))
         and len(x) * adapted.meta_model.flops_per_example <= settings.predict_inline_flops
     )
     if light:
-        return predict_now(task_id, adapted, x, settings)
+        return predict_now(task_id, adapted, x, settings, sampling)
     share = caller.limits.predict_in_flight
     encoder = batched_encoder(adapted.meta_model, x, body_bytes, settings)
     if batchers is not None and encoder is not None:
         tokens = text_tokens(x, "x", encoder, TextLimits.of(settings))  # its own 422s, first
         finish = partial(respond, task_id, adapted)  # on the pool thread, with its rows
         return await batchers.of(encoder).run(tokens, finish, pool, caller.client_id, share)
-    work = lambda: predict_now(task_id, adapted, x, settings)  # noqa: E731
+    work = lambda: predict_now(task_id, adapted, x, settings, sampling)  # noqa: E731
     return await pool.run(work, caller.client_id, share)
 
 
@@ -173,15 +180,48 @@ def batched_encoder(
 
 
 def predict_now(
-    task_id: str, adapted: AdaptedModel, x: list[Any], settings: Settings
+    task_id: str,
+    adapted: AdaptedModel,
+    x: list[Any],
+    settings: Settings,
+    sampling: Sampling | None = None,
 ) -> PredictOut:
     """The adapted model's prediction for every row of ``x``."""
     limits = InputLimits.of(settings)
     inputs = to_inputs(adapted.meta_model, x, "x", settings.max_predict_rows, limits)
-    return respond(task_id, adapted, inputs)
+    return respond(task_id, adapted, inputs, sampling)
 
 
-def respond(task_id: str, adapted: AdaptedModel, inputs: np.ndarray) -> PredictOut:
+@dataclass(frozen=True)
+class Sampling:
+    """How a policy answers: its mean action, or (``sample``) a draw from its Gaussian, with
+    ``seed`` reproducibly (row ``i``'s draw depends on the seed and ``i`` alone, never on the
+    other rows)."""
+
+    sample: bool = False
+    seed: int | None = None
+
+
+def actions(out: np.ndarray, sampling: Sampling | None) -> list[Action]:
+    """A policy's actions (its mean, or samples) and their log-probabilities, from its
+    network's outputs (the mean and log std side by side)."""
+    mean, log_std = np.split(out.astype(np.float64), 2, axis=-1)
+    action = mean
+    if sampling is not None and sampling.sample:
+        noise = np.random.default_rng(sampling.seed).standard_normal(mean.shape)
+        action = mean + np.exp(log_std) * noise
+    action = action.astype(np.float32).astype(np.float64)  # the action as sent, rounded
+    z = (action - mean) * np.exp(-log_std)
+    log_prob = (-0.5 * z**2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+    return [
+        Action.model_construct(action=a, log_prob=lp)
+        for a, lp in zip(action.tolist(), log_prob.tolist(), strict=True)
+    ]
+
+
+def respond(
+    task_id: str, adapted: AdaptedModel, inputs: np.ndarray, sampling: Sampling | None = None
+) -> PredictOut:
     """The adapted model's prediction for every row of ``inputs`` (the model's input rows:
     :func:`to_inputs`'s, or a batch's embeddings): values (regression), or the predicted label
     and the probabilities over the task's labels (classification)."""
@@ -195,6 +235,9 @@ def respond(task_id: str, adapted: AdaptedModel, inputs: np.ndarray) -> PredictO
             "are too large for the model's float32 arithmetic"
         )
     labels = adapted.labels
+    if meta_model.task_kind == "policy":
+        chosen = actions(out, sampling)
+        return PredictOut.model_construct(task_id=task_id, labels=None, predictions=chosen)
     if labels is None:
         spec = meta_model.manifest.preprocessing
         if isinstance(spec, TablePreprocessing):  # back to the target's units

@@ -213,9 +213,8 @@ def _warm_up(art: Artifact) -> None:
     request's cost check measures it on the event loop."""
     art.adapt_memory  # noqa: B018  (a cached property: measured here, once)
     x = torch.zeros(2, *art.input_shape)
-    y = (
-        torch.zeros(2, dtype=torch.long)
-        if art.task_kind == "classification"
-        else torch.zeros(2, art.n_outputs)
-    )
+    if art.task_kind == "classification":
+        y = torch.zeros(2, dtype=torch.long)
+    else:  # a policy's rows are an action and its weight
+        y = torch.zeros(2, art.n_outputs + (art.task_kind == "policy"))
     art.predictor(art.adapt(x, y, steps=1))(x.numpy())

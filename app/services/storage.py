@@ -38,8 +38,10 @@ def storage_for(meta_model: Artifact, settings: Settings, rows: int, steps: int)
     changes are small (under READAPT_MIN_BYTES: a miss then decodes them, cheaper than any
     inner loop), else ``support`` where re-adapting costs at most READAPT_MAX_FLOPS (the
     inner loop's forward and backward passes, 3 x FLOPs per row x rows x steps), else
-    ``float32``."""
+    ``float32``. A policy keeps its weights (``float32``, or a half precision asked for)."""
     mode = settings.task_storage_by_model.get(meta_model.name, settings.task_storage)
+    if meta_model.task_kind == "policy" and mode in ("auto", "support"):
+        return "float32"  # a policy's steps were each on other rollouts: none re-adapts it
     if mode != "auto":
         return mode
     if meta_model.changed_bytes < settings.readapt_min_bytes:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.orm import Session
@@ -20,9 +20,9 @@ from starlette.concurrency import run_in_threadpool
 from app import crud
 from app.core.config import Settings
 from app.core.db import Database
-from app.core.errors import Conflict, TooManyRequests
+from app.core.errors import Conflict, InvalidInput, TooManyRequests
 from app.core.metrics import Metrics
-from app.schemas import Examples, TaskCreate, readable
+from app.schemas import Examples, TaskCreate, Trajectory, readable
 from app.services import weights
 from app.services.adaptation import Adaptation, Stored, adapt, count_adaptation, record
 from app.services.cache import GONE, ModelCache
@@ -33,6 +33,8 @@ from app.services.inputs import (
     grow,
     inner_lr,
     inner_steps,
+    policy_request,
+    policy_steps,
     prepare,
 )
 from app.services.keys import Caller
@@ -40,6 +42,7 @@ from app.services.pool import WorkPool
 from app.services.preconditions import changed_meanwhile, check_if_match, names_revisions
 from app.services.prediction import as_adapted
 from app.services.registry import MetaModelRegistry
+from app.services.rollouts import check_counts
 from app.services.storage import StoredModel, storage_for, stored_params
 from app.services.versions import check_fits, pinned_meta_model, target_meta_model
 from app.tables import TaskRow
@@ -48,6 +51,42 @@ from meta_core.artifact import Artifact, Origin, TaskRecord, export_task
 log = logging.getLogger(__name__)
 
 UPDATE_ATTEMPTS = 3  # a change without If-Match is redone on the newer revision this often
+
+
+@dataclass(frozen=True)
+class PolicyStep:
+    """What ``POST /tasks/{id}/examples`` asks of a policy task: one more step on rollouts."""
+
+    trajectories: list[Trajectory]
+    revision: int  # the task revision whose policy collected them
+    inner_steps: int | None = None  # None: one
+    inner_lr: float | None = None  # None: the task's
+    if_match: str | None = None
+
+
+def check_rollout_revision(task: TaskRow, revision: int) -> None:
+    """409 unless the rollouts were collected by the task's current policy."""
+    if revision != task.revision:
+        older = "an older revision" if revision < task.revision else "no revision yet"
+        raise Conflict(
+            f"these rollouts were collected with revision {revision} of task {task.id!r}, "
+            f"{older}; it is at revision {task.revision}: roll out its current policy "
+            "(predict) and send those with that revision"
+        )
+
+
+def policy_refusal(task_id: str, examples: bool) -> Conflict | InvalidInput:
+    """What a policy task answers to labelled examples (422) or a re-adaptation (409)."""
+    if examples:
+        return InvalidInput(
+            f"task {task_id!r} is a policy's: send trajectories and the revision that "
+            "collected them, not x and y"
+        )
+    return Conflict(
+        f"task {task_id!r} is a policy's, adapted step by step on rollouts of its own "
+        "policies: it cannot be re-adapted from the meta-policy; create a new task "
+        "(POST /tasks) and collect its rollouts"
+    )
 
 
 @dataclass(frozen=True)
@@ -186,6 +225,10 @@ class TaskService:
         """The meta-model an update adapts from, its cost checked, and the work that makes its
         adaptation request (on the pool): the stored support set, checked to fit it, with
         ``change.examples`` added."""
+        settings, limits = self.settings, caller.limits
+        meta_model = target_meta_model(task, change.model_version, self.registry)
+        if meta_model.task_kind == "policy":
+            raise policy_refusal(task.id, change.examples is not None)
         support_data, support_sha256 = task.support, task.support_sha256
         if support_data is None or support_sha256 is None:
             raise Conflict(
@@ -193,8 +236,6 @@ class TaskService:
                 "be re-adapted: adapt a new task from its examples (POST /tasks) and delete "
                 "this one"
             )
-        settings, limits = self.settings, caller.limits
-        meta_model = target_meta_model(task, change.model_version, self.registry)
         asked = task.inner_steps if change.inner_steps is None else change.inner_steps
         steps = inner_steps(meta_model, asked, settings)
         lr = inner_lr(task.inner_lr if change.inner_lr is None else change.inner_lr, settings)
@@ -241,7 +282,9 @@ class TaskService:
             request = prepared()
             adapted = adapt(meta_model, request)
             kind = weights.features(meta_model)
-            kept = weights.serialize_support(request.x, request.y, kind, packed)
+            kept = None  # a policy's steps were each on other rollouts: it keeps weights
+            if meta_model.task_kind != "policy":
+                kept = weights.serialize_support(request.x, request.y, kind, packed)
             form = storage_for(meta_model, settings, len(request.x), request.steps)
             return request, record(meta_model, request, adapted, kept, form, packed), adapted
 
@@ -275,6 +318,69 @@ class TaskService:
             adapted.metrics["support_loss_after"],
         )
         return row
+
+    async def step(self, task_id: str, step: PolicyStep, caller: Caller) -> TaskRow:
+        """One more policy-gradient step of a policy task (the paper's multi-step adaptation):
+        from its current policy, on rollouts that policy collected (``step.revision`` must be
+        the task's revision, else 409: they are another policy's), stored one revision on.
+        Not redone if the task changes meanwhile (its rollouts would be stale): 409, or 412
+        with If-Match."""
+        client_id, settings = caller.client_id, self.settings
+
+        def read() -> TaskRow:
+            with self.db.session() as session:
+                return crud.get_task(
+                    session, client_id=client_id, task_id=task_id, with_weights=True
+                )
+
+        task = await run_in_threadpool(read)
+        check_if_match(step.if_match, task.revision)
+        meta_model = pinned_meta_model(task, self.registry)
+        if meta_model.task_kind != "policy":
+            raise InvalidInput(
+                f"task {task_id!r} is not a policy's: send examples as x and y, not trajectories"
+            )
+        check_rollout_revision(task, step.revision)
+        rows = check_counts(step.trajectories, "trajectories", settings)
+        asked = 1 if step.inner_steps is None else step.inner_steps
+        steps = policy_steps(meta_model, asked, rows, settings)
+        lr = inner_lr(task.inner_lr if step.inner_lr is None else step.inner_lr, settings)
+        check_adapt_cost(meta_model, rows, 0, steps, caller.limits)
+        revision, size = task.revision, task.weights_bytes + task.support_bytes
+        stored = StoredModel.of(task, None)
+        before = (task.inner_steps, task.support_size)
+
+        def prepared() -> AdaptationRequest:
+            current = stored_params(meta_model, stored)
+            request = policy_request(meta_model, step.trajectories, steps, lr, current)
+            return replace(request, before=before)
+
+        def store(session: Session, state: crud.AdaptedState) -> TaskRow:
+            try:
+                crud.update_task(
+                    session,
+                    client_id=client_id,
+                    task_id=task_id,
+                    revision=revision,
+                    stored_bytes=size,
+                    quota=caller.limits.max_stored_bytes,
+                    state=state,
+                )
+            except crud.OverQuota as full:
+                adding = state.stored_bytes - size
+                raise self._over_quota(caller, full, adding, update=True) from None
+            return crud.get_task(session, client_id=client_id, task_id=task_id)
+
+        try:
+            return await self._adapt_and_store(caller, meta_model, prepared, store, "stepped")
+        except crud.StaleRevision:
+            if names_revisions(step.if_match):
+                raise changed_meanwhile(step.if_match) from None
+            raise Conflict(
+                f"task {task_id!r} moved past revision {revision} while these rollouts were "
+                "learned from (another step landed first): roll out its current policy and "
+                "send those"
+            ) from None
 
     def export(self, session: Session, *, client_id: int, task_id: str) -> tuple[bytes, TaskRow]:
         """The task's adapted model as a standalone artifact archive

@@ -97,8 +97,9 @@ def test_edited_manifest_is_refused(artifact: Path):
         ({"schema_version": 7}, "schema_version 7 is not supported"),
         (
             {"task_kind": "ranking"},
-            "manifest field task_kind: Input should be 'regression' or 'classification'",
+            "manifest field task_kind: Input should be 'regression', 'classification' or 'policy'",
         ),
+        ({"task_kind": "policy"}, "a policy meta-model .* has a gaussian_mlp architecture"),
         ({"n_outputs": 3}, "disagree with the architecture"),
         (
             {"inner_loop": {"steps": -1, "lr": 0.01, "learned_lr": "none", "adapt": "all"}},

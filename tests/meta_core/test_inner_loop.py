@@ -269,3 +269,25 @@ def test_eager_first_order_steps_equal_the_transform(algo):
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
     with pytest.raises(ValueError, match="first-order only"):
         InnerLoop(model, "regression", steps, lr, first_order=False, eager=True)
+
+
+def test_policy_gradient_loss_is_reinforce():
+    """Its gradient with respect to the mean and log std is the weighted score function
+    (written out by hand), and its log-density is torch.distributions'."""
+    from torch.distributions import Independent, Normal
+
+    from meta_core.inner_loop import gaussian_log_prob, policy_gradient_loss
+
+    g = torch.Generator().manual_seed(0)
+    mean = torch.randn(5, 2, generator=g, dtype=torch.float64, requires_grad=True)
+    log_std = torch.randn(2, generator=g, dtype=torch.float64, requires_grad=True)
+    actions = torch.randn(5, 2, generator=g, dtype=torch.float64)
+    weights = torch.randn(5, generator=g, dtype=torch.float64)
+    out = torch.cat([mean, log_std.expand_as(mean)], -1)
+    dist = Independent(Normal(mean, torch.exp(log_std)), 1)
+    torch.testing.assert_close(gaussian_log_prob(out, actions), dist.log_prob(actions))
+    loss = policy_gradient_loss(out, torch.cat([actions, weights[:, None]], -1))
+    d_mean, d_log_std = torch.autograd.grad(loss, [mean, log_std])
+    z = (actions - mean.detach()) / torch.exp(log_std.detach())
+    torch.testing.assert_close(d_mean, -weights[:, None] * z / torch.exp(log_std.detach()))
+    torch.testing.assert_close(d_log_std, -(weights[:, None] * (z**2 - 1)).sum(0))

@@ -118,3 +118,21 @@ def test_a_large_request_is_predicted_in_chunks_with_the_same_answer(monkeypatch
     out = predictor(net)(x)
     assert seen == [64, 64, 22]  # at most PREDICT_CHUNK rows' activations at once
     np.testing.assert_allclose(out, whole, rtol=1e-5, atol=1e-6)
+
+
+def test_gaussian_policy_outputs_its_mean_and_log_std():
+    from meta_core.networks import GaussianMLP, GaussianMLPSpec
+
+    spec = GaussianMLPSpec(in_features=2, hidden=[100, 100], out_features=2, init_log_std=-0.5)
+    net = build_network(spec.model_dump())
+    assert isinstance(net, GaussianMLP)
+    assert sorted(dict(net.named_parameters())) == [
+        "body.0.bias", "body.0.weight", "body.2.bias", "body.2.weight",
+        "head.bias", "head.weight", "log_std",
+    ]  # fmt: skip
+    x = torch.randn(7, 2)
+    out = net(x)
+    h = torch.tanh(net.body["2"](torch.tanh(net.body["0"](x))))
+    torch.testing.assert_close(out[:, :2], net.head(h))
+    torch.testing.assert_close(out[:, 2:], torch.full((7, 2), -0.5))
+    assert spec.flops == 2 * (2 * 100 + 100 + 100 * 100 + 100 + 100 * 2 + 2)

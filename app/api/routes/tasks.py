@@ -28,6 +28,7 @@ from app.api.deps import (
     services_of,
 )
 from app.core.config import Settings
+from app.core.errors import InvalidInput
 from app.schemas import (
     Examples,
     ExamplesIn,
@@ -43,7 +44,7 @@ from app.schemas import (
 from app.services import prediction
 from app.services.keys import Caller
 from app.services.state import Services
-from app.services.tasks import Update
+from app.services.tasks import PolicyStep, Update
 from app.tables import TaskRow
 from meta_core.artifact import Artifact
 
@@ -145,6 +146,9 @@ async def predict(
         settings=services.settings,
         pool=services.predict_pool,
         batchers=services.batchers,
+        sampling=prediction.Sampling(body.sample, body.seed)
+        if body.sample or body.seed is not None
+        else None,
     )
 
 
@@ -288,7 +292,15 @@ async def add_examples(
     if_match: IfMatch = None,
 ) -> TaskOut:
     """Add labelled examples to the task's support set (new classes allowed, up to the
-    meta-model's ways) and adapt again from the meta-initialization on the whole set."""
+    meta-model's ways) and adapt again from the meta-initialization on the whole set; or, for
+    a policy task, take one more policy-gradient step on rollouts of its current revision."""
+    if body.trajectories is not None or body.revision is not None:
+        step = policy_step(body, if_match)
+        return tagged(TaskOut.of(await services.tasks.step(task_id, step, caller)), response)
+    if body.x is None or body.y is None:
+        raise InvalidInput(
+            "x and y are required (a policy task takes trajectories and their revision)"
+        )
     examples = Examples(x=body.x, y=body.y)
     change = Update(
         examples=examples, inner_steps=body.inner_steps, inner_lr=body.inner_lr, if_match=if_match
@@ -326,6 +338,15 @@ async def readapt(
         if_match=if_match,
     )
     return tagged(await _update(task_id, change, services, caller), response)
+
+
+def policy_step(body: ExamplesIn, if_match: str | None) -> PolicyStep:
+    """A policy task's step: its trajectories with the revision that collected them."""
+    if body.trajectories is None or body.revision is None:
+        raise InvalidInput("a policy task's step needs both trajectories and revision")
+    if body.x is not None or body.y is not None:
+        raise InvalidInput("send trajectories (a policy task) or x and y, not both")
+    return PolicyStep(body.trajectories, body.revision, body.inner_steps, body.inner_lr, if_match)
 
 
 async def _update(task_id: str, change: Update, services: Services, caller: Caller) -> TaskOut:

@@ -1,0 +1,108 @@
+"""A policy meta-training run's configuration, read from a TOML preset (``navigation-2d``) as
+the supervised runs' is (:mod:`meta_core.config`): every field can be overridden with
+``--set section.field=value``."""
+
+from __future__ import annotations
+
+import tomllib
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, model_validator
+
+from meta_core.config import apply_overrides, preset_path
+from meta_core.networks import first_error
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class NavigationConfig(Section):
+    """The MAML paper's 2D navigation (:mod:`meta_core.rl.navigation`)."""
+
+    name: Literal["navigation-2d"] = "navigation-2d"
+    goal_low: float = -0.5
+    goal_high: float = 0.5
+    max_action: float = Field(0.1, gt=0)
+    horizon: int = Field(100, ge=1)
+    success_radius: float = Field(0.01, ge=0)
+
+    @model_validator(mode="after")
+    def _square(self) -> NavigationConfig:
+        if self.goal_low >= self.goal_high:
+            raise ValueError("goal_low must be below goal_high")
+        return self
+
+
+class PolicyConfig(Section):
+    hidden: list[int] = Field(default_factory=lambda: [100, 100])
+    init_log_std: float = 0.0
+
+
+class AdaptationConfig(Section):
+    """The inner step: REINFORCE with a fitted linear-feature baseline, as the paper."""
+
+    inner_steps: int = Field(1, ge=0)  # 0: no adaptation (a pretrained multi-task policy)
+    inner_lr: float = Field(0.1, gt=0)
+    first_order: StrictBool = False
+    trajectories: int = Field(20, ge=1)  # per task and step
+    gamma: float = Field(0.99, gt=0, le=1)
+    baseline_reg: float = Field(1e-5, gt=0)
+
+
+class TRPOConfig(Section):
+    """The outer step (Schulman et al. 2015), with the paper's settings."""
+
+    max_kl: float = Field(0.01, gt=0)
+    cg_iterations: int = Field(10, ge=1)
+    cg_damping: float = Field(1e-5, ge=0)
+    line_search_steps: int = Field(15, ge=1)
+    line_search_backtrack: float = Field(0.8, gt=0, lt=1)
+
+
+class RunConfig(Section):
+    iterations: int = Field(500, ge=0)
+    meta_batch: int = Field(20, ge=1)
+    seed: int = 0
+    threads: int = Field(0, ge=0)
+    log_every: int = Field(10, ge=1)
+    name: str = "navigation-2d"
+    version: str = ""  # default: the time the run ends
+
+
+class EvalConfig(Section):
+    """Returns on tasks no run trained on (drawn with their own seed) after 0..steps steps."""
+
+    tasks: int = Field(100, ge=2)
+    steps: int = Field(3, ge=0)
+    seed: int = 1_000_003
+    baseline_iterations: int = Field(0, ge=0)  # 0: as many as the meta-training run's
+
+
+class PolicyRunConfig(BaseModel):
+    """Every section of a policy meta-training run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["policy"] = "policy"
+    env: NavigationConfig = Field(default_factory=NavigationConfig)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    adaptation: AdaptationConfig = Field(default_factory=AdaptationConfig)
+    trpo: TRPOConfig = Field(default_factory=TRPOConfig)
+    train: RunConfig = Field(default_factory=RunConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+
+def load_policy_config(preset: str, overrides: list[str] | None = None) -> PolicyRunConfig:
+    """A preset (a name in meta_core/presets or a path) with ``section.field=value``
+    overrides, validated; a ``ValueError`` names the first problem."""
+    data: dict[str, Any] = tomllib.loads(preset_path(preset).read_text())
+    try:
+        return PolicyRunConfig.model_validate(apply_overrides(data, overrides or []))
+    except ValidationError as exc:
+        raise ValueError(f"bad configuration: {first_error(exc)}") from None
+
+
+def is_policy_preset(preset: str) -> bool:
+    """Whether a preset is a policy run's (``kind = "policy"``)."""
+    return bool(tomllib.loads(preset_path(preset).read_text()).get("kind") == "policy")

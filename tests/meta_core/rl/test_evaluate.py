@@ -1,0 +1,50 @@
+"""Evaluation of a policy meta-model: returns after 0..steps steps for MAML, the pretrained
+and the random policy, on goals no run trained on; the report, the plot and the manifest."""
+
+import json
+
+import torch
+
+from meta_core.artifact import load_artifact
+from meta_core.inner_loop import InnerLoop
+from meta_core.rl.config import EvalConfig, load_policy_config
+from meta_core.rl.evaluate import adaptation_returns, evaluate_policy, summary
+from meta_core.rl.navigation import Navigation2D
+from meta_core.rl.train import meta_train, save_policy
+
+SMALL = [
+    "train.iterations=2",
+    "train.meta_batch=4",
+    "adaptation.trajectories=4",
+    "env.horizon=10",
+    "policy.hidden=[8]",
+]
+
+
+def test_evaluation_writes_the_report_the_plot_and_the_manifest(tmp_path):
+    cfg = load_policy_config("navigation-2d", SMALL)
+    directory = save_policy(cfg, tmp_path / "nav", meta_train(cfg))
+    report = evaluate_policy(directory, EvalConfig(tasks=5, steps=2, baseline_iterations=1))
+    assert set(report["results"]) == {"maml", "pretrained", "random"}
+    for by_step in report["results"].values():
+        assert list(by_step) == ["0", "1", "2"]
+        assert all(v["return"] < 0 and v["return_ci95"] > 0 for v in by_step.values())
+    assert report["protocol"]["tasks"] == 5 and report["protocol"]["baseline_iterations"] == 1
+    assert json.loads((directory / "report.json").read_text()) == report
+    assert (directory / "plots" / "returns.png").stat().st_size > 1000
+    art = load_artifact(directory)  # re-hashed with its evaluation
+    assert art.manifest.evaluation["results"] == report["results"]["maml"]
+
+
+def test_each_step_rolls_out_the_policy_it_adapted_to(tmp_path):
+    """Zero steps is the start itself, and the same seed gives the same returns."""
+    cfg = load_policy_config("navigation-2d", SMALL)
+    art = load_artifact(save_policy(cfg, tmp_path / "nav", meta_train(cfg)))
+    loop = InnerLoop(art.network(), "policy", 1, 0.1, first_order=True)
+    env = Navigation2D.sample(cfg.env, 3, torch.Generator().manual_seed(5))
+    returns = adaptation_returns(loop, art.params, env, cfg, 2, seed=7)
+    assert returns.shape == (3, 3)
+    assert returns.equal(adaptation_returns(loop, art.params, env, cfg, 2, seed=7))
+    no_steps = adaptation_returns(loop, art.params, env, cfg, 0, seed=7)
+    assert no_steps[0].equal(returns[0])
+    assert summary(returns)["0"]["return"] == round(float(returns[0].mean()), 3)
