@@ -90,6 +90,7 @@ def encoder_installed() -> bool:
 TEXT_MODEL = "text-minilm-10w"
 SHIPPED = sorted(
     [
+        "navigation-2d",
         "omniglot-20w1s",
         "omniglot-5w1s",
         "sinusoid",
