@@ -165,7 +165,8 @@ class TaskOut(BaseModel):
     updated_at: datetime | None = Field(description="the last update (null: none since made)")
     readaptable: bool = Field(
         description="whether the task keeps its support set (tasks made before it was kept "
-        "cannot take examples or be re-adapted)"
+        "cannot take examples or be re-adapted; a policy task keeps its weights alone, and "
+        "takes rollouts instead)"
     )
     storage: str = Field(
         description="how its adapted model is stored: float32, float16 or bfloat16 weights, "

@@ -325,7 +325,7 @@ class TaskService:
         the task's revision, else 409: they are another policy's), stored one revision on.
         Not redone if the task changes meanwhile (its rollouts would be stale): 409, or 412
         with If-Match."""
-        client_id, settings = caller.client_id, self.settings
+        client_id = caller.client_id
 
         def read() -> TaskRow:
             with self.db.session() as session:
@@ -335,25 +335,8 @@ class TaskService:
 
         task = await run_in_threadpool(read)
         check_if_match(step.if_match, task.revision)
-        meta_model = pinned_meta_model(task, self.registry)
-        if meta_model.task_kind != "policy":
-            raise InvalidInput(
-                f"task {task_id!r} is not a policy's: send examples as x and y, not trajectories"
-            )
-        check_rollout_revision(task, step.revision)
-        rows = check_counts(step.trajectories, "trajectories", settings)
-        asked = 1 if step.inner_steps is None else step.inner_steps
-        steps = policy_steps(meta_model, asked, rows, settings)
-        lr = inner_lr(task.inner_lr if step.inner_lr is None else step.inner_lr, settings)
-        check_adapt_cost(meta_model, rows, 0, steps, caller.limits)
+        meta_model, prepared = self._policy_step(task, step, caller)
         revision, size = task.revision, task.weights_bytes + task.support_bytes
-        stored = StoredModel.of(task, None)
-        before = (task.inner_steps, task.support_size)
-
-        def prepared() -> AdaptationRequest:
-            current = stored_params(meta_model, stored)
-            request = policy_request(meta_model, step.trajectories, steps, lr, current)
-            return replace(request, before=before)
 
         def store(session: Session, state: crud.AdaptedState) -> TaskRow:
             try:
@@ -381,6 +364,34 @@ class TaskService:
                 "learned from (another step landed first): roll out its current policy and "
                 "send those"
             ) from None
+
+    def _policy_step(
+        self, task: TaskRow, step: PolicyStep, caller: Caller
+    ) -> tuple[Artifact, Callable[[], AdaptationRequest]]:
+        """A policy task's meta-model, the step checked (its rollouts' revision, counts and
+        cost), and the work that makes its adaptation request from the task's current policy
+        (on the pool)."""
+        settings = self.settings
+        meta_model = pinned_meta_model(task, self.registry)
+        if meta_model.task_kind != "policy":
+            raise InvalidInput(
+                f"task {task.id!r} is not a policy's: send examples as x and y, not trajectories"
+            )
+        check_rollout_revision(task, step.revision)
+        rows = check_counts(step.trajectories, "trajectories", settings)
+        asked = 1 if step.inner_steps is None else step.inner_steps
+        steps = policy_steps(meta_model, asked, rows, settings)
+        lr = inner_lr(task.inner_lr if step.inner_lr is None else step.inner_lr, settings)
+        check_adapt_cost(meta_model, rows, 0, steps, caller.limits)
+        stored = StoredModel.of(task, None)
+        before = (task.inner_steps, task.support_size)
+
+        def prepared() -> AdaptationRequest:
+            current = stored_params(meta_model, stored)
+            request = policy_request(meta_model, step.trajectories, steps, lr, current)
+            return replace(request, before=before)
+
+        return meta_model, prepared
 
     def export(self, session: Session, *, client_id: int, task_id: str) -> tuple[bytes, TaskRow]:
         """The task's adapted model as a standalone artifact archive

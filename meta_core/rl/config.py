@@ -77,6 +77,9 @@ class EvalConfig(Section):
     steps: int = Field(3, ge=0)
     seed: int = 1_000_003
     baseline_iterations: int = Field(0, ge=0)  # 0: as many as the meta-training run's
+    # Also write the pretrained baseline as an artifact (baselines/pretrained, named
+    # "<name>-pretrained"), to serve beside the meta-model and compare through the API.
+    save_baselines: StrictBool = False
 
 
 class PolicyRunConfig(BaseModel):

@@ -22,7 +22,7 @@ from meta_core.networks import build_network
 from meta_core.rl.config import EvalConfig, PolicyRunConfig
 from meta_core.rl.navigation import Navigation2D
 from meta_core.rl.rollouts import Rollouts, policy_of, sample, support_set
-from meta_core.rl.train import architecture, meta_train, rollout_spec
+from meta_core.rl.train import architecture, meta_train, rollout_spec, save_policy
 from meta_core.rl.trpo import meta_parameters
 
 log = logging.getLogger(__name__)
@@ -56,17 +56,25 @@ def adaptation_returns(
     return torch.stack(returns)
 
 
-def starts(params: Params, cfg: PolicyRunConfig, iterations: int) -> dict[str, Params]:
+def starts(
+    params: Params, cfg: PolicyRunConfig, iterations: int, save_to: Path | None = None
+) -> dict[str, Params]:
     """The three starting points: the meta-policy, a policy pretrained by TRPO on its own
-    rollouts of every task (``iterations`` steps, the run's seed), and a random one."""
+    rollouts of every task (``iterations`` steps, the run's seed; written as an artifact to
+    ``save_to`` if given), and a random one."""
     pretrain = cfg.model_copy(
         update={
             "adaptation": cfg.adaptation.model_copy(update={"inner_steps": 0}),
-            "train": cfg.train.model_copy(update={"iterations": iterations}),
+            "train": cfg.train.model_copy(
+                update={"iterations": iterations, "name": f"{cfg.train.name}-pretrained"}
+            ),
         }
     )
     log.info("pretraining the multi-task baseline for %d iterations", iterations)
-    pretrained = meta_train(pretrain, log_every=max(iterations // 10, 1)).params
+    run = meta_train(pretrain, log_every=max(iterations // 10, 1))
+    if save_to is not None:
+        save_policy(pretrain, save_to, run)
+    pretrained = run.params
     torch.manual_seed(cfg.eval.seed)
     fresh = meta_parameters(build_network(architecture(cfg)))
     detached = {k: v.detach() for k, v in params.items()}
@@ -104,7 +112,8 @@ def evaluate_policy(
     iterations = cfg.baseline_iterations or art.manifest.training.iterations_done
     env = Navigation2D.sample(run.env, cfg.tasks, torch.Generator().manual_seed(cfg.seed))
     results = {}
-    for method, params in starts(art.params, run, iterations).items():
+    save_to = directory / "baselines" / "pretrained" if cfg.save_baselines else None
+    for method, params in starts(art.params, run, iterations, save_to).items():
         returns = adaptation_returns(loop, params, env, run, cfg.steps, cfg.seed + 1)
         results[method] = summary(returns)
         log.info("%s: %s", method, {s: v["return"] for s, v in results[method].items()})

@@ -24,7 +24,8 @@ SMALL = [
 def test_evaluation_writes_the_report_the_plot_and_the_manifest(tmp_path):
     cfg = load_policy_config("navigation-2d", SMALL)
     directory = save_policy(cfg, tmp_path / "nav", meta_train(cfg))
-    report = evaluate_policy(directory, EvalConfig(tasks=5, steps=2, baseline_iterations=1))
+    cfg = EvalConfig(tasks=5, steps=2, baseline_iterations=1, save_baselines=True)
+    report = evaluate_policy(directory, cfg)
     assert set(report["results"]) == {"maml", "pretrained", "random"}
     for by_step in report["results"].values():
         assert list(by_step) == ["0", "1", "2"]
@@ -34,6 +35,9 @@ def test_evaluation_writes_the_report_the_plot_and_the_manifest(tmp_path):
     assert (directory / "plots" / "returns.png").stat().st_size > 1000
     art = load_artifact(directory)  # re-hashed with its evaluation
     assert art.manifest.evaluation["results"] == report["results"]["maml"]
+    baseline = load_artifact(directory / "baselines" / "pretrained")  # to serve beside it
+    assert baseline.name == "navigation-2d-pretrained" and baseline.task_kind == "policy"
+    assert baseline.manifest.training.iterations_done == 1
 
 
 def test_each_step_rolls_out_the_policy_it_adapted_to(tmp_path):
