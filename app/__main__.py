@@ -16,14 +16,14 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from app import crud
-from app.core.config import Settings, get_settings
+from app.core.config import FORMATS, Settings, get_settings
 from app.core.db import Database
 from app.core.errors import Conflict, NotFound
 from app.core.security import hash_key, new_key
 from app.services.limits import Limits
-from app.services.registry import MetaModelRegistry
-from app.services.storage import store_again
-from app.services.weights import FORMATS
+
+# The registry and the storage commands import torch and meta_core (seconds); the client and
+# task commands do without them, so they are imported where they are used.
 
 # A subcommand: its parsed arguments and the service's settings in, the exit status out.
 Command = Callable[[argparse.Namespace, Settings], int]
@@ -149,6 +149,8 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
 def models_command(args: argparse.Namespace, settings: Settings) -> int:
     """``models list`` and ``models reload``: 1 if an artifact is refused (it is not served;
     what is served stays), else 0."""
+    from app.services.registry import MetaModelRegistry
+
     registry = MetaModelRegistry(
         [], [f for f in (settings.model_dir, settings.trained_model_dir) if f is not None]
     )
@@ -214,6 +216,9 @@ def tasks_store(args: argparse.Namespace, settings: Settings, db: Database) -> N
     """``tasks store``: one line per meta-model, then the bytes before and after."""
     if args.compression is not None:
         settings = settings.model_copy(update={"task_compression": args.compression})
+    from app.services.registry import MetaModelRegistry
+    from app.services.storage import store_again
+
     registry = MetaModelRegistry(
         [], [f for f in (settings.model_dir, settings.trained_model_dir) if f is not None]
     )

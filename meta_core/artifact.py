@@ -71,6 +71,8 @@ class InnerLoopSpec(_Record):
 
     steps: int = Field(ge=0)
     lr: float = Field(gt=0)
+    # A policy's steps after the first take this lr (None: ``lr``); see meta_core.rl.config.
+    later_lr: float | None = Field(None, gt=0)
     learned_lr: LearnedLR = "none"
     adapt: Literal["all", "head"] = "all"
     first_order_training: bool = False

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SQLITE_DEFAULT = "sqlite:///./data/app.db"
 
-StorageMode = Literal["auto", "float32", "float16", "bfloat16", "support"]
+# How a task's adapted model is stored (app/services/weights.py); "auto" chooses per task.
+Format = Literal["float32", "float16", "bfloat16", "support"]
+FORMATS: tuple[Format, ...] = get_args(Format)
+StorageMode = Literal["auto"] | Format
 
 
 class Settings(BaseSettings):

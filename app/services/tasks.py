@@ -381,7 +381,9 @@ class TaskService:
         rows = check_counts(step.trajectories, "trajectories", settings)
         asked = 1 if step.inner_steps is None else step.inner_steps
         steps = policy_steps(meta_model, asked, rows, settings)
-        lr = inner_lr(task.inner_lr if step.inner_lr is None else step.inner_lr, settings)
+        lr = inner_lr(step.inner_lr, settings) or task.inner_lr
+        if lr is None and task.inner_steps > 0:  # a step after the first: the model's later_lr
+            lr = meta_model.manifest.inner_loop.later_lr
         check_adapt_cost(meta_model, rows, 0, steps, caller.limits)
         stored = StoredModel.of(task, None)
         before = (task.inner_steps, task.support_size)

@@ -16,19 +16,18 @@ import hashlib
 import json
 import struct
 import zlib
-from typing import Literal
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load, save
 from torch import Tensor
 
+from app.core.config import FORMATS as FORMATS  # callers' import, kept
+from app.core.config import Format as Format
 from app.core.errors import Conflict, StoredWeightsCorrupt
 from meta_core.artifact import Artifact
 from meta_core.preprocessing import AudioPreprocessing
 
-Format = Literal["float32", "float16", "bfloat16", "support"]
-FORMATS: tuple[Format, ...] = ("float32", "float16", "bfloat16", "support")
 HALF = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 ZLIB = b"\x00\x00\x00\x00zlib"
 MAX_INFLATED = 2**30  # bytes a stored blob may inflate to; no task's tensors come near

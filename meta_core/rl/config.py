@@ -44,6 +44,10 @@ class AdaptationConfig(Section):
 
     inner_steps: int = Field(1, ge=0)  # 0: no adaptation (a pretrained multi-task policy)
     inner_lr: float = Field(0.1, gt=0)
+    # The lr of each step after the first (None: inner_lr), for evaluation and the service:
+    # meta-training takes one step. A policy one step on is sharper than the meta-policy,
+    # and a step of inner_lr from it overshoots (docs/rl.md has the measurement).
+    later_lr: float | None = Field(None, gt=0)
     first_order: StrictBool = False
     trajectories: int = Field(20, ge=1)  # per task and step
     gamma: float = Field(0.99, gt=0, le=1)
@@ -77,6 +81,9 @@ class EvalConfig(Section):
     steps: int = Field(3, ge=0)
     seed: int = 1_000_003
     baseline_iterations: int = Field(0, ge=0)  # 0: as many as the meta-training run's
+    # The lr of the steps after the first, for every method (0: the meta-model's later_lr,
+    # else its inner_lr).
+    later_lr: float = Field(0.0, ge=0)
     # Also write the pretrained baseline as an artifact (baselines/pretrained, named
     # "<name>-pretrained"), to serve beside the meta-model and compare through the API.
     save_baselines: StrictBool = False

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch.func import vmap
 
-from meta_core.artifact import load_artifact, update_evaluation
+from meta_core.artifact import InnerLoopSpec, load_artifact, update_evaluation
 from meta_core.inner_loop import InnerLoop, Params
 from meta_core.networks import build_network
 from meta_core.rl.config import EvalConfig, PolicyRunConfig
@@ -40,20 +40,33 @@ def adapt_on(
 
 
 def adaptation_returns(
-    loop: InnerLoop, params: Params, env: Navigation2D, cfg: PolicyRunConfig, steps: int, seed: int
+    model: torch.nn.Module,
+    params: Params,
+    env: Navigation2D,
+    cfg: PolicyRunConfig,
+    lrs: list[float],
+    seed: int,
 ) -> torch.Tensor:
-    """Each task's mean return over ``trajectories`` rollouts after 0..``steps`` inner steps
-    from ``params``: ``[steps + 1, tasks]``."""
+    """Each task's mean return over ``trajectories`` rollouts before and after each inner
+    step from ``params``, step ``k`` at ``lrs[k]``: ``[len(lrs) + 1, tasks]``."""
     generator = torch.Generator().manual_seed(seed)
     current, batched, returns = dict(params), False, []
-    for step in range(steps + 1):
-        policy = policy_of(loop.model, current, batched)
+    for step in range(len(lrs) + 1):
+        policy = policy_of(model, current, batched)
         start = env.reset(cfg.adaptation.trajectories)
         rollouts = sample(policy, start, env.step, cfg.env.horizon, generator)
         returns.append(rollouts.returns().mean(-1))
-        if step < steps:
+        if step < len(lrs):
+            loop = InnerLoop(model, "policy", 1, lrs[step], first_order=True)
             current, batched = adapt_on(loop, current, rollouts, cfg, batched), True
     return torch.stack(returns)
+
+
+def step_lrs(inner: InnerLoopSpec, steps: int, later_lr: float = 0.0) -> list[float]:
+    """Each step's lr: the meta-model's ``lr`` first, then ``later_lr`` if given, else its
+    own ``later_lr``, else ``lr`` again."""
+    later = later_lr or inner.later_lr or inner.lr
+    return [inner.lr, *[later] * (steps - 1)][:steps]
 
 
 def starts(
@@ -108,13 +121,13 @@ def evaluate_policy(
     if not isinstance(run, PolicyRunConfig):
         raise ValueError(f"{directory} is not a policy meta-model")
     run = run.model_copy(update={"eval": cfg})
-    loop = InnerLoop(art.network(), "policy", 1, art.manifest.inner_loop.lr, first_order=True)
+    lrs = step_lrs(art.manifest.inner_loop, cfg.steps, cfg.later_lr)
     iterations = cfg.baseline_iterations or art.manifest.training.iterations_done
     env = Navigation2D.sample(run.env, cfg.tasks, torch.Generator().manual_seed(cfg.seed))
     results = {}
     save_to = directory / "baselines" / "pretrained" if cfg.save_baselines else None
     for method, params in starts(art.params, run, iterations, save_to).items():
-        returns = adaptation_returns(loop, params, env, run, cfg.steps, cfg.seed + 1)
+        returns = adaptation_returns(art.network(), params, env, run, lrs, cfg.seed + 1)
         results[method] = summary(returns)
         log.info("%s: %s", method, {s: v["return"] for s, v in results[method].items()})
     protocol = {
@@ -122,7 +135,7 @@ def evaluate_policy(
         "seed": cfg.seed,
         "steps": cfg.steps,
         "trajectories": run.adaptation.trajectories,
-        "inner_lr": art.manifest.inner_loop.lr,
+        "inner_lr": lrs,
         "baseline_iterations": iterations,
         "metric": "average return (undiscounted) of the trajectories after each step",
     }
@@ -153,10 +166,11 @@ def returns_plot(directory: Path, report: dict[str, Any]) -> Path:
             label=method,
         )
     ax.set_xlabel("adaptation steps")
-    ax.set_ylabel("average return")
+    ax.set_ylabel("average return (symmetric log scale)")
+    ax.set_yscale("symlog", linthresh=10)  # a random policy's return is ten times the others'
     ax.set_xticks(steps)
     ax.set_title(f"{report['model']}: {report['protocol']['tasks']} held-out goals")
-    ax.legend()
+    ax.legend(loc="center right")
     fig.tight_layout()
     path = directory / "plots" / "returns.png"
     path.parent.mkdir(exist_ok=True)

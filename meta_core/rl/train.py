@@ -206,7 +206,10 @@ def save_policy(cfg: PolicyRunConfig, out: Path, run: Run) -> Path:
         params=run.params,
         lrs={},
         inner_loop=InnerLoopSpec(
-            steps=max(a.inner_steps, 1), lr=a.inner_lr, first_order_training=a.first_order
+            steps=max(a.inner_steps, 1),
+            lr=a.inner_lr,
+            later_lr=a.later_lr,
+            first_order_training=a.first_order,
         ),
         preprocessing=rollout_spec(cfg),
         training=training,

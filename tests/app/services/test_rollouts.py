@@ -77,7 +77,7 @@ def test_seeded_samples_repeat_and_each_row_is_its_own(client, alice):
     # Row 0's draw depends on the seed and its position, not on the rows after it.
     # (to float32 rounding: a matrix product of another batch size may round otherwise)
     alone = act(client, alice, task["id"], x=obs[:1], sample=True, seed=7)
-    np.testing.assert_allclose(alone[0]["action"], a[0]["action"], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(alone[0]["action"], a[0]["action"], rtol=1e-5, atol=1e-6)
     art = load_artifact(ROOT / "models" / MODEL)
     out = art.predict(art.params, torch.tensor(obs))
     logp = gaussian_log_prob(out, torch.tensor([r["action"] for r in a]))

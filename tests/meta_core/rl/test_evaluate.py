@@ -5,10 +5,9 @@ import json
 
 import torch
 
-from meta_core.artifact import load_artifact
-from meta_core.inner_loop import InnerLoop
+from meta_core.artifact import InnerLoopSpec, load_artifact
 from meta_core.rl.config import EvalConfig, load_policy_config
-from meta_core.rl.evaluate import adaptation_returns, evaluate_policy, summary
+from meta_core.rl.evaluate import adaptation_returns, evaluate_policy, step_lrs, summary
 from meta_core.rl.navigation import Navigation2D
 from meta_core.rl.train import meta_train, save_policy
 
@@ -44,11 +43,20 @@ def test_each_step_rolls_out_the_policy_it_adapted_to(tmp_path):
     """Zero steps is the start itself, and the same seed gives the same returns."""
     cfg = load_policy_config("navigation-2d", SMALL)
     art = load_artifact(save_policy(cfg, tmp_path / "nav", meta_train(cfg)))
-    loop = InnerLoop(art.network(), "policy", 1, 0.1, first_order=True)
     env = Navigation2D.sample(cfg.env, 3, torch.Generator().manual_seed(5))
-    returns = adaptation_returns(loop, art.params, env, cfg, 2, seed=7)
+    net = art.network()
+    returns = adaptation_returns(net, art.params, env, cfg, [0.1, 0.02], seed=7)
     assert returns.shape == (3, 3)
-    assert returns.equal(adaptation_returns(loop, art.params, env, cfg, 2, seed=7))
-    no_steps = adaptation_returns(loop, art.params, env, cfg, 0, seed=7)
+    assert returns.equal(adaptation_returns(net, art.params, env, cfg, [0.1, 0.02], seed=7))
+    assert not returns.equal(adaptation_returns(net, art.params, env, cfg, [0.1, 0.1], seed=7))
+    no_steps = adaptation_returns(net, art.params, env, cfg, [], seed=7)
     assert no_steps[0].equal(returns[0])
     assert summary(returns)["0"]["return"] == round(float(returns[0].mean()), 3)
+
+
+def test_later_steps_take_the_later_lr():
+    inner = InnerLoopSpec(steps=1, lr=0.1, later_lr=0.02)
+    assert step_lrs(inner, 3) == [0.1, 0.02, 0.02]
+    assert step_lrs(inner, 3, later_lr=0.05) == [0.1, 0.05, 0.05]
+    assert step_lrs(InnerLoopSpec(steps=1, lr=0.1), 2) == [0.1, 0.1]
+    assert step_lrs(inner, 0) == []
