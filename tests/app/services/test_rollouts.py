@@ -115,6 +115,8 @@ def test_a_step_is_the_inner_step_of_meta_training(client, alice):
         headers=alice,
     )
     assert r.json()["inner_steps"] == 2 and r.json()["revision"] == 3
+    assert stepped["inner_lr"] is None  # the first step: the model's inner_loop.lr
+    assert r.json()["inner_lr"] == art.manifest.inner_loop.later_lr == 0.02
     export = client.get(f"/tasks/{task['id']}/model", headers=alice)
     assert export.status_code == 200 and export.headers["ETag"] == '"3"'
     with tarfile.open(fileobj=io.BytesIO(export.content)) as tar:
