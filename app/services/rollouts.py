@@ -5,6 +5,8 @@ as meta-training made them."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -44,27 +46,27 @@ def check_counts(trajectories: list[Trajectory], field: str, settings: Settings)
     return total
 
 
+def per_step(values: list[Any], field: str, steps: int, size: int, expected: str) -> np.ndarray:
+    """A ``[steps, size]`` float32 array of one vector a step (a number a step, if ``size``
+    is 1), or a 422 that says what was ``expected``."""
+    a = as_float32(values, field, "a rectangular array of numbers")
+    if size == 1 and a.ndim == 1:
+        a = a.reshape(-1, 1)
+    if a.shape != (steps, size):
+        raise InvalidInput(f"{field} has shape {list(a.shape)}; {expected}")
+    return a
+
+
 def _one(meta_model: Artifact, t: Trajectory, where: str) -> tuple[np.ndarray, ...]:
     """One trajectory's observations, actions, rewards and mask (its steps up to its first
     done), checked."""
-    obs_size, act_size = meta_model.row_shape[0], meta_model.n_outputs
     steps = len(t.observations)
-    obs = as_float32(t.observations, f"{where}.observations", "a rectangular array of numbers")
-    if obs_size == 1 and obs.ndim == 1:
-        obs = obs.reshape(-1, 1)
-    if obs.shape != (steps, obs_size):
-        raise InvalidInput(
-            f"{where}.observations has shape {list(obs.shape)}; model {meta_model.name!r} "
-            f"observes [steps, {obs_size}]"
-        )
-    act = as_float32(t.actions, f"{where}.actions", "a rectangular array of numbers")
-    if act_size == 1 and act.ndim == 1:
-        act = act.reshape(-1, 1)
-    if act.shape != (steps, act_size):
-        raise InvalidInput(
-            f"{where}.actions has shape {list(act.shape)}; expected [{steps}, {act_size}] "
-            "(one action per observation)"
-        )
+    obs_size = meta_model.row_shape[0]
+    expected = f"model {meta_model.name!r} observes [steps, {obs_size}]"
+    obs = per_step(t.observations, f"{where}.observations", steps, obs_size, expected)
+    act_size = meta_model.n_outputs
+    expected = f"expected [{steps}, {act_size}] (one action per observation)"
+    act = per_step(t.actions, f"{where}.actions", steps, act_size, expected)
     rewards = as_float32(t.rewards, f"{where}.rewards", "an array of numbers")
     if rewards.shape != (steps,):
         raise InvalidInput(

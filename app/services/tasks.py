@@ -183,7 +183,7 @@ class TaskService:
     async def _update_once(self, task_id: str, change: Update, caller: Caller) -> TaskRow | None:
         """One attempt of :meth:`update`: the updated row, or None if the task changed while
         it adapted (without If-Match)."""
-        client_id, limits = caller.client_id, caller.limits
+        client_id = caller.client_id
 
         def read() -> TaskRow:
             with self.db.session() as session:
@@ -194,6 +194,18 @@ class TaskService:
         task = await run_in_threadpool(read)
         check_if_match(change.if_match, task.revision)
         meta_model, prepared = self._readaptation(task, change, caller)
+        store = self._replacing(task, caller)
+        try:
+            return await self._adapt_and_store(caller, meta_model, prepared, store, "re-adapted")
+        except crud.StaleRevision:
+            if names_revisions(change.if_match):
+                raise changed_meanwhile(change.if_match) from None
+            return None  # redone on the newer revision
+
+    def _replacing(self, task: TaskRow, caller: Caller) -> Store:
+        """What writes an update of ``task``: its row replaced if still at the revision read
+        (else :class:`crud.StaleRevision`), within the caller's storage quota."""
+        client_id, task_id = caller.client_id, task.id
         revision, size = task.revision, task.weights_bytes + task.support_bytes
 
         def store(session: Session, state: crud.AdaptedState) -> TaskRow:
@@ -204,7 +216,7 @@ class TaskService:
                     task_id=task_id,
                     revision=revision,
                     stored_bytes=size,
-                    quota=limits.max_stored_bytes,
+                    quota=caller.limits.max_stored_bytes,
                     state=state,
                 )
             except crud.OverQuota as full:
@@ -212,12 +224,7 @@ class TaskService:
                 raise self._over_quota(caller, full, adding, update=True) from None
             return crud.get_task(session, client_id=client_id, task_id=task_id)
 
-        try:
-            return await self._adapt_and_store(caller, meta_model, prepared, store, "re-adapted")
-        except crud.StaleRevision:
-            if names_revisions(change.if_match):
-                raise changed_meanwhile(change.if_match) from None
-            return None  # redone on the newer revision
+        return store
 
     def _readaptation(
         self, task: TaskRow, change: Update, caller: Caller
@@ -336,31 +343,14 @@ class TaskService:
         task = await run_in_threadpool(read)
         check_if_match(step.if_match, task.revision)
         meta_model, prepared = self._policy_step(task, step, caller)
-        revision, size = task.revision, task.weights_bytes + task.support_bytes
-
-        def store(session: Session, state: crud.AdaptedState) -> TaskRow:
-            try:
-                crud.update_task(
-                    session,
-                    client_id=client_id,
-                    task_id=task_id,
-                    revision=revision,
-                    stored_bytes=size,
-                    quota=caller.limits.max_stored_bytes,
-                    state=state,
-                )
-            except crud.OverQuota as full:
-                adding = state.stored_bytes - size
-                raise self._over_quota(caller, full, adding, update=True) from None
-            return crud.get_task(session, client_id=client_id, task_id=task_id)
-
+        store = self._replacing(task, caller)
         try:
             return await self._adapt_and_store(caller, meta_model, prepared, store, "stepped")
         except crud.StaleRevision:
             if names_revisions(step.if_match):
                 raise changed_meanwhile(step.if_match) from None
             raise Conflict(
-                f"task {task_id!r} moved past revision {revision} while these rollouts were "
+                f"task {task_id!r} moved past revision {task.revision} while these rollouts were "
                 "learned from (another step landed first): roll out its current policy and "
                 "send those"
             ) from None

@@ -84,7 +84,7 @@ def test_seeded_samples_repeat_and_each_row_is_its_own(client, alice):
     np.testing.assert_allclose([r["log_prob"] for r in a], logp.numpy(), rtol=1e-4)
 
 
-def test_a_step_is_the_inner_step_of_meta_training(client, alice):
+def test_a_step_is_the_inner_step_of_meta_training(client, alice, tmp_path):
     """The service's step on posted rollouts equals meta_core's inner step on the same
     rollouts (padded, as meta-training batches them), and the next revision acts so."""
     task = create(client, alice)
@@ -121,6 +121,13 @@ def test_a_step_is_the_inner_step_of_meta_training(client, alice):
     assert export.status_code == 200 and export.headers["ETag"] == '"3"'
     with tarfile.open(fileobj=io.BytesIO(export.content)) as tar:
         assert sorted(tar.getnames()) == ["manifest.json", "weights.safetensors"]
+    archive = tmp_path / "task.tar"
+    archive.write_bytes(export.content)
+    exported = load_artifact(archive)  # predicts offline exactly as the service does
+    assert exported.manifest.task.revision == 3 and exported.manifest.task.inner_steps == 2
+    offline = exported.predict(exported.params, torch.tensor(obs))[:, :2]
+    served = act(client, alice, task["id"], x=obs)
+    np.testing.assert_allclose([g["action"] for g in served], offline.numpy(), rtol=1e-5)
 
 
 def stored_state(client: TestClient, key: dict[str, str], task_id: str) -> tuple[Any, ...]:
@@ -251,8 +258,18 @@ def test_what_a_policy_task_refuses_and_what_others_refuse(client, alice):
     assert_problem(
         r, 422, f"task {sine['id']!r} is not a policy's: send examples as x and y, not trajectories"
     )
-    # Another client's policy task is none of theirs.
     assert client.post(f"/tasks/{task['id']}/predict", json={"x": [[0, 0]]}).status_code == 401
+
+
+def test_another_clients_policy_task_is_none_of_theirs(client, alice, bob):
+    task = create(client, alice)
+    step = {"trajectories": trajectories(), "revision": 1}
+    for r in (
+        client.post(f"/tasks/{task['id']}/predict", json={"x": [[0, 0]]}, headers=bob),
+        client.post(f"/tasks/{task['id']}/examples", json=step, headers=bob),
+    ):
+        assert_problem(r, 404, f"no task {task['id']!r}")
+    assert client.get(f"/tasks/{task['id']}", headers=alice).json()["revision"] == 1
 
 
 def test_rollout_limits(settings):
