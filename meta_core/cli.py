@@ -11,12 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
-from meta_core.config import apply_overrides, eval_config, load_config
+from meta_core.config import eval_config, load_config
 from meta_core.data.wordnet import WORDNET_DIR, summarize, write_wordnet
-from meta_core.networks import first_error
-from meta_core.rl.config import EvalConfig as PolicyEvalConfig
 from meta_core.rl.config import PolicyRunConfig, is_policy_preset
 
 # A subcommand: its parsed arguments in, the exit status out.
@@ -181,14 +177,7 @@ def eval_policy_command(args: argparse.Namespace, run: PolicyRunConfig) -> int:
     """``eval`` of a policy meta-model: a line per method, its return after each step."""
     from meta_core.rl.evaluate import evaluate_policy
 
-    data = apply_overrides(
-        {"eval": run.eval.model_dump()},
-        [o if o.startswith("eval.") else f"eval.{o}" for o in args.overrides],
-    )
-    try:
-        eval_cfg = PolicyEvalConfig.model_validate(data["eval"])
-    except ValidationError as exc:
-        raise UsageError(f"bad eval setting: eval.{first_error(exc)}") from None
+    eval_cfg = eval_config(run.eval, args.overrides)
     report = evaluate_policy(args.artifact, eval_cfg, plots=not args.no_plots)
     for method, by_step in report["results"].items():
         cells = ", ".join(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
@@ -360,9 +360,13 @@ def load_config(preset: str, overrides: list[str] | None = None) -> Config:
     return Config.from_dict(apply_overrides(data, overrides or []))
 
 
-def eval_config(recorded: EvalConfig, overrides: list[str]) -> EvalConfig:
-    """The ``[eval]`` table a run recorded, with ``field=value`` or ``eval.field=value``
-    overrides; a key of another section is refused rather than dropped."""
+EvalT = TypeVar("EvalT", bound=BaseModel)
+
+
+def eval_config(recorded: EvalT, overrides: list[str]) -> EvalT:
+    """The ``[eval]`` table a run recorded (a supervised run's, or a policy's), with
+    ``field=value`` or ``eval.field=value`` overrides; a key of another section is refused
+    rather than dropped."""
     data = recorded.model_dump()
     for text in overrides:
         keys, value = parse_override(text)
@@ -372,6 +376,6 @@ def eval_config(recorded: EvalConfig, overrides: list[str]) -> EvalConfig:
             raise ValueError(f"override {text!r}: eval takes [eval] fields, e.g. tasks=100")
         data[keys[0]] = value
     try:
-        return EvalConfig.model_validate(data)
+        return type(recorded).model_validate(data)
     except ValidationError as exc:
         raise ValueError(f"bad eval setting: eval.{first_error(exc)}") from None

@@ -183,15 +183,7 @@ class TaskService:
     async def _update_once(self, task_id: str, change: Update, caller: Caller) -> TaskRow | None:
         """One attempt of :meth:`update`: the updated row, or None if the task changed while
         it adapted (without If-Match)."""
-        client_id = caller.client_id
-
-        def read() -> TaskRow:
-            with self.db.session() as session:
-                return crud.get_task(
-                    session, client_id=client_id, task_id=task_id, with_support=True
-                )
-
-        task = await run_in_threadpool(read)
+        task = await self._read(task_id, caller, with_support=True)
         check_if_match(change.if_match, task.revision)
         meta_model, prepared = self._readaptation(task, change, caller)
         store = self._replacing(task, caller)
@@ -201,6 +193,28 @@ class TaskService:
             if names_revisions(change.if_match):
                 raise changed_meanwhile(change.if_match) from None
             return None  # redone on the newer revision
+
+    async def _read(
+        self,
+        task_id: str,
+        caller: Caller,
+        *,
+        with_support: bool = False,
+        with_weights: bool = False,
+    ) -> TaskRow:
+        """The caller's task as an update starts from it (404 if none), off the event loop."""
+
+        def read() -> TaskRow:
+            with self.db.session() as session:
+                return crud.get_task(
+                    session,
+                    client_id=caller.client_id,
+                    task_id=task_id,
+                    with_support=with_support,
+                    with_weights=with_weights,
+                )
+
+        return await run_in_threadpool(read)
 
     def _replacing(self, task: TaskRow, caller: Caller) -> Store:
         """What writes an update of ``task``: its row replaced if still at the revision read
@@ -332,15 +346,7 @@ class TaskService:
         the task's revision, else 409: they are another policy's), stored one revision on.
         Not redone if the task changes meanwhile (its rollouts would be stale): 409, or 412
         with If-Match."""
-        client_id = caller.client_id
-
-        def read() -> TaskRow:
-            with self.db.session() as session:
-                return crud.get_task(
-                    session, client_id=client_id, task_id=task_id, with_weights=True
-                )
-
-        task = await run_in_threadpool(read)
+        task = await self._read(task_id, caller, with_weights=True)
         check_if_match(step.if_match, task.revision)
         meta_model, prepared = self._policy_step(task, step, caller)
         store = self._replacing(task, caller)

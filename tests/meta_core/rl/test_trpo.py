@@ -11,6 +11,7 @@ from meta_core.networks import GaussianMLPSpec, build_network
 from meta_core.rl.config import TRPOConfig
 from meta_core.rl.trpo import (
     MetaBatch,
+    adapted_outputs,
     conjugate_gradient,
     gaussian_kl,
     meta_parameters,
@@ -63,8 +64,6 @@ def make_batch(model, params, loop, tasks=3, rows=7, seed=0) -> MetaBatch:
     # gradient is not zero and the importance ratios are not one.
     batch = MetaBatch((sx, sy), obs, actions, weights, kl_weights, torch.zeros(tasks, rows, 4))
     with torch.no_grad():
-        from meta_core.rl.trpo import adapted_outputs
-
         out = adapted_outputs(loop, {k: v.detach() for k, v in params.items()}, batch)
     shifted = out + 0.05 * torch.randn(out.shape, generator=g, dtype=torch.float64)
     return MetaBatch((sx, sy), obs, actions, weights, kl_weights, shifted)
