@@ -145,7 +145,7 @@ def train_policy_command(args: argparse.Namespace) -> int:
     from meta_core.rl.train import train_policy
 
     if args.resume:
-        raise UsageError("a policy run does not resume: train it again (it takes minutes)")
+        raise UsageError("a policy run does not resume: train it again")
     try:
         train_policy(load_policy_config(args.preset, args.overrides), args.out)
     except KeyboardInterrupt:

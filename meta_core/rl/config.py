@@ -1,11 +1,11 @@
-"""A policy meta-training run's configuration, read from a TOML preset (``navigation-2d``) as
-the supervised runs' is (:mod:`meta_core.config`): every field can be overridden with
+"""A policy meta-training run's configuration, read from a TOML preset (``navigation-2d``,
+``half-cheetah-vel``, ``half-cheetah-dir``) as the supervised runs' is (:mod:`meta_core.config`): every field can be overridden with
 ``--set section.field=value``."""
 
 from __future__ import annotations
 
 import tomllib
-from typing import Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, model_validator
 
@@ -21,6 +21,8 @@ class NavigationConfig(Section):
     """The MAML paper's 2D navigation (:mod:`meta_core.rl.navigation`)."""
 
     name: Literal["navigation-2d"] = "navigation-2d"
+    observation_size: ClassVar[int] = 2
+    action_size: ClassVar[int] = 2
     goal_low: float = -0.5
     goal_high: float = 0.5
     max_action: float = Field(0.1, gt=0)
@@ -32,6 +34,39 @@ class NavigationConfig(Section):
         if self.goal_low >= self.goal_high:
             raise ValueError("goal_low must be below goal_high")
         return self
+
+    @property
+    def action_box(self) -> tuple[float, float]:
+        return -self.max_action, self.max_action
+
+
+class HalfCheetahConfig(Section):
+    """The MAML paper's half-cheetah tasks (:mod:`meta_core.rl.half_cheetah`) on gymnasium's
+    HalfCheetah-v5: run at a goal velocity drawn from ``[velocity_low, velocity_high]``
+    (reward ``-|v - goal| - ctrl_cost ||a||^2``), or forward or backward (``dir * v -
+    ctrl_cost ||a||^2``), ``v`` the torso's forward velocity."""
+
+    name: Literal["half-cheetah"] = "half-cheetah"
+    observation_size: ClassVar[int] = 17
+    action_size: ClassVar[int] = 6
+    goal: Literal["velocity", "direction"] = "velocity"
+    velocity_low: float = Field(0.0, ge=0)
+    velocity_high: float = Field(2.0, ge=0)
+    ctrl_cost: float = Field(0.05, ge=0)
+    horizon: int = Field(200, ge=1)
+
+    @model_validator(mode="after")
+    def _range(self) -> HalfCheetahConfig:
+        if self.velocity_low > self.velocity_high:
+            raise ValueError("velocity_low must not be above velocity_high")
+        return self
+
+    @property
+    def action_box(self) -> tuple[float, float]:
+        return -1.0, 1.0  # the model's actuator control range
+
+
+EnvConfig = Annotated[NavigationConfig | HalfCheetahConfig, Field(discriminator="name")]
 
 
 class PolicyConfig(Section):
@@ -95,7 +130,7 @@ class PolicyRunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["policy"] = "policy"
-    env: NavigationConfig = Field(default_factory=NavigationConfig)
+    env: EnvConfig = Field(default_factory=NavigationConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     adaptation: AdaptationConfig = Field(default_factory=AdaptationConfig)
     trpo: TRPOConfig = Field(default_factory=TRPOConfig)

@@ -20,7 +20,7 @@ from meta_core.artifact import InnerLoopSpec, load_artifact, update_evaluation
 from meta_core.inner_loop import InnerLoop, Params
 from meta_core.networks import build_network
 from meta_core.rl.config import EvalConfig, PolicyRunConfig
-from meta_core.rl.navigation import Navigation2D
+from meta_core.rl.environments import Environment, sample_environment
 from meta_core.rl.rollouts import Rollouts, policy_of, sample, support_set
 from meta_core.rl.train import architecture, meta_train, rollout_spec, save_policy
 from meta_core.rl.trpo import meta_parameters
@@ -42,7 +42,7 @@ def adapt_on(
 def adaptation_returns(
     model: torch.nn.Module,
     params: Params,
-    env: Navigation2D,
+    env: Environment,
     cfg: PolicyRunConfig,
     lrs: list[float],
     seed: int,
@@ -53,8 +53,7 @@ def adaptation_returns(
     current, batched, returns = dict(params), False, []
     for step in range(len(lrs) + 1):
         policy = policy_of(model, current, batched)
-        start = env.reset(cfg.adaptation.trajectories)
-        rollouts = sample(policy, start, env.step, cfg.env.horizon, generator)
+        rollouts = sample(policy, env, cfg.adaptation.trajectories, cfg.env.horizon, generator)
         returns.append(rollouts.returns().mean(-1))
         if step < len(lrs):
             loop = InnerLoop(model, "policy", 1, lrs[step], first_order=True)
@@ -123,7 +122,7 @@ def evaluate_policy(
     run = run.model_copy(update={"eval": cfg})
     lrs = step_lrs(art.manifest.inner_loop, cfg.steps, cfg.later_lr)
     iterations = cfg.baseline_iterations or art.manifest.training.iterations_done
-    env = Navigation2D.sample(run.env, cfg.tasks, torch.Generator().manual_seed(cfg.seed))
+    env = sample_environment(run.env, cfg.tasks, torch.Generator().manual_seed(cfg.seed))
     results = {}
     save_to = directory / "baselines" / "pretrained" if cfg.save_baselines else None
     for method, params in starts(art.params, run, iterations, save_to).items():

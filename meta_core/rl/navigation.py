@@ -6,23 +6,19 @@ and trajectories: every tensor is ``[tasks, trajectories, ...]``."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor
 
 from meta_core.rl.config import NavigationConfig
 
 
-@dataclass(frozen=True)
 class Navigation2D:
     """The environment of one batch of tasks (``goals``: ``[tasks, 2]``)."""
 
-    goals: Tensor
-    config: NavigationConfig
-
-    observation_size = 2
-    action_size = 2
+    def __init__(self, goals: Tensor, config: NavigationConfig) -> None:
+        self.goals = goals
+        self.config = config
+        self.position = torch.zeros(len(goals), 0, 2)
 
     @classmethod
     def sample(
@@ -33,14 +29,15 @@ class Navigation2D:
         goals = config.goal_low + span * torch.rand(tasks, 2, generator=generator)
         return cls(goals, config)
 
-    def reset(self, trajectories: int) -> Tensor:
-        """Every agent at the origin: ``[tasks, trajectories, 2]``."""
-        return torch.zeros(len(self.goals), trajectories, 2)
+    def reset(self, trajectories: int, generator: torch.Generator | None = None) -> Tensor:
+        """Every agent at the origin: ``[tasks, trajectories, 2]`` (nothing is random)."""
+        self.position = torch.zeros(len(self.goals), trajectories, 2)
+        return self.position
 
-    def step(self, position: Tensor, action: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def step(self, action: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The next positions, the rewards and whether each agent has reached its goal."""
         limit = self.config.max_action
-        position = position + action.clamp(-limit, limit)
-        distance2 = ((position - self.goals[:, None, :]) ** 2).sum(-1)
+        self.position = self.position + action.clamp(-limit, limit)
+        distance2 = ((self.position - self.goals[:, None, :]) ** 2).sum(-1)
         reached = distance2 < self.config.success_radius**2
-        return position, -distance2, reached
+        return self.position, -distance2, reached

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from meta_core.inner_loop import forward
 from meta_core.preprocessing import RolloutPreprocessing
+from meta_core.rl.environments import Environment
 
 FEATURE_TIME_SCALE = 100.0  # the baseline's time feature is t / 100, as the reference's
 
@@ -106,7 +107,6 @@ def support_set(rollouts: Rollouts, spec: RolloutPreprocessing) -> tuple[Tensor,
 
 
 Policy = Callable[[Tensor], Tensor]  # observations [T, N, D] -> mean and log std [T, N, 2A]
-Environment = Callable[[Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]
 
 
 def policy_of(model: nn.Module, params: Mapping[str, Tensor], batched: bool) -> Policy:
@@ -121,20 +121,22 @@ def policy_of(model: nn.Module, params: Mapping[str, Tensor], batched: bool) -> 
 @torch.no_grad()
 def sample(
     policy: Policy,
-    start: Tensor,
-    step: Environment,
+    env: Environment,
+    trajectories: int,
     horizon: int,
     generator: torch.Generator,
 ) -> Rollouts:
-    """Roll ``policy`` out from ``start`` (``[T, N, D]``) for ``horizon`` steps, sampling its
-    Gaussian actions; a trajectory ends when the environment says it reached its goal."""
-    obs, alive = start, torch.ones(start.shape[:-1], dtype=torch.bool)
+    """Roll ``policy`` out ``trajectories`` times per task of ``env`` for ``horizon`` steps,
+    sampling its Gaussian actions; a trajectory ends when the environment says so (the
+    steps after it are padding)."""
+    obs = env.reset(trajectories, generator)
+    alive = torch.ones(obs.shape[:-1], dtype=torch.bool)
     trace: dict[str, list[Tensor]] = {"obs": [], "act": [], "rew": [], "mask": []}
     for _ in range(horizon):
         mean, log_std = policy(obs).chunk(2, dim=-1)
         noise = torch.randn(mean.shape, generator=generator)
         action = mean + torch.exp(log_std) * noise
-        next_obs, reward, done = step(obs, action)
+        next_obs, reward, done = env.step(action)
         for key, value in zip(trace, (obs, action, reward, alive.float()), strict=True):
             trace[key].append(value)
         obs = torch.where(alive[..., None], next_obs, obs)

@@ -23,7 +23,7 @@ from meta_core.inner_loop import InnerLoop, Params
 from meta_core.networks import GaussianMLPSpec, build_network
 from meta_core.preprocessing import RolloutPreprocessing
 from meta_core.rl.config import PolicyRunConfig
-from meta_core.rl.navigation import Navigation2D
+from meta_core.rl.environments import Environment, sample_environment
 from meta_core.rl.rollouts import Rollouts, policy_of, sample, step_weights, support_set
 from meta_core.rl.trpo import MetaBatch, meta_parameters, surrogate, trpo_step
 
@@ -32,9 +32,9 @@ log = logging.getLogger(__name__)
 
 def architecture(cfg: PolicyRunConfig) -> GaussianMLPSpec:
     return GaussianMLPSpec(
-        in_features=Navigation2D.observation_size,
+        in_features=cfg.env.observation_size,
         hidden=list(cfg.policy.hidden),
-        out_features=Navigation2D.action_size,
+        out_features=cfg.env.action_size,
         init_log_std=cfg.policy.init_log_std,
     )
 
@@ -42,12 +42,13 @@ def architecture(cfg: PolicyRunConfig) -> GaussianMLPSpec:
 def rollout_spec(cfg: PolicyRunConfig) -> RolloutPreprocessing:
     """What the manifest records of how rollouts become support rows (and the environment's
     horizon and action box)."""
+    low, high = cfg.env.action_box
     return RolloutPreprocessing(
         gamma=cfg.adaptation.gamma,
         baseline_reg=cfg.adaptation.baseline_reg,
         horizon=cfg.env.horizon,
-        action_low=-cfg.env.max_action,
-        action_high=cfg.env.max_action,
+        action_low=low,
+        action_high=high,
     )
 
 
@@ -60,15 +61,14 @@ def inner_loop(model: torch.nn.Module, cfg: PolicyRunConfig, steps: int | None =
 def roll_out(
     loop: InnerLoop,
     params: Params,
-    env: Navigation2D,
+    env: Environment,
     cfg: PolicyRunConfig,
     generator: torch.Generator,
     batched: bool,
 ) -> Rollouts:
     """``trajectories`` rollouts per task of ``params`` (one set, or one per task)."""
     policy = policy_of(loop.model, params, batched)
-    start = env.reset(cfg.adaptation.trajectories)
-    return sample(policy, start, env.step, cfg.env.horizon, generator)
+    return sample(policy, env, cfg.adaptation.trajectories, cfg.env.horizon, generator)
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ class Collected:
 def collect(
     loop: InnerLoop,
     params: Params,
-    env: Navigation2D,
+    env: Environment,
     cfg: PolicyRunConfig,
     generator: torch.Generator,
 ) -> Collected:
@@ -138,7 +138,7 @@ def meta_train(cfg: PolicyRunConfig, *, log_every: int | None = None) -> Run:
     every = log_every or cfg.train.log_every
     start, env_steps, history = time.perf_counter(), 0, []
     for iteration in range(cfg.train.iterations):
-        env = Navigation2D.sample(cfg.env, cfg.train.meta_batch, generator)
+        env = sample_environment(cfg.env, cfg.train.meta_batch, generator)
         collected = collect(loop, params, env, cfg, generator)
         objective = partial(surrogate, loop, batch=collected.batch)
         params, info = trpo_step(objective, params, cfg.trpo)

@@ -15,10 +15,10 @@ def test_goals_are_drawn_in_the_square():
 
 def test_actions_are_clipped_and_the_reward_is_the_negative_squared_distance():
     env = Navigation2D(torch.tensor([[0.3, -0.2]]), NavigationConfig())
-    start = env.reset(2)
+    start = env.reset(2, torch.Generator())
     assert start.shape == (1, 2, 2) and start.abs().sum() == 0
     action = torch.tensor([[[1.0, -0.05], [0.02, 0.03]]])
-    position, reward, reached = env.step(start, action)
+    position, reward, reached = env.step(action)
     torch.testing.assert_close(position, torch.tensor([[[0.1, -0.05], [0.02, 0.03]]]))
     expected = -torch.tensor([[0.2**2 + 0.15**2, 0.28**2 + 0.23**2]])
     torch.testing.assert_close(reward, expected)
@@ -27,5 +27,9 @@ def test_actions_are_clipped_and_the_reward_is_the_negative_squared_distance():
 
 def test_an_episode_ends_within_the_success_radius():
     env = Navigation2D(torch.tensor([[0.05, 0.0]]), NavigationConfig())
-    _, _, reached = env.step(torch.zeros(1, 2, 2), torch.tensor([[[0.045, 0.0], [0.03, 0.0]]]))
+    env.reset(2, torch.Generator())
+    _, _, reached = env.step(torch.tensor([[[0.045, 0.0], [0.03, 0.0]]]))
     assert reached.tolist() == [[True, False]]
+    position, _, reached = env.step(torch.tensor([[[0.0, 0.0], [0.02, 0.0]]]))  # moves on
+    torch.testing.assert_close(position[0, 1], torch.tensor([0.05, 0.0]))
+    assert reached.tolist() == [[True, True]]

@@ -91,13 +91,21 @@ def test_padding_changes_nothing_of_the_inner_step():
         torch.testing.assert_close(a[k], b[k])
 
 
-def test_sample_ends_a_trajectory_at_its_goal():
-    def step(pos, action):
-        new = pos + action.clamp(-1, 1)
-        return new, -new.sum(-1), new[..., 0] > 1.5  # "reached" once x passes 1.5
+class Line:
+    """Moves by the clipped action; "reached" once x passes 1.5."""
 
+    def reset(self, trajectories, generator):
+        self.pos = torch.zeros(2, trajectories, 2)
+        return self.pos
+
+    def step(self, action):
+        self.pos = self.pos + action.clamp(-1, 1)
+        return self.pos, -self.pos.sum(-1), self.pos[..., 0] > 1.5
+
+
+def test_sample_ends_a_trajectory_at_its_goal():
     policy = lambda obs: torch.cat([torch.ones_like(obs), torch.full_like(obs, -30.0)], -1)  # noqa: E731
-    r = sample(policy, torch.zeros(2, 3, 2), step, 5, torch.Generator().manual_seed(0))
+    r = sample(policy, Line(), 3, 5, torch.Generator().manual_seed(0))
     assert r.observations.shape == (2, 3, 5, 2) and r.rewards.shape == (2, 3, 5)
     torch.testing.assert_close(r.mask[0, 0], torch.tensor([1.0, 1.0, 0.0, 0.0, 0.0]))
     assert r.rewards[r.mask == 0].abs().sum() == 0

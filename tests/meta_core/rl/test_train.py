@@ -48,3 +48,19 @@ def test_the_artifact_is_a_policy_meta_model(small_run, tmp_path):
     assert m.training.family["env_steps"] == run.env_steps
     for k, v in run.params.items():
         assert art.params[k].equal(v.detach())
+
+
+def test_half_cheetah_meta_trains_and_saves_its_sizes_and_action_box(tmp_path):
+    """Two meta-iterations on MuJoCo's half-cheetah, every copy stepped at once."""
+    small = ["train.iterations=2", "train.meta_batch=2", "adaptation.trajectories=3"]
+    small += ["env.horizon=10", "policy.hidden=[8]", "train.version=1.0.0"]
+    cfg = load_policy_config("half-cheetah-vel", small)
+    run = meta_train(cfg)
+    assert run.env_steps == 2 * 2 * 2 * 3 * 10  # no episode ends early
+    assert all(0 < row["kl"] < 0.01 for row in run.history)
+    assert all(row["return_after"] < 0 for row in run.history)  # -|v - goal| - cost
+    m = load_artifact(save_policy(cfg, tmp_path / "cheetah", run)).manifest
+    assert m.architecture == GaussianMLPSpec(in_features=17, hidden=[8], out_features=6)
+    expected = RolloutPreprocessing(gamma=0.99, horizon=10, action_low=-1, action_high=1)
+    assert m.preprocessing == expected
+    assert m.training.family["env"]["goal"] == "velocity"
