@@ -142,6 +142,7 @@ def train_command(args: argparse.Namespace) -> int:
 def train_policy_command(args: argparse.Namespace) -> int:
     """``train`` of a policy preset (``kind = "policy"``, :mod:`meta_core.rl`)."""
     from meta_core.rl.config import load_policy_config
+    from meta_core.rl.environments import MissingDependency
     from meta_core.rl.train import train_policy
 
     if args.resume:
@@ -150,6 +151,8 @@ def train_policy_command(args: argparse.Namespace) -> int:
         train_policy(load_policy_config(args.preset, args.overrides), args.out)
     except KeyboardInterrupt:
         return 130
+    except MissingDependency as exc:
+        raise UsageError(str(exc)) from None
     print(f"artifact written to {args.out}")
     return 0
 

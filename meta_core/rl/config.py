@@ -1,6 +1,7 @@
 """A policy meta-training run's configuration, read from a TOML preset (``navigation-2d``,
-``half-cheetah-vel``, ``half-cheetah-dir``) as the supervised runs' is (:mod:`meta_core.config`): every field can be overridden with
-``--set section.field=value``."""
+``half-cheetah-vel``, ``half-cheetah-dir``) as the supervised runs' is
+(:mod:`meta_core.config`): every field can be overridden with ``--set section.field=value``.
+``env`` is one environment family's section, chosen by its ``name``."""
 
 from __future__ import annotations
 

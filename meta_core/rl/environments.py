@@ -25,11 +25,20 @@ class Environment(Protocol):
         ...
 
 
+class MissingDependency(RuntimeError):
+    """An environment family whose packages are not installed."""
+
+
 def sample_environment(config: EnvConfig, tasks: int, generator: torch.Generator) -> Environment:
     """``tasks`` tasks of ``config``'s family, drawn with ``generator``."""
     if isinstance(config, HalfCheetahConfig):
-        from meta_core.rl.half_cheetah import HalfCheetah  # MuJoCo only where it is used
-
+        try:  # MuJoCo only where it is used: the service never needs it
+            from meta_core.rl.half_cheetah import HalfCheetah
+        except ModuleNotFoundError as exc:
+            raise MissingDependency(
+                f"half-cheetah needs gymnasium and mujoco, and {exc.name} is not installed: "
+                "pip install -e '.[rl]'"
+            ) from None
         return HalfCheetah.sample(config, tasks, generator)
     from meta_core.rl.navigation import Navigation2D
 

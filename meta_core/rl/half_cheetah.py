@@ -48,7 +48,7 @@ def physics() -> Physics:
         env.init_qpos.copy(),
         env.init_qvel.copy(),
     )
-    env.close()
+    env.close()  # type: ignore[no-untyped-call]
     return physics
 
 

@@ -23,6 +23,22 @@ def test_train_without_a_preset_is_a_usage_error(tmp_path: Path, capsys) -> None
     assert not (tmp_path / "run").exists()
 
 
+def test_half_cheetah_without_mujoco_says_what_to_install(tmp_path: Path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.delitem(sys.modules, "meta_core.rl.half_cheetah", raising=False)
+    monkeypatch.setitem(sys.modules, "mujoco", None)  # as if not installed
+    with pytest.raises(SystemExit) as exited:
+        args = ["--set", "train.iterations=1", "--set", "policy.hidden=[4]"]
+        main(["train", "--preset", "half-cheetah-vel", "--out", str(tmp_path / "run"), *args])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "meta-core: error: half-cheetah needs gymnasium and mujoco, and mujoco is not "
+        "installed: pip install -e '.[rl]'"
+    )
+    assert not (tmp_path / "run").exists()
+
+
 def test_data_wordnet_writes_the_corpus_and_prints_its_summary(tmp_path: Path, capsys) -> None:
     wordnet = tmp_path / "wn"
     wordnet.mkdir()

@@ -293,3 +293,32 @@ def test_padding_rows_are_dropped_from_the_support_set():
     kept = rollouts.mask.reshape(-1) > 0
     assert torch.equal(x, full_x[kept]) and torch.equal(y, full_y[kept])
     assert full_y[~kept, -1].abs().sum() == 0
+
+
+def test_a_half_cheetah_meta_models_rollouts_are_its_own_sizes(tmp_path):
+    """The service knows no environment: a half-cheetah meta-model's 17-number observations
+    and 6-number actions, as MuJoCo produced them, make the rows meta-training's inner step
+    takes; its navigation-sized rollouts are refused."""
+    from meta_core.rl.config import load_policy_config
+    from meta_core.rl.environments import sample_environment
+    from meta_core.rl.rollouts import policy_of, sample
+    from meta_core.rl.train import meta_train, save_policy
+
+    small = ["train.iterations=0", "env.horizon=6", "policy.hidden=[8]", "train.version=1.0.0"]
+    cfg = load_policy_config("half-cheetah-dir", small)
+    art = load_artifact(save_policy(cfg, tmp_path / "cheetah", meta_train(cfg)))
+    g = torch.Generator().manual_seed(0)
+    env = sample_environment(cfg.env, 1, g)
+    made = sample(policy_of(art.network(), art.params, False), env, 3, 6, g)
+    runs = [
+        Trajectory(observations=o.tolist(), actions=a.tolist(), rewards=r.tolist())
+        for o, a, r in zip(made.observations[0], made.actions[0], made.rewards[0], strict=True)
+    ]
+    rollouts = to_rollouts(art, runs, "trajectories")
+    x, y = support_rows(art, rollouts)
+    expected_x, expected_y = support_set(made, art.manifest.preprocessing)
+    assert x.shape == (18, 17) and y.shape == (18, 7)
+    torch.testing.assert_close(x, expected_x[0])
+    torch.testing.assert_close(y, expected_y[0])
+    with pytest.raises(InvalidInput, match=r"observes \[steps, 17\]$"):
+        to_rollouts(art, [Trajectory(**t) for t in trajectories()], "trajectories")
