@@ -146,6 +146,13 @@ def evaluate_policy(
     return report
 
 
+def log_scale(report: dict[str, Any]) -> bool:
+    """Whether the plot needs a log scale: some return is over ten times another (2D
+    navigation's random policy against the others), not on a span a linear axis shows."""
+    sizes = [abs(v["return"]) for by_step in report["results"].values() for v in by_step.values()]
+    return max(sizes) > 10 * max(min(sizes), 1.0)
+
+
 def returns_plot(directory: Path, report: dict[str, Any]) -> Path:
     """The paper's figure: return against adaptation steps, one line per method, 95% bars."""
     import matplotlib
@@ -165,8 +172,11 @@ def returns_plot(directory: Path, report: dict[str, Any]) -> Path:
             label=method,
         )
     ax.set_xlabel("adaptation steps")
-    ax.set_ylabel("average return (symmetric log scale)")
-    ax.set_yscale("symlog", linthresh=10)  # a random policy's return is ten times the others'
+    if log_scale(report):
+        ax.set_ylabel("average return (symmetric log scale)")
+        ax.set_yscale("symlog", linthresh=10)
+    else:
+        ax.set_ylabel("average return")
     ax.set_xticks(steps)
     ax.set_title(f"{report['model']}: {report['protocol']['tasks']} held-out goals")
     ax.legend(loc="center right")

@@ -7,7 +7,13 @@ import torch
 
 from meta_core.artifact import InnerLoopSpec, load_artifact
 from meta_core.rl.config import EvalConfig, load_policy_config
-from meta_core.rl.evaluate import adaptation_returns, evaluate_policy, step_lrs, summary
+from meta_core.rl.evaluate import (
+    adaptation_returns,
+    evaluate_policy,
+    log_scale,
+    step_lrs,
+    summary,
+)
 from meta_core.rl.navigation import Navigation2D
 from meta_core.rl.train import meta_train, save_policy
 
@@ -60,3 +66,12 @@ def test_later_steps_take_the_later_lr():
     assert step_lrs(inner, 3, later_lr=0.05) == [0.1, 0.05, 0.05]
     assert step_lrs(InnerLoopSpec(steps=1, lr=0.1), 2) == [0.1, 0.1]
     assert step_lrs(inner, 0) == []
+
+
+def test_the_plot_takes_a_log_scale_only_for_returns_ten_times_apart():
+    def report(*returns):
+        return {"results": {f"m{i}": {"0": {"return": r}} for i, r in enumerate(returns)}}
+
+    assert log_scale(report(-256.6, -17.5, -3.4))  # navigation's random policy
+    assert not log_scale(report(-284.2, -190.6, -183.2))  # half-cheetah's
+    assert not log_scale(report(-0.5, -4.0))  # returns under 1 count as 1
