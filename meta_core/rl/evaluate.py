@@ -150,7 +150,7 @@ def log_scale(report: dict[str, Any]) -> bool:
     """Whether the plot needs a log scale: some return is over ten times another (2D
     navigation's random policy against the others), not on a span a linear axis shows."""
     sizes = [abs(v["return"]) for by_step in report["results"].values() for v in by_step.values()]
-    return max(sizes) > 10 * max(min(sizes), 1.0)
+    return bool(max(sizes) > 10 * max(min(sizes), 1.0))
 
 
 def returns_plot(directory: Path, report: dict[str, Any]) -> Path:
